@@ -1,0 +1,128 @@
+"""KV blocks: the unit of sharing in a Hogwild! cache.
+
+A block is a run of tokens whose keys are stored at positions *local* to the block (0, 1, 2, ...), so the
+same block can sit at any offset in any worker's view. Storage is one contiguous ``[kv_heads, capacity,
+head_dim]`` tensor per layer that grows by doubling, and the lengths are plain integers: both are what a
+kernel wants to be handed. Mutations run under ``torch.inference_mode`` so a block filled inside a
+notebook's ``inference_mode`` cell can be extended outside it.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from hogwild_bench.engine.rope import RotaryShift
+
+MIN_CAPACITY = 64
+
+
+class KVBlock:
+    """Per-layer key/value storage for one block of tokens.
+
+    ``length`` counts tokens whose keys are final. While a forward is in flight, ``pending`` tokens are
+    being written past ``length``; they are visible to attention in that forward and become part of
+    ``length`` when it finishes (`finish_write`), or are dropped if it fails (`abort_write`).
+    """
+
+    def __init__(self, name: str, num_layers: int):
+        self.name = name
+        self.num_layers = num_layers
+        self.keys: list[torch.Tensor | None] = [None] * num_layers
+        self.values: list[torch.Tensor | None] = [None] * num_layers
+        self.length = 0
+        self.pending = 0
+        self.token_ids: list[int] = []
+        self._pending_tokens: list[int] = []
+
+    def __repr__(self) -> str:
+        return f"KVBlock({self.name!r}, length={self.length}, pending={self.pending})"
+
+    @property
+    def visible_length(self) -> int:
+        return self.length + self.pending
+
+    def capacity(self, layer: int) -> int:
+        keys = self.keys[layer]
+        return 0 if keys is None else keys.shape[1]
+
+    def _reserve(self, layer: int, needed: int, like: torch.Tensor) -> None:
+        """Grow layer storage to hold ``needed`` tokens, doubling so appends are amortised O(1)."""
+        if needed <= self.capacity(layer):
+            return
+        capacity = max(MIN_CAPACITY, self.capacity(layer))
+        while capacity < needed:
+            capacity *= 2
+        heads, dim = like.shape[0], like.shape[-1]
+        for store in (self.keys, self.values):
+            grown = like.new_empty(heads, capacity, dim)
+            if store[layer] is not None:
+                grown[:, : self.length] = store[layer][:, : self.length]
+            store[layer] = grown
+
+    # -- writes from a forward pass -------------------------------------------------------------
+    def start_write(self, token_ids: list[int]) -> None:
+        if self.pending:
+            raise RuntimeError(f"block {self.name!r} is already being written in this forward")
+        self.pending = len(token_ids)
+        self._pending_tokens = list(token_ids)
+
+    @torch.inference_mode()
+    def write(self, layer: int, keys: torch.Tensor, values: torch.Tensor) -> None:
+        """Store ``[kv_heads, pending, head_dim]`` keys/values of the forward in flight for one layer."""
+        self._reserve(layer, self.length + keys.shape[1], keys)
+        self.keys[layer][:, self.length : self.length + keys.shape[1]] = keys
+        self.values[layer][:, self.length : self.length + keys.shape[1]] = values
+
+    def finish_write(self) -> None:
+        self.length += self.pending
+        self.token_ids.extend(self._pending_tokens)
+        self.pending, self._pending_tokens = 0, []
+
+    def abort_write(self) -> None:
+        self.pending, self._pending_tokens = 0, []
+
+    # -- reads ----------------------------------------------------------------------------------
+    def layer_kv(self, layer: int) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """Visible ``(keys, values)``, each ``[kv_heads, visible_length, head_dim]``, or None if empty."""
+        n = self.visible_length
+        if n == 0 or self.keys[layer] is None:
+            return None
+        return self.keys[layer][:, :n], self.values[layer][:, :n]
+
+    # -- moves ----------------------------------------------------------------------------------
+    @torch.inference_mode()
+    def extend_from(self, other: KVBlock, rope: RotaryShift) -> None:
+        """Append ``other``'s tokens, re-positioned (RoPE shift by ``self.length``), never recomputed."""
+        if self.pending or other.pending:
+            raise RuntimeError("cannot move blocks while a forward is writing them")
+        if other.length == 0:
+            return
+        for layer in range(self.num_layers):
+            if other.keys[layer] is None:
+                continue
+            keys = rope.rotate(other.keys[layer][:, : other.length], self.length)
+            self._reserve(layer, self.length + other.length, keys)
+            self.keys[layer][:, self.length : self.length + other.length] = keys
+            self.values[layer][:, self.length : self.length + other.length] = other.values[layer][:, : other.length]
+        self.length += other.length
+        self.token_ids.extend(other.token_ids)
+
+    def truncate(self, length: int) -> None:
+        """Forget every token from ``length`` on (storage is kept for reuse)."""
+        if not 0 <= length <= self.length:
+            raise ValueError(f"cannot truncate block {self.name!r} of length {self.length} to {length}")
+        self.length = length
+        del self.token_ids[length:]
+
+    def clear(self) -> None:
+        self.truncate(0)
+
+    @torch.inference_mode()
+    def copy(self, name: str | None = None) -> KVBlock:
+        clone = KVBlock(name or self.name, self.num_layers)
+        for layer in range(self.num_layers):
+            if self.keys[layer] is not None:
+                clone.keys[layer] = self.keys[layer][:, : self.length].clone()
+                clone.values[layer] = self.values[layer][:, : self.length].clone()
+        clone.length, clone.token_ids = self.length, list(self.token_ids)
+        return clone

@@ -1,0 +1,120 @@
+"""`HogwildCache`: a `transformers.Cache` whose storage is a set of named `KVBlock`s.
+
+Stock models call ``past_key_values.update(k, v, layer_idx)`` with the new tokens' (already rotated)
+keys; this cache writes them into each worker's own block and hands them back unchanged. The registered
+``"hogwild"`` attention function (see `interface.py`) then reads the blocks of each worker's view.
+Between forwards the cache is plain data: blocks can be committed, cleared, truncated or prefilled.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from transformers import Cache
+
+from hogwild_bench.engine.attention import RowView
+from hogwild_bench.engine.blocks import KVBlock
+from hogwild_bench.engine.rope import RotaryShift
+
+ATTENTION_BACKENDS = ("query_rotation", "key_rotation", "triton")
+
+
+class HogwildCache(Cache):
+    """Named KV blocks plus the per-forward plan (which worker sees which blocks, writes where).
+
+    ``attention`` picks the attention path: ``"query_rotation"`` (torch, the fast design),
+    ``"key_rotation"`` (torch reference), or ``"triton"`` (CUDA kernel).
+    """
+
+    def __init__(self, num_layers: int, rope: RotaryShift, attention: str = "query_rotation"):
+        super().__init__(layers=[])
+        if attention not in ATTENTION_BACKENDS:
+            raise ValueError(f"unknown attention backend {attention!r}; valid: {', '.join(ATTENTION_BACKENDS)}")
+        self.num_layers = num_layers
+        self.rope = rope
+        self.attention = attention
+        self.blocks: dict[str, KVBlock] = {}
+        self.rows: list[RowView] | None = None
+
+    # -- blocks ----------------------------------------------------------------------------------
+    def block(self, name: str) -> KVBlock:
+        """The block called ``name``, created empty on first use."""
+        if name not in self.blocks:
+            self.blocks[name] = KVBlock(name, self.num_layers)
+        return self.blocks[name]
+
+    def commit(self, source: str, target: str) -> None:
+        """Move ``source``'s tokens to the end of ``target`` (RoPE shift only) and empty ``source``."""
+        self.block(target).extend_from(self.block(source), self.rope)
+        self.block(source).clear()
+
+    def clear(self, name: str) -> None:
+        self.block(name).clear()
+
+    def tokens(self, names: Sequence[str]) -> list[int]:
+        """The flattened token ids of a view: what the plain model would read."""
+        return [t for name in names for t in self.block(name).token_ids]
+
+    def lengths(self) -> dict[str, int]:
+        return {name: block.length for name, block in self.blocks.items()}
+
+    # -- one forward -----------------------------------------------------------------------------
+    def begin_forward(self, views: Sequence[Sequence[str]], new_tokens: Sequence[Sequence[int]]) -> None:
+        """Declare the forward about to run: row b sees ``views[b]`` and appends ``new_tokens[b]`` to
+        ``views[b][-1]``. Every row's new tokens are visible to every row that has that block in view."""
+        if self.rows is not None:
+            raise RuntimeError("a forward is already in flight on this cache")
+        owners = [view[-1] for view in views]
+        if len(set(owners)) != len(owners):
+            raise ValueError(f"two rows write into the same block in one forward: {owners}")
+        started = []
+        try:
+            for view, tokens in zip(views, new_tokens):
+                if not tokens:
+                    raise ValueError(f"row writing {view[-1]!r} has no new tokens")
+                self.block(view[-1]).start_write(tokens)
+                started.append(view[-1])
+        except Exception:
+            for name in started:
+                self.block(name).abort_write()
+            raise
+        self.rows = [RowView.build([self.block(n) for n in view], len(t)) for view, t in zip(views, new_tokens)]
+
+    def end_forward(self, ok: bool = True) -> None:
+        for row in self.rows or []:
+            row.own.finish_write() if ok else row.own.abort_write()
+        self.rows = None
+
+    def update(self, key_states: torch.Tensor, value_states: torch.Tensor, layer_idx: int, *args, **kwargs):
+        """Called by every attention layer with ``[rows, kv_heads, T, head_dim]`` new keys/values."""
+        if self.rows is None:
+            raise RuntimeError("HogwildCache.update outside a planned forward; use HogwildLM.forward")
+        q_len = key_states.shape[2]
+        for b, row in enumerate(self.rows):
+            row.own.write(layer_idx, key_states[b, :, q_len - row.n_new :], value_states[b, :, q_len - row.n_new :])
+        return key_states, value_states
+
+    # -- transformers.Cache surface that the model code may consult -------------------------------
+    def get_seq_length(self, layer_idx: int = 0) -> int:
+        return 0
+
+    def get_max_length(self, layer_idx: int | None = None) -> int:
+        return -1
+
+    def get_mask_sizes(self, query_length: int, layer_idx: int = 0) -> tuple[int, int]:
+        return query_length, 0
+
+    @property
+    def is_compileable(self) -> bool:
+        return False
+
+    @property
+    def is_sliding(self) -> list[bool]:
+        return [False] * self.num_layers
+
+    def __len__(self) -> int:
+        return self.num_layers
+
+    def __repr__(self) -> str:
+        return f"HogwildCache({', '.join(f'{n}={b.length}' for n, b in self.blocks.items())})"

@@ -1,0 +1,259 @@
+"""The Hogwild! decoding loop for N workers.
+
+One batched forward per step: every worker feeds what it has not yet written (its last sampled token,
+plus a step prefix when it starts a new step) into its own block, attending over its layout view. When a
+worker's step ends (a paragraph break after a sentence end), the step moves to the shared history
+without recomputation. Budget snapshots capture the state at each tokens-per-worker budget of one run,
+and an s1-style finisher asks for a short ``\\boxed{`` answer at each.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+from hogwild_bench.engine.layouts import HISTORY, PROMPT, Layout, get_layout, step_block
+from hogwild_bench.engine.model import HogwildLM, Write
+from hogwild_bench.engine.prompts import PromptFormat
+from hogwild_bench.engine.sampling import Sampler, SamplingParams
+
+FINISHER = "finisher"
+HEADER_PREFILL_MODES = ("standalone", "in_context")
+_SENTENCE_THEN_PARAGRAPH = re.compile(r"[.!?][)\]*\"'$`]*[ \t]*\n\n$")
+
+
+class ParagraphBoundary:
+    """A step ends at a paragraph break (``\\n\\n``) right after the end of a sentence, as in the paper."""
+
+    def __init__(self, tokenizer, lookback: int = 8):
+        self.tokenizer, self.lookback = tokenizer, lookback
+
+    def __call__(self, step_tokens: Sequence[int]) -> bool:
+        tail = self.tokenizer.decode(list(step_tokens[-self.lookback :]))
+        return bool(_SENTENCE_THEN_PARAGRAPH.search(tail))
+
+
+def closed_boxed_answer(text: str) -> str | None:
+    """The content of the last complete ``\\boxed{...}`` in ``text`` (balanced braces), or None."""
+    start = text.rfind("\\boxed{")
+    while start != -1:
+        depth, i = 1, start + len("\\boxed{")
+        while i < len(text) and depth:
+            depth += {"{": 1, "}": -1}.get(text[i], 0)
+            i += 1
+        if depth == 0:
+            return text[start + len("\\boxed{") : i - 1]
+        start = text.rfind("\\boxed{", 0, start)
+    return None
+
+
+@dataclass
+class Snapshot:
+    """The full state at one tokens-per-worker budget, plus the finisher's answer."""
+
+    budget: int
+    tokens_per_worker: int
+    finished_early: bool
+    blocks: dict[str, list[int]]
+    worker_tokens: list[list[int]]
+    steps_per_worker: list[int]
+    response: str
+    answer: str
+    wall_seconds: float
+
+    @property
+    def total_tokens(self) -> int:
+        return sum(len(tokens) for tokens in self.worker_tokens)
+
+
+@dataclass
+class GenerationResult:
+    snapshots: dict[int, Snapshot]
+    prompt: str
+    finished_early: bool
+    tokens_per_worker: int
+    wall_seconds: float
+
+
+@dataclass
+class GenerationOptions:
+    """Everything that shapes one Hogwild! generation apart from the model and the problem."""
+
+    n_workers: int = 2
+    layout: str | Layout = "combined"
+    budgets: Sequence[int] = (1024,)
+    sampling: SamplingParams = field(default_factory=SamplingParams)
+    collab_interval: int | None = 1024
+    header_prefill: str = "standalone"
+    early_stop: bool = True
+    finisher_max_tokens: int = 16
+    forbid_special_tokens: bool = True
+    first_steps: Sequence[str] | None = None
+
+    def __post_init__(self):
+        if self.n_workers < 1:
+            raise ValueError(f"n_workers must be >= 1, got {self.n_workers}")
+        if not self.budgets or any(int(b) < 1 for b in self.budgets):
+            raise ValueError(f"budgets must be positive token counts, got {list(self.budgets)}")
+        if self.header_prefill not in HEADER_PREFILL_MODES:
+            raise ValueError(
+                f"unknown header_prefill {self.header_prefill!r}; valid: {', '.join(HEADER_PREFILL_MODES)}"
+            )
+        self.budgets = tuple(sorted({int(b) for b in self.budgets}))
+        self.layout = get_layout(self.layout)
+
+
+class HogwildGenerator:
+    """Runs Hogwild! generation for one problem at a time.
+
+    ``boundary`` decides when a worker's step ends (default: `ParagraphBoundary`); ``on_forward`` is called
+    after every forward with ``(writes, logits)`` (used by tests and progress displays).
+    """
+
+    def __init__(
+        self,
+        lm: HogwildLM,
+        tokenizer,
+        options: GenerationOptions | None = None,
+        prompt_format: PromptFormat | None = None,
+        boundary: Callable[[Sequence[int]], bool] | None = None,
+        on_forward: Callable | None = None,
+    ):
+        self.lm, self.tokenizer = lm, tokenizer
+        self.options = options or GenerationOptions()
+        self.layout: Layout = self.options.layout
+        self.fmt = prompt_format or PromptFormat(tokenizer, self.options.n_workers, layout=self.layout.name)
+        self.boundary = boundary or ParagraphBoundary(tokenizer)
+        self.on_forward = on_forward
+        forbidden = list(tokenizer.all_special_ids) if self.options.forbid_special_tokens else []
+        self.sampling = self.options.sampling
+        self._special = forbidden
+
+    # -- setup -------------------------------------------------------------------------------------
+    def _prefill_constants(self, cache) -> None:
+        view0 = self.layout.view(0, self.options.n_workers)
+        for name, text in self.layout.constants.items():
+            ids = self.fmt.encode(text)
+            cache.clear(name)
+            if not ids:
+                continue
+            context = None
+            if self.options.header_prefill == "in_context":
+                context = view0[: view0.index(name)] if name in view0 else [PROMPT]
+            self.lm.prefill(cache, name, ids, context=context)
+
+    def _forward(self, cache, writes: list[Write]):
+        logits = self.lm.forward(cache, writes)
+        if self.on_forward is not None:
+            self.on_forward(writes, logits)
+        return logits
+
+    # -- the loop ----------------------------------------------------------------------------------
+    def generate(self, problem: str) -> GenerationResult:
+        opts, n = self.options, self.options.n_workers
+        started = time.perf_counter()
+        sampler = Sampler(self.sampling, self._special)
+        cache = self.lm.new_cache()
+        views = self.layout.views(n)
+        prompt = self.fmt.prompt_text(problem, has_history=self.layout.has_history)
+        self.lm.prefill(cache, PROMPT, self.fmt.encode(prompt))
+        self._prefill_constants(cache)
+
+        first_steps = opts.first_steps or [self.fmt.first_step(i) for i in range(n)]
+        pending = [self.fmt.encode(text) for text in first_steps]
+        worker_tokens = [list(p) for p in pending]
+        step_tokens = [list(p) for p in pending]
+        steps = [1] * n
+        since_collab = [0] * n
+        sampled, finished = 0, False
+        snapshots: dict[int, Snapshot] = {}
+        max_budget = opts.budgets[-1]
+
+        while True:
+            logits = self._forward(cache, [Write(views[i], pending[i]) for i in range(n)])
+            due = [b for b in opts.budgets if b == sampled or (finished and b > sampled)]
+            for budget in due:
+                snapshots[budget] = self._snapshot(cache, budget, sampled, finished, worker_tokens, steps, started)
+            if finished or sampled >= max_budget:
+                break
+            new_tokens = sampler(logits)
+            sampled += 1
+            for i, token in enumerate(new_tokens):
+                worker_tokens[i].append(token)
+                step_tokens[i].append(token)
+                since_collab[i] += 1
+                pending[i] = [token]
+                if self.boundary(step_tokens[i]):
+                    # the token that ended the step leads the next one, as it is not yet in the cache
+                    if self.layout.has_history:
+                        cache.commit(step_block(i), HISTORY)
+                    steps[i] += 1
+                    start = self.fmt.step_prefix(i, steps[i])
+                    if opts.collab_interval and since_collab[i] >= opts.collab_interval:
+                        start += self.fmt.collab_prompt
+                        since_collab[i] = 0
+                    extra = self.fmt.encode(start)
+                    pending[i] = [token, *extra]
+                    worker_tokens[i].extend(extra)
+                    step_tokens[i] = list(pending[i])
+                    if self.layout.has_history and opts.header_prefill == "in_context":
+                        self._prefill_constants(cache)
+            if opts.early_stop and any(self._wrote_final_answer(t) for t in worker_tokens):
+                finished = True
+        return GenerationResult(
+            snapshots=snapshots,
+            prompt=prompt,
+            finished_early=finished,
+            tokens_per_worker=sampled,
+            wall_seconds=time.perf_counter() - started,
+        )
+
+    def _wrote_final_answer(self, tokens: list[int]) -> bool:
+        return closed_boxed_answer(self.tokenizer.decode(tokens[-64:])) is not None
+
+    # -- snapshots and the finisher ----------------------------------------------------------------
+    def _snapshot(self, cache, budget, sampled, finished, worker_tokens, steps, started) -> Snapshot:
+        view = self.layout.finisher_view(self.options.n_workers)
+        body = self.tokenizer.decode(cache.tokens(view[1:]))
+        if finished:
+            answer = next(
+                a for a in (closed_boxed_answer(self.tokenizer.decode(t)) for t in worker_tokens) if a is not None
+            )
+            response = body
+        else:
+            answer = self.finish(cache, view)
+            response = body + self.fmt.finisher_suffix + answer + "}"
+        return Snapshot(
+            budget=budget,
+            tokens_per_worker=sampled,
+            finished_early=finished,
+            blocks={name: list(block.token_ids) for name, block in cache.blocks.items() if name != FINISHER},
+            worker_tokens=[list(t) for t in worker_tokens],
+            steps_per_worker=list(steps),
+            response=response,
+            answer=answer,
+            wall_seconds=time.perf_counter() - started,
+        )
+
+    def finish(self, cache, view: Sequence[str]) -> str:
+        """s1-style: append the forcing suffix after ``view`` and greedily decode the ``\\boxed{`` content.
+
+        Runs in a scratch block that is emptied afterwards, so the generation goes on unchanged."""
+        cache.clear(FINISHER)
+        context = [*view, FINISHER]
+        logits = self.lm.prefill(cache, FINISHER, self.fmt.encode(self.fmt.finisher_suffix), context=view)
+        greedy = Sampler(SamplingParams(), self._special)
+        out: list[int] = []
+        for _ in range(self.options.finisher_max_tokens):
+            token = greedy(logits[None])[0]
+            out.append(token)
+            text = self.tokenizer.decode(out)
+            if closed_boxed_answer("\\boxed{" + text) is not None:
+                break
+            logits = self._forward(cache, [Write(context, [token])])[0]
+        cache.clear(FINISHER)
+        text = self.tokenizer.decode(out)
+        closed = closed_boxed_answer("\\boxed{" + text)
+        return closed if closed is not None else text

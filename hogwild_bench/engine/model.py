@@ -1,0 +1,134 @@
+"""`HogwildLM`: a stock transformers causal LM running over a `HogwildCache`.
+
+The model is not copied or patched. We register one attention function under the name ``"hogwild"``
+with `transformers.AttentionInterface` and select it with the public ``set_attn_implementation``. The
+function falls back to SDPA whenever a forward carries no Hogwild plan, so the model still behaves as a
+normal model everywhere else (``model.generate`` included).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+from transformers import AttentionInterface
+from transformers.integrations.sdpa_attention import sdpa_attention_forward
+from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
+
+from hogwild_bench.engine.attention import ATTENTION_PATHS
+from hogwild_bench.engine.cache import HogwildCache
+from hogwild_bench.engine.rope import RotaryShift, check_model_supported
+
+ATTENTION_NAME = "hogwild"
+
+
+def hogwild_attention(
+    module: torch.nn.Module,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    scaling: float | None = None,
+    dropout: float = 0.0,
+    hogwild_cache: HogwildCache | None = None,
+    **kwargs,
+) -> tuple[torch.Tensor, None]:
+    """Attention of every row's new tokens over its block list; SDPA when no Hogwild plan is given."""
+    if hogwild_cache is None or hogwild_cache.rows is None:
+        return sdpa_attention_forward(
+            module, query, key, value, attention_mask, scaling=scaling, dropout=dropout, **kwargs
+        )
+    scaling = module.head_dim**-0.5 if scaling is None else scaling
+    if hogwild_cache.attention == "triton":
+        from hogwild_bench.engine.triton_attention import attend_rows_triton
+
+        return attend_rows_triton(query, hogwild_cache.rows, module.layer_idx, hogwild_cache.rope, scaling), None
+    path = ATTENTION_PATHS[hogwild_cache.attention]
+    outs = [
+        path(query[b], row, module.layer_idx, hogwild_cache.rope, scaling) for b, row in enumerate(hogwild_cache.rows)
+    ]
+    return torch.stack(outs), None
+
+
+AttentionInterface.register(ATTENTION_NAME, hogwild_attention)
+# masks as for SDPA, so the fallback path (e.g. ``model.generate`` on padded batches) stays correct
+AttentionMaskInterface.register(ATTENTION_NAME, sdpa_mask)
+
+
+@dataclass
+class Write:
+    """One row of a forward: append ``tokens`` to ``view[-1]``, attending over the blocks of ``view``."""
+
+    view: Sequence[str]
+    tokens: Sequence[int]
+
+
+def default_attention_backend(device: torch.device) -> str:
+    return "triton" if device.type == "cuda" else "query_rotation"
+
+
+class HogwildLM:
+    """A causal LM whose forwards read and write named KV blocks.
+
+    >>> lm = HogwildLM(model)
+    >>> cache = lm.new_cache()
+    >>> lm.prefill(cache, "prompt", prompt_ids)
+    >>> logits = lm.forward(cache, [Write(["prompt", "alice"], [t1]), Write(["prompt", "bob"], [t2])])
+    """
+
+    def __init__(self, model: torch.nn.Module, attention: str = "auto"):
+        check_model_supported(model.config)
+        self.model = model
+        self.rope = RotaryShift.from_model(model)
+        self.num_layers = model.config.num_hidden_layers
+        self.device = model.get_input_embeddings().weight.device
+        self.attention = default_attention_backend(self.device) if attention == "auto" else attention
+        if model.config._attn_implementation != ATTENTION_NAME:
+            model.set_attn_implementation(ATTENTION_NAME)
+
+    def new_cache(self, attention: str | None = None) -> HogwildCache:
+        return HogwildCache(self.num_layers, self.rope, attention or self.attention)
+
+    @torch.inference_mode()
+    def forward(self, cache: HogwildCache, writes: Sequence[Write], all_logits: bool = False) -> torch.Tensor:
+        """Run one batched forward; returns float32 logits ``[rows, V]`` (last token) or ``[rows, T, V]``.
+
+        Rows are left-padded to the longest; row b's real tokens sit at block-local positions
+        ``len(view[-1]) ...`` of its own block.
+        """
+        q_len = max(len(w.tokens) for w in writes)
+        input_ids = torch.zeros(len(writes), q_len, dtype=torch.long)
+        positions = torch.zeros(len(writes), q_len, dtype=torch.long)
+        for b, w in enumerate(writes):
+            n, start = len(w.tokens), cache.block(w.view[-1]).length
+            input_ids[b, q_len - n :] = torch.tensor(list(w.tokens), dtype=torch.long)
+            positions[b, q_len - n :] = torch.arange(start, start + n)
+        cache.begin_forward([w.view for w in writes], [w.tokens for w in writes])
+        ok = False
+        try:
+            out = self.model(
+                input_ids=input_ids.to(self.device),
+                position_ids=positions.to(self.device),
+                past_key_values=cache,
+                hogwild_cache=cache,
+                use_cache=True,
+                logits_to_keep=0 if all_logits else 1,
+            )
+            ok = True
+        finally:
+            cache.end_forward(ok)
+        logits = out.logits.float()
+        return logits if all_logits else logits[:, -1]
+
+    def prefill(
+        self, cache: HogwildCache, name: str, token_ids: Sequence[int], context: Sequence[str] | None = None
+    ) -> torch.Tensor:
+        """Append ``token_ids`` to block ``name`` and return the last token's logits.
+
+        ``context=None`` prefills the block *standalone* (it attends only to itself, so it can be reused at
+        any offset, as constant headers are in the colab notebook); a list of block names prefills it *in
+        the context* of those blocks (exact wherever the block is later used right after them).
+        """
+        view = [*(context or []), name]
+        return self.forward(cache, [Write(view, list(token_ids))])[0]

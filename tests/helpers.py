@@ -1,0 +1,100 @@
+"""Test doubles around the engine: record every forward, or drive the engine and the replay together."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+from hogwild_bench.engine.model import HogwildLM
+
+
+@dataclass
+class ForwardRecord:
+    views: list[list[str]]
+    tokens: list[list[int]]
+    flat_views: list[list[int]]  # each row's flattened view right after the forward (its new tokens included)
+    logits: torch.Tensor
+
+
+class RecordingLM:
+    """Wraps a `HogwildLM` and records each forward with the flattened text each row saw."""
+
+    def __init__(self, lm: HogwildLM):
+        self.lm = lm
+        self.records: list[ForwardRecord] = []
+
+    def new_cache(self):
+        return self.lm.new_cache()
+
+    def forward(self, cache, writes, all_logits: bool = False):
+        logits = self.lm.forward(cache, writes, all_logits=all_logits)
+        self.records.append(
+            ForwardRecord(
+                views=[list(w.view) for w in writes],
+                tokens=[list(w.tokens) for w in writes],
+                flat_views=[cache.tokens(w.view) for w in writes],
+                logits=logits,
+            )
+        )
+        return logits
+
+    def prefill(self, cache, name, token_ids, context=None):
+        from hogwild_bench.engine.model import Write
+
+        return self.forward(cache, [Write([*(context or []), name], list(token_ids))])[0]
+
+
+class TeeCache:
+    """Engine cache and replay cache side by side; reads come from the engine, mutations go to both."""
+
+    def __init__(self, engine_cache, replay_cache):
+        self.engine, self.replay = engine_cache, replay_cache
+
+    @property
+    def blocks(self):
+        return self.engine.blocks
+
+    def block(self, name):
+        return self.engine.block(name)
+
+    def commit(self, source, target):
+        self.engine.commit(source, target)
+        self.replay.commit(source, target)
+
+    def clear(self, name):
+        self.engine.clear(name)
+        self.replay.clear(name)
+
+    def tokens(self, names):
+        ours, theirs = self.engine.tokens(names), self.replay.tokens(names)
+        assert ours == theirs, f"token bookkeeping diverged for {names}"
+        return ours
+
+
+@dataclass
+class TeeLM:
+    """Runs every forward through the engine and the replay reference; keeps the worst logit gap."""
+
+    engine: HogwildLM
+    replay: object
+    max_gap: float = 0.0
+    forwards: int = 0
+    gaps: list[float] = field(default_factory=list)
+
+    def new_cache(self):
+        return TeeCache(self.engine.new_cache(), self.replay.new_cache())
+
+    def forward(self, cache, writes, all_logits: bool = False):
+        ours = self.engine.forward(cache.engine, writes, all_logits=all_logits)
+        theirs = self.replay.forward(cache.replay, writes, all_logits=all_logits)
+        gap = (ours - theirs).abs().max().item()
+        self.gaps.append(gap)
+        self.max_gap = max(self.max_gap, gap)
+        self.forwards += 1
+        return ours
+
+    def prefill(self, cache, name, token_ids, context=None):
+        from hogwild_bench.engine.model import Write
+
+        return self.forward(cache, [Write([*(context or []), name], list(token_ids))])[0]
