@@ -1,0 +1,206 @@
+"""Engine behaviour: attention paths agree, snapshots equal shorter runs, storage grows by amortised
+appends, early stop, and unsupported models are refused with a clear error."""
+
+import pytest
+import torch
+from helpers import RecordingLM
+from transformers import GPT2Config, LlamaConfig, MistralConfig, Qwen2Config
+
+from hogwild_bench.engine.blocks import KVBlock
+from hogwild_bench.engine.generation import (
+    GenerationOptions,
+    HogwildGenerator,
+    ParagraphBoundary,
+    closed_boxed_answer,
+)
+from hogwild_bench.engine.layouts import get_layout
+from hogwild_bench.engine.model import HogwildLM
+from hogwild_bench.engine.prompts import PromptFormat
+from hogwild_bench.engine.rope import RotaryShift, UnsupportedModelError, check_model_supported
+from hogwild_bench.engine.sampling import SamplingParams
+from hogwild_bench.tiny import tiny_tokenizer
+
+
+def every(n):
+    return lambda step: len(step) >= n
+
+
+@pytest.mark.parametrize("layout", ["contiguous", "interleaved", "combined"])
+def test_query_rotation_path_equals_key_rotation_path(models, tokenizer, layout):
+    model = models("qwen3")
+    runs = {}
+    for path in ("query_rotation", "key_rotation"):
+        recorder = RecordingLM(HogwildLM(model, attention=path))
+        options = GenerationOptions(n_workers=3, layout=layout, budgets=(60,), collab_interval=20, early_stop=False)
+        result = HogwildGenerator(recorder, tokenizer, options, boundary=every(10)).generate("What is 3! + 4!?")
+        runs[path] = (recorder.records, result.snapshots[60])
+    (fast, fast_snap), (ref, ref_snap) = runs["query_rotation"], runs["key_rotation"]
+    assert len(fast) == len(ref)
+    for a, b in zip(fast, ref):
+        torch.testing.assert_close(a.logits, b.logits, atol=1e-4, rtol=0)
+    assert fast_snap.worker_tokens == ref_snap.worker_tokens
+
+
+@pytest.mark.parametrize("layout", ["contiguous", "interleaved", "combined"])
+def test_budget_snapshot_equals_run_stopped_at_that_budget(models, tokenizer, layout):
+    model = models("llama")
+
+    def run(budgets):
+        options = GenerationOptions(
+            n_workers=2,
+            layout=layout,
+            budgets=budgets,
+            collab_interval=15,
+            early_stop=False,
+            sampling=SamplingParams(temperature=0.8, top_p=0.9, seed=11),
+        )
+        return HogwildGenerator(HogwildLM(model), tokenizer, options, boundary=every(9)).generate("Compute 1/2 + 1/3.")
+
+    many = run((10, 25, 40))
+    single = run((25,))
+    a, b = many.snapshots[25], single.snapshots[25]
+    assert (a.blocks, a.worker_tokens, a.steps_per_worker) == (b.blocks, b.worker_tokens, b.steps_per_worker)
+    assert (a.answer, a.response, a.tokens_per_worker) == (b.answer, b.response, b.tokens_per_worker)
+    assert many.snapshots[40].total_tokens > a.total_tokens > many.snapshots[10].total_tokens
+
+
+def test_sampling_is_reproducible_from_seed_and_changes_with_it(models, tokenizer):
+    model = models("qwen2")
+
+    def tokens(seed):
+        options = GenerationOptions(
+            n_workers=2, budgets=(20,), early_stop=False, sampling=SamplingParams(temperature=1.0, seed=seed)
+        )
+        return HogwildGenerator(HogwildLM(model), tokenizer, options).generate("2+2?").snapshots[20].worker_tokens
+
+    assert tokens(1) == tokens(1)
+    assert tokens(1) != tokens(2)
+
+
+def test_forbidden_tokens_are_never_sampled(models, tokenizer):
+    model = models("llama")
+    lm = HogwildLM(model)
+    probe = GenerationOptions(n_workers=1, budgets=(12,), early_stop=False)
+    favourite = HogwildGenerator(lm, tokenizer, probe).generate("2+2?").snapshots[12].worker_tokens[0][-12:]
+    banned = tuple(sorted(set(favourite)))
+    options = GenerationOptions(
+        n_workers=1, budgets=(12,), early_stop=False, sampling=SamplingParams(forbidden_token_ids=banned)
+    )
+    out = HogwildGenerator(lm, tokenizer, options).generate("2+2?").snapshots[12].worker_tokens[0][-12:]
+    assert not set(out) & set(banned)
+    assert not set(out) & set(tokenizer.all_special_ids)
+
+
+def test_early_stop_when_a_worker_writes_a_final_boxed_answer(models, tokenizer):
+    options = GenerationOptions(
+        n_workers=2,
+        budgets=(8, 16),
+        first_steps=["**Alice [1]:** So the answer is \\boxed{4}.", "**Bob [1]:** Hi, I'm Bob."],
+    )
+    result = HogwildGenerator(HogwildLM(models("llama")), tokenizer, options).generate("2+2?")
+    assert result.finished_early and result.tokens_per_worker == 1
+    for budget in (8, 16):
+        snap = result.snapshots[budget]
+        assert snap.finished_early and snap.answer == "4" and snap.tokens_per_worker == 1
+
+
+def test_finisher_leaves_generation_state_untouched(models, tokenizer):
+    lm = HogwildLM(models("mistral"))
+    options = GenerationOptions(n_workers=2, layout="combined", budgets=(5, 10), early_stop=False)
+    gen = HogwildGenerator(lm, tokenizer, options, boundary=every(6))
+    result = gen.generate("2+2?")
+    assert "finisher" not in result.snapshots[10].blocks
+    assert result.snapshots[10].response.endswith("\\boxed{" + result.snapshots[10].answer + "}")
+
+
+def test_closed_boxed_answer_takes_the_last_balanced_box():
+    assert closed_boxed_answer("x \\boxed{1} then \\boxed{\\frac{1}{2}} done") == "\\frac{1}{2}"
+    assert closed_boxed_answer("\\boxed{3} and \\boxed{\\frac{1}{") == "3"
+    assert closed_boxed_answer("no box") is None
+
+
+def test_paragraph_boundary_needs_sentence_end_then_blank_line():
+    tok = tiny_tokenizer()
+    boundary = ParagraphBoundary(tok)
+    assert boundary(tok.encode("We add the numbers.\n\n"))
+    assert boundary(tok.encode("Is it $x=2$?\n\n"))
+    assert not boundary(tok.encode("We add the numbers\n\n"))
+    assert not boundary(tok.encode("We add the numbers.\n"))
+
+
+def test_kv_block_grows_by_doubling_and_moves_by_rotation_only():
+    rope = RotaryShift(1.0 / (10000 ** (torch.arange(0, 8, 2).float() / 8)))
+    block = KVBlock("b", num_layers=1)
+    reallocations, last = 0, None
+    for i in range(1000):
+        block.start_write([i])
+        block.write(0, torch.randn(2, 1, 8), torch.randn(2, 1, 8))
+        block.finish_write()
+        if block.keys[0].data_ptr() != last:
+            reallocations, last = reallocations + 1, block.keys[0].data_ptr()
+    assert block.length == 1000 and reallocations <= 6
+    history = KVBlock("h", num_layers=1)
+    history.start_write([0, 1, 2])
+    history.write(0, torch.randn(2, 3, 8), torch.randn(2, 3, 8))
+    history.finish_write()
+    moved_keys, moved_values = block.layer_kv(0)
+    moved_keys, moved_values = moved_keys.clone(), moved_values.clone()
+    history.extend_from(block, rope)
+    keys, values = history.layer_kv(0)
+    assert torch.equal(values[:, 3:], moved_values)
+    torch.testing.assert_close(keys[:, 3:], rope.rotate(moved_keys, 3))
+
+
+@pytest.mark.parametrize(
+    "config,words",
+    [
+        (LlamaConfig(rope_parameters={"rope_type": "dynamic", "factor": 2.0, "rope_theta": 1e4}), ["llama", "dynamic"]),
+        (LlamaConfig(rope_parameters={"rope_type": "longrope", "rope_theta": 1e4, "short_factor": [1.0],
+                                      "long_factor": [1.0], "original_max_position_embeddings": 64}),
+         ["llama", "longrope"]),
+        (MistralConfig(sliding_window=4096), ["mistral", "sliding"]),
+        (Qwen2Config(use_sliding_window=True, sliding_window=128, max_window_layers=0), ["qwen2", "sliding"]),
+        (GPT2Config(), ["gpt2", "rotary"]),
+    ],
+)  # fmt: skip
+def test_unsupported_models_are_refused_with_the_reason(config, words):
+    with pytest.raises(UnsupportedModelError) as error:
+        check_model_supported(config)
+    message = str(error.value)
+    assert all(word in message for word in words), message
+
+
+def test_unsupported_model_is_refused_before_any_work():
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_config(
+        LlamaConfig(
+            vocab_size=64,
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+            num_key_value_heads=1,
+            rope_parameters={"rope_type": "dynamic", "factor": 2.0, "rope_theta": 1e4},
+        )
+    )
+    with pytest.raises(UnsupportedModelError, match="supported rope types: default, linear, llama3, yarn"):
+        HogwildLM(model)
+
+
+def test_unknown_layout_names_the_valid_ones():
+    with pytest.raises(ValueError, match="contiguous, interleaved, combined"):
+        get_layout("diagonal")
+
+
+def test_prompt_format_names_workers_and_uses_the_chat_template():
+    for style, marker in (("qwen", "<|im_start|>assistant\n<think>\n"), ("llama", "<|start_header_id|>assistant")):
+        fmt = PromptFormat(tiny_tokenizer(style), n_workers=4, layout="combined")
+        text = fmt.prompt_text("What is 2+2?")
+        assert marker in text and "What is 2+2?" in text
+        assert all(name in text for name in ("Alice", "Bob", "Carol", "Dave"))
+        assert fmt.step_prefix(1, 3) == "**Bob [3]:** "
+    folded = PromptFormat(tiny_tokenizer("qwen"), n_workers=2, system_as_user=True).prompt_text("Q?")
+    assert "<|im_start|>system" not in folded and "Alice and Bob" in folded
+    with pytest.raises(ValueError, match="n_workers"):
+        PromptFormat(tiny_tokenizer(), n_workers=0)
