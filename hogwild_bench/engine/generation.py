@@ -158,13 +158,20 @@ class HogwildGenerator:
         cache = self.lm.new_cache()
         views = self.layout.views(n)
         prompt = self.fmt.prompt_text(problem, has_history=self.layout.has_history)
-        self.lm.prefill(cache, PROMPT, self.fmt.encode(prompt))
-        self._prefill_constants(cache)
-
-        first_steps = opts.first_steps or [self.fmt.first_step(i) for i in range(n)]
+        prompt_ids = self.fmt.encode(prompt)
+        first_steps = opts.first_steps if opts.first_steps is not None else [self.fmt.first_step(i) for i in range(n)]
+        if len(first_steps) != n:
+            raise ValueError(f"first_steps has {len(first_steps)} texts for {n} workers")
         pending = [self.fmt.encode(text) for text in first_steps]
         worker_tokens = [list(p) for p in pending]
+        if not all(pending):
+            if n > 1:
+                raise ValueError("every worker needs a non-empty first step when n_workers > 1")
+            # a lone worker with no opening text starts from the prompt's last token
+            prompt_ids, pending = prompt_ids[:-1], [prompt_ids[-1:]]
         step_tokens = [list(p) for p in pending]
+        self.lm.prefill(cache, PROMPT, prompt_ids)
+        self._prefill_constants(cache)
         steps = [1] * n
         since_collab = [0] * n
         sampled, finished = 0, False

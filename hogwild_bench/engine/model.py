@@ -65,7 +65,17 @@ class Write:
 
 
 def default_attention_backend(device: torch.device) -> str:
-    return "triton" if device.type == "cuda" else "query_rotation"
+    """The Triton kernel on CUDA (when triton imports), the torch query-rotation path elsewhere."""
+    if device.type == "cuda":
+        try:
+            import triton  # noqa: F401
+
+            from hogwild_bench.engine import triton_attention  # noqa: F401
+
+            return "triton"
+        except ImportError:
+            pass
+    return "query_rotation"
 
 
 class HogwildLM:

@@ -50,7 +50,8 @@ class PromptFormat:
     """Renders prompts for ``n_workers`` workers with a tokenizer's chat template.
 
     ``system_as_user`` folds the system prompt into the user message (for templates without a system
-    role, as in the colab notebook). ``think_prefix``: ``"auto"`` appends ``<think>\\n`` after the
+    role, as in the colab notebook). ``step_labels=False`` drops the ``**Alice [1]:**`` labels (plain chain
+    of thought for a single worker). ``think_prefix``: ``"auto"`` appends ``<think>\\n`` after the
     generation prompt when the tokenizer knows that token and the template did not add it.
     """
 
@@ -61,6 +62,7 @@ class PromptFormat:
     think_prefix: str | None = "auto"
     collab_prompt: str = COLLAB_PROMPT
     finisher_suffix: str = FINISHER_SUFFIX
+    step_labels: bool = True
 
     def __post_init__(self):
         if not 1 <= self.n_workers <= len(WORKER_NAMES):
@@ -82,10 +84,10 @@ class PromptFormat:
         )
 
     def step_prefix(self, worker: int, step: int) -> str:
-        return f"**{self.names[worker]} [{step}]:** "
+        return f"**{self.names[worker]} [{step}]:** " if self.step_labels else ""
 
     def first_step(self, worker: int) -> str:
-        if self.n_workers == 1:
+        if self.n_workers == 1 or not self.step_labels:
             return self.step_prefix(worker, 1)
         return f"{self.step_prefix(worker, 1)}Hi, I'm {self.names[worker]}."
 

@@ -1,0 +1,45 @@
+"""Accuracy-vs-tokens plot (matplotlib, saved as PNG)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import pandas as pd  # noqa: E402
+
+from analysis.accuracy import accuracy_vs_budget  # noqa: E402
+from analysis.load import load_runs  # noqa: E402
+
+
+def plot_accuracy_vs_budget(
+    runs: pd.DataFrame | str | Path,
+    out: str | Path,
+    by: Sequence[str] = ("protocol", "workers", "layout"),
+    title: str = "Accuracy vs tokens per worker",
+) -> Path:
+    """One line per ``by`` group with a 95% band; x is the token budget per worker (log2 scale)."""
+    df = runs if isinstance(runs, pd.DataFrame) else load_runs(runs)
+    table = accuracy_vs_budget(df, by=by)
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for key, group in table.groupby(list(by)):
+        key = key if isinstance(key, tuple) else (key,)
+        label = " ".join(f"{k}={v}" for k, v in zip(by, key))
+        ax.plot(group["budget"], group["accuracy"], marker="o", label=label)
+        ax.fill_between(group["budget"], group["ci_low"], group["ci_high"], alpha=0.15)
+    ax.set_xscale("log", base=2)
+    ax.set_xlabel("budget (tokens per worker)")
+    ax.set_ylabel("accuracy")
+    ax.set_ylim(-0.02, 1.02)
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, loc="best")
+    fig.tight_layout()
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=120)
+    plt.close(fig)
+    return out

@@ -1,0 +1,31 @@
+"""``python -m hogwild_bench +exp=limo_sweep`` -- Hydra entry point (configs in the repo's ``conf/``)."""
+
+from __future__ import annotations
+
+import sys
+
+import hydra
+
+from hogwild_bench.config import register_configs
+
+register_configs()
+
+
+@hydra.main(config_path="../conf", config_name="config", version_base="1.3")
+def main(cfg) -> None:
+    from hogwild_bench.config import ConfigError
+    from hogwild_bench.engine import UnsupportedModelError
+    from hogwild_bench.loading import ModelLoadError
+    from hogwild_bench.runner import run
+    from hogwild_bench.tasks import DatasetError
+
+    try:
+        run(cfg)
+    except (ConfigError, DatasetError, ModelLoadError, UnsupportedModelError) as error:
+        # a problem with the input, not a bug: say what it is, without a traceback
+        print(f"hogwild_bench: {type(error).__name__}: {error}", file=sys.stderr)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,229 @@
+"""Structured configs: every key and value is checked before a model loads.
+
+Hydra composes YAML from ``conf/`` onto these dataclasses (registered in the ConfigStore as the schema of
+each group), so a misspelled key or a wrong type fails at composition with the key's name; enums list the
+valid values; `validate` checks the rest (ranges, cross-field rules) with one message per problem.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import Any
+
+from hydra.core.config_store import ConfigStore
+from omegaconf import MISSING, DictConfig, OmegaConf
+
+
+class ConfigError(ValueError):
+    """A config value is invalid; the message names the key, the value and the valid choices."""
+
+
+class _Choice(str, Enum):
+    """A config enum whose string form is its value (so ``${layout.name}`` interpolates to ``combined``)."""
+
+    def __str__(self) -> str:
+        return self.value
+
+
+class LayoutName(_Choice):
+    combined = "combined"
+    contiguous = "contiguous"
+    interleaved = "interleaved"
+
+
+class ProtocolName(_Choice):
+    hogwild = "hogwild"
+    single = "single"
+
+
+class DType(_Choice):
+    auto = "auto"
+    float32 = "float32"
+    bfloat16 = "bfloat16"
+    float16 = "float16"
+
+
+class HeaderPrefill(_Choice):
+    standalone = "standalone"
+    in_context = "in_context"
+
+
+class LoggerName(_Choice):
+    none = "none"
+    wandb = "wandb"
+
+
+class Attention(_Choice):
+    auto = "auto"
+    query_rotation = "query_rotation"
+    key_rotation = "key_rotation"
+    triton = "triton"
+
+
+@dataclass
+class ModelConfig:
+    name: str = MISSING
+    hf_id: str | None = None  # a hub id or a local path
+    tiny_family: str | None = None  # build a tiny random model instead (llama, qwen2, qwen3, mistral)
+    chat_style: str = "qwen"  # tiny tokenizer's chat template: qwen | llama
+    dtype: DType = DType.auto
+    device_map: str | None = "auto"
+    attention: Attention = Attention.auto
+    system_as_user: bool = False
+    think_prefix: str | None = "auto"
+    trust_remote_code: bool = False
+
+
+@dataclass
+class DatasetConfig:
+    name: str = MISSING
+    source: str = "hf"  # hf | local | sample
+    hf_id: str | None = None
+    subset: str | None = None
+    split: str = "test"
+    path: str | None = None  # for source=local: a .jsonl or .parquet file
+    id_field: str | None = None  # None: the row index
+    problem_field: str = "problem"
+    answer_field: str = "answer"
+    answer_format: str = "plain"  # plain | gsm8k (gold after '####')
+    limit: int | None = None
+
+
+@dataclass
+class LayoutConfig:
+    name: LayoutName = LayoutName.combined
+
+
+@dataclass
+class ProtocolConfig:
+    name: ProtocolName = ProtocolName.hogwild
+    workers: int = 2
+
+
+@dataclass
+class GenerationConfig:
+    budgets: list[int] = field(default_factory=lambda: [1024])
+    temperature: float = 0.0
+    top_p: float = 1.0
+    seed: int = 0
+    collab_interval: int | None = 1024
+    header_prefill: HeaderPrefill = HeaderPrefill.standalone
+    early_stop: bool = True
+    finisher_max_tokens: int = 16
+
+
+@dataclass
+class GridConfig:
+    """Points run inside one job (the model is loaded once): the product of these, or the single
+    ``protocol.workers``/``layout.name`` when a list is empty."""
+
+    workers: list[int] = field(default_factory=list)
+    layouts: list[LayoutName] = field(default_factory=list)
+
+
+@dataclass
+class ShardConfig:
+    index: int = 0
+    count: int = 1
+
+
+@dataclass
+class StoreConfig:
+    root: str = "runs"
+    run_name: str = MISSING
+    retry_failed: bool = True
+
+
+@dataclass
+class LoggerConfig:
+    name: LoggerName = LoggerName.none
+    project: str = "hogwild_bench"
+    entity: str | None = None
+    group: str | None = None
+    mode: str | None = None  # online | offline | disabled; None: offline when no API key is set
+    transcripts: int = 8  # sample transcripts in the W&B table
+
+
+@dataclass
+class ScoringConfig:
+    timeout_seconds: int = 5
+
+
+@dataclass
+class RunConfig:
+    exp_name: str = "default"
+    model: ModelConfig = MISSING
+    dataset: DatasetConfig = MISSING
+    layout: LayoutConfig = field(default_factory=LayoutConfig)
+    protocol: ProtocolConfig = field(default_factory=ProtocolConfig)
+    generation: GenerationConfig = field(default_factory=GenerationConfig)
+    grid: GridConfig = field(default_factory=GridConfig)
+    shard: ShardConfig = field(default_factory=ShardConfig)
+    store: StoreConfig = field(default_factory=StoreConfig)
+    logger: LoggerConfig = field(default_factory=LoggerConfig)
+    scoring: ScoringConfig = field(default_factory=ScoringConfig)
+    progress: bool = True
+    plot: bool = True
+
+
+def register_configs() -> None:
+    store = ConfigStore.instance()
+    store.store(name="run_schema", node=RunConfig)
+    for group, node in (
+        ("model", ModelConfig),
+        ("dataset", DatasetConfig),
+        ("layout", LayoutConfig),
+        ("protocol", ProtocolConfig),
+        ("logger", LoggerConfig),
+    ):
+        store.store(group=group, name=f"{group}_schema", node=node)
+
+
+DATASET_SOURCES = ("hf", "local", "sample")
+ANSWER_FORMATS = ("plain", "gsm8k")
+TINY_FAMILIES = ("llama", "qwen2", "qwen3", "mistral")
+CHAT_STYLES = ("qwen", "llama")
+
+
+def _choice(errors: list[str], key: str, value: Any, valid: tuple) -> None:
+    if value not in valid:
+        errors.append(f"{key}={value!r} is not valid; choose one of: {', '.join(map(str, valid))}")
+
+
+def validate(cfg: DictConfig | RunConfig) -> RunConfig:
+    """Check ranges and cross-field rules; raise one `ConfigError` listing every problem."""
+    cfg = OmegaConf.to_object(cfg) if isinstance(cfg, DictConfig) else cfg
+    errors: list[str] = []
+    m, d, g = cfg.model, cfg.dataset, cfg.generation
+    if (m.hf_id is None) == (m.tiny_family is None):
+        errors.append(f"model {m.name!r}: set exactly one of model.hf_id or model.tiny_family")
+    if m.tiny_family is not None:
+        _choice(errors, "model.tiny_family", m.tiny_family, TINY_FAMILIES)
+    _choice(errors, "model.chat_style", m.chat_style, CHAT_STYLES)
+    _choice(errors, "dataset.source", d.source, DATASET_SOURCES)
+    _choice(errors, "dataset.answer_format", d.answer_format, ANSWER_FORMATS)
+    if d.source == "hf" and not d.hf_id:
+        errors.append(f"dataset {d.name!r}: source=hf needs dataset.hf_id")
+    if d.source == "local" and not d.path:
+        errors.append(f"dataset {d.name!r}: source=local needs dataset.path (a .jsonl or .parquet file)")
+    if d.limit is not None and d.limit < 1:
+        errors.append(f"dataset.limit must be >= 1 or null, got {d.limit}")
+    if not g.budgets or any(b < 1 for b in g.budgets):
+        errors.append(f"generation.budgets must be positive token counts, got {list(g.budgets)}")
+    if g.temperature < 0:
+        errors.append(f"generation.temperature must be >= 0, got {g.temperature}")
+    if not 0 < g.top_p <= 1:
+        errors.append(f"generation.top_p must be in (0, 1], got {g.top_p}")
+    if g.collab_interval is not None and g.collab_interval < 0:
+        errors.append(f"generation.collab_interval must be >= 0 (0 or null: off), got {g.collab_interval}")
+    for workers in [cfg.protocol.workers, *cfg.grid.workers]:
+        if not 1 <= workers <= 12:
+            errors.append(f"workers must be between 1 and 12, got {workers}")
+    if cfg.protocol.name == ProtocolName.single and cfg.protocol.workers != 1:
+        errors.append("protocol=single runs one worker: set protocol.workers=1 (or use protocol=hogwild)")
+    if not 0 <= cfg.shard.index < cfg.shard.count:
+        errors.append(f"shard.index must be in [0, shard.count={cfg.shard.count}), got {cfg.shard.index}")
+    if errors:
+        raise ConfigError("invalid config:\n  - " + "\n  - ".join(errors))
+    return cfg

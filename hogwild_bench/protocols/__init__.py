@@ -1,0 +1,15 @@
+"""Protocols: how workers are arranged to solve one problem. Importing this package registers them."""
+
+from hogwild_bench.protocols import hogwild  # noqa: F401  (registers hogwild, single)
+from hogwild_bench.protocols.base import (
+    PROTOCOLS,
+    BudgetOutcome,
+    GridPoint,
+    Protocol,
+    ProtocolContext,
+    build_protocol,
+    register_protocol,
+)
+
+__all__ = ["PROTOCOLS", "BudgetOutcome", "GridPoint", "Protocol", "ProtocolContext", "build_protocol",
+           "register_protocol"]  # fmt: skip

@@ -1,0 +1,72 @@
+"""What every protocol returns, and the registry that maps ``protocol=<name>`` to an implementation."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from hogwild_bench.engine import HogwildLM
+
+
+@dataclass(frozen=True)
+class GridPoint:
+    """One configuration inside a job: worker count and cache layout."""
+
+    workers: int
+    layout: str
+
+    @property
+    def label(self) -> str:
+        return f"w{self.workers}-{self.layout}"
+
+
+@dataclass
+class BudgetOutcome:
+    """A protocol's result at one tokens-per-worker budget (one stored record after scoring)."""
+
+    budget: int
+    tokens_per_worker: int
+    total_tokens: int
+    wall_seconds: float
+    response: str
+    finished_early: bool
+    extra: dict = field(default_factory=dict)
+
+
+@dataclass
+class ProtocolContext:
+    """What a protocol is built from: the engine-wrapped model, its tokenizer and the run config."""
+
+    lm: HogwildLM
+    tokenizer: object
+    cfg: object  # RunConfig
+
+
+class Protocol(ABC):
+    name: str = "protocol"
+
+    def __init__(self, ctx: ProtocolContext):
+        self.ctx = ctx
+
+    @abstractmethod
+    def run(self, problem: str, point: GridPoint) -> list[BudgetOutcome]:
+        """Solve ``problem`` once and return one outcome per configured budget."""
+
+
+PROTOCOLS: dict[str, Callable[[ProtocolContext], Protocol]] = {}
+
+
+def register_protocol(name: str):
+    def wrap(cls):
+        cls.name = name
+        PROTOCOLS[name] = cls
+        return cls
+
+    return wrap
+
+
+def build_protocol(name: str, ctx: ProtocolContext) -> Protocol:
+    if name not in PROTOCOLS:
+        raise ValueError(f"unknown protocol {name!r}; valid protocols: {', '.join(sorted(PROTOCOLS))}")
+    return PROTOCOLS[name](ctx)

@@ -1,0 +1,190 @@
+"""The runner: config -> problems (this shard) -> protocol -> score -> store -> log, resumable.
+
+Work is done per (problem, grid point): one generation serves every budget. Anything already stored is
+skipped, so a killed or requeued job picks up where it stopped; a problem that raises (OOM, tokenizer
+error, ...) is stored as failed with its error and the run goes on (failed ones are retried on re-run).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import traceback
+from pathlib import Path
+
+from omegaconf import OmegaConf
+from tqdm.auto import tqdm
+
+from hogwild_bench.config import ProtocolName, RunConfig, validate
+from hogwild_bench.engine import HogwildLM
+from hogwild_bench.loading import load_model
+from hogwild_bench.protocols import BudgetOutcome, GridPoint, ProtocolContext, build_protocol
+from hogwild_bench.scoring import score_answer
+from hogwild_bench.store import ResultStore
+from hogwild_bench.tasks import Problem, load_problems, shard
+from hogwild_bench.tracking import make_tracker
+
+log = logging.getLogger("hogwild_bench")
+
+
+def _value(x):
+    return getattr(x, "value", x)
+
+
+def grid_points(cfg: RunConfig) -> list[GridPoint]:
+    if cfg.protocol.name == ProtocolName.single:
+        return [GridPoint(1, "none")]
+    workers = list(cfg.grid.workers) or [cfg.protocol.workers]
+    layouts = [_value(x) for x in cfg.grid.layouts] or [_value(cfg.layout.name)]
+    return [GridPoint(w, layout) for w in workers for layout in layouts]
+
+
+def run_dir_of(cfg: RunConfig) -> Path:
+    return Path(cfg.store.root) / cfg.store.run_name
+
+
+def _key(cfg: RunConfig, problem: Problem, point: GridPoint, budget: int) -> tuple:
+    return (problem.id, _value(cfg.protocol.name), point.layout, point.workers, cfg.generation.seed, budget)
+
+
+def _base_record(cfg: RunConfig, problem: Problem, point: GridPoint, budget: int) -> dict:
+    return {
+        "run_id": cfg.store.run_name,
+        "exp_name": cfg.exp_name,
+        "model": cfg.model.name,
+        "model_id": cfg.model.hf_id or f"tiny-random-{cfg.model.tiny_family}",
+        "dataset": cfg.dataset.name,
+        "problem_id": problem.id,
+        "protocol": _value(cfg.protocol.name),
+        "layout": point.layout,
+        "workers": point.workers,
+        "seed": cfg.generation.seed,
+        "temperature": cfg.generation.temperature,
+        "budget": budget,
+        "gold_answer": problem.answer,
+        "shard": f"{cfg.shard.index}/{cfg.shard.count}",
+        "timestamp": time.time(),
+    }
+
+
+def scored_record(cfg: RunConfig, problem: Problem, point: GridPoint, outcome: BudgetOutcome) -> dict:
+    score = score_answer(outcome.response, problem.answer, cfg.scoring.timeout_seconds)
+    return {
+        **_base_record(cfg, problem, point, outcome.budget),
+        "status": "ok",
+        "tokens_per_worker": outcome.tokens_per_worker,
+        "total_tokens": outcome.total_tokens,
+        "wall_seconds": round(outcome.wall_seconds, 4),
+        "finished_early": outcome.finished_early,
+        "response": outcome.response,
+        "extracted_answer": score.extracted,
+        "correct": score.correct,
+        "scoring_error": score.error,
+        **outcome.extra,
+    }
+
+
+def failed_record(cfg: RunConfig, problem: Problem, point: GridPoint, budget: int, error: BaseException) -> dict:
+    return {
+        **_base_record(cfg, problem, point, budget),
+        "status": "failed",
+        "correct": False,
+        "error": f"{type(error).__name__}: {error}",
+        "traceback": traceback.format_exc(limit=8),
+    }
+
+
+def accuracy_curves(records: list[dict]) -> dict[str, list[tuple[int, float]]]:
+    """``{point label: [(budget, accuracy), ...]}`` over ok records."""
+    groups: dict[tuple[str, int], list[bool]] = {}
+    for r in records:
+        if r.get("status") == "ok":
+            label = f"{r['protocol']}-w{r['workers']}-{r['layout']}"
+            groups.setdefault((label, r["budget"]), []).append(bool(r["correct"]))
+    curves: dict[str, list[tuple[int, float]]] = {}
+    for (label, budget), hits in sorted(groups.items()):
+        curves.setdefault(label, []).append((budget, sum(hits) / len(hits)))
+    return curves
+
+
+def run(cfg) -> Path:
+    """Run (or resume) the job described by ``cfg``; returns the run directory."""
+    cfg = validate(cfg)
+    problems = shard(load_problems(cfg.dataset), cfg.shard.index, cfg.shard.count)
+    run_dir = run_dir_of(cfg)
+    store = ResultStore(run_dir, cfg.shard.index, cfg.shard.count)
+    store.save_config(cfg)
+    points, budgets = grid_points(cfg), sorted(set(cfg.generation.budgets))
+    done = store.completed()
+    todo = []
+    for problem in problems:
+        for point in points:
+            missing = [b for b in budgets if _key(cfg, problem, point, b) not in done]
+            if missing and (cfg.store.retry_failed or not _all_failed(store, cfg, problem, point, missing)):
+                todo.append((problem, point, missing))
+    log.info("%s: %d problems x %d points in this shard, %d to run", run_dir, len(problems), len(points), len(todo))
+    if todo:
+        _run_todo(cfg, store, todo, run_dir)
+    _summarise(cfg, store, run_dir)
+    return run_dir
+
+
+def _all_failed(store, cfg, problem, point, budgets) -> bool:
+    failed = store.failed()
+    return all(_key(cfg, problem, point, b) in failed for b in budgets)
+
+
+def _run_todo(cfg: RunConfig, store: ResultStore, todo: list, run_dir: Path) -> None:
+    model, tokenizer = load_model(cfg.model)
+    lm = HogwildLM(model, attention=_value(cfg.model.attention))
+    protocol = build_protocol(_value(cfg.protocol.name), ProtocolContext(lm, tokenizer, cfg))
+    config_dict = OmegaConf.to_container(OmegaConf.structured(cfg), resolve=True, enum_to_str=True)
+    tracker = make_tracker(cfg.logger, cfg.store.run_name, config_dict, run_dir, (cfg.shard.index, cfg.shard.count))
+    hits: list[bool] = []
+    bar = tqdm(todo, desc=cfg.store.run_name, unit="problem", disable=not cfg.progress)
+    try:
+        for done, (problem, point, missing) in enumerate(bar, start=1):
+            try:
+                outcomes = protocol.run(problem.problem, point)
+                records = [scored_record(cfg, problem, point, o) for o in outcomes if o.budget in missing]
+                hits.append(bool(records[-1]["correct"]) if records else False)
+            except Exception as error:  # one bad problem must not cost the run
+                log.error("problem %s (%s) failed: %s", problem.id, point.label, error)
+                records = [failed_record(cfg, problem, point, b, error) for b in missing]
+                _release_memory()
+            store.append(records)
+            accuracy = sum(hits) / len(hits) if hits else None
+            if accuracy is not None:
+                bar.set_postfix(acc=f"{accuracy:.3f}")
+            tracker.log_problem(done, len(todo), accuracy)
+        records = store.records()
+        transcripts = [
+            {k: r.get(k) for k in ("problem_id", "protocol", "workers", "layout", "budget", "response",
+                                   "extracted_answer", "gold_answer", "correct")}
+            for r in records if r.get("status") == "ok"
+        ][: cfg.logger.transcripts]  # fmt: skip
+        tracker.log_summary(accuracy_curves(records), transcripts)
+    finally:
+        tracker.finish()
+
+
+def _release_memory() -> None:
+    import torch
+
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+def _summarise(cfg: RunConfig, store: ResultStore, run_dir: Path) -> None:
+    records = store.records()
+    curves = accuracy_curves(records)
+    failed = sum(1 for r in records if r.get("status") == "failed")
+    lines = [f"results in {run_dir} ({len(records)} records, {failed} failed)"]
+    for label, points in curves.items():
+        lines.append(f"  {label:40s} " + "  ".join(f"{b}:{acc:.3f}" for b, acc in points))
+    print("\n".join(lines))
+    if cfg.plot and curves:
+        from analysis import plot_accuracy_vs_budget
+
+        path = plot_accuracy_vs_budget(run_dir, run_dir / "accuracy_vs_tokens.png")
+        print(f"plot: {path}")
