@@ -67,9 +67,10 @@ def load_problems(cfg: DatasetConfig) -> list[Problem]:
     problems: list[Problem] = []
     for index, row in enumerate(_rows(cfg)):
         for needed in (cfg.problem_field, cfg.answer_field, cfg.id_field):
-            if needed is not None and needed not in row:
+            if needed is not None and row.get(needed) is None:  # file loaders fill absent fields with None
+                present = sorted(k for k, v in row.items() if v is not None)
                 raise DatasetError(
-                    f"dataset {cfg.name!r}, row {index}: no field {needed!r}; the row has {sorted(row)}. "
+                    f"dataset {cfg.name!r}, row {index}: no field {needed!r}; the row has {present}. "
                     f"Map fields with dataset.problem_field / dataset.answer_field / dataset.id_field"
                 )
         text = str(row[cfg.problem_field]).strip()

@@ -30,3 +30,32 @@ def models():
         return cache[key]
 
     return get
+
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def compose_config(overrides: list[str], hydra_config: bool = False):
+    """Compose ``conf/`` exactly as ``python -m hogwild_bench`` does, in-process."""
+    from hydra import compose, initialize_config_dir
+
+    from hogwild_bench.config import register_configs
+
+    register_configs()
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+        return compose("config", overrides=overrides, return_hydra_config=hydra_config)
+
+
+def tiny_run_overrides(root, *extra: str) -> list[str]:
+    """A fast tiny-model run on the shipped sample (a few problems, short budgets)."""
+    return [
+        "model=tiny_random_llama",
+        "dataset=sample",
+        "dataset.limit=3",
+        "generation.budgets=[6,12]",
+        "generation.finisher_max_tokens=4",
+        f"store.root={root}",
+        "progress=false",
+        "plot=false",
+        *extra,
+    ]

@@ -1,0 +1,84 @@
+"""Print (or run) the sbatch commands for an experiment: one job array per sweep point, one task per shard.
+
+    python slurm/submit.py +exp=limo_sweep --shards 8 --dry-run
+    python slurm/submit.py +exp=limo_sweep model=qwen3_8b --shards 4 --partition gpu
+
+The experiment is composed with Hydra first, so a wrong override fails here, before anything is queued.
+Sweep points are the product of the experiment's ``hydra.sweeper.params`` (e.g. the models of
+limo_sweep); an override on the command line for a swept key pins it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import shlex
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+from hydra import compose, initialize_config_dir
+
+ROOT = Path(__file__).resolve().parent.parent
+SBATCH_SCRIPT = ROOT / "slurm" / "hogwild.sbatch"
+sys.path.insert(0, str(ROOT))
+
+
+def sweep_points(overrides: list[str]) -> list[list[str]]:
+    """Override lists, one per sweep point, composed and validated with Hydra."""
+    from hogwild_bench.config import register_configs, validate
+
+    register_configs()
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+        cfg = compose("config", overrides=overrides, return_hydra_config=True)
+        pinned = {o.split("=", 1)[0].lstrip("+~") for o in overrides if "=" in o}
+        params = {k: str(v).split(",") for k, v in (cfg.hydra.sweeper.params or {}).items() if k not in pinned}
+        keys = sorted(params)
+        points = [
+            [f"{k}={v}" for k, v in zip(keys, values)] for values in itertools.product(*(params[k] for k in keys))
+        ]
+        for point in points:  # every point must compose and validate before anything is submitted
+            validate(compose("config", overrides=[*overrides, *point]))
+    return points
+
+
+def sbatch_commands(overrides: list[str], shards: int, partition: str | None, runs: str | None) -> list[list[str]]:
+    commands = []
+    for point in sweep_points(overrides):
+        name = "hogwild-" + "-".join(p.split("=", 1)[1] for p in point) if point else "hogwild"
+        export = f"ALL,HOGWILD_SHARDS={shards}" + (f",HOGWILD_RUNS={runs}" if runs else "")
+        command = ["sbatch", f"--array=0-{shards - 1}", f"--job-name={name}", f"--export={export}"]
+        if partition:
+            command.append(f"--partition={partition}")
+        commands.append([*command, str(SBATCH_SCRIPT.relative_to(ROOT)), *overrides, *point])
+    return commands
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--shards", type=int, default=1, help="array tasks per sweep point (dataset shards)")
+    parser.add_argument("--partition", default=None)
+    parser.add_argument("--runs", default=None, help="shared results root (HOGWILD_RUNS); default: runs/")
+    parser.add_argument("--dry-run", action="store_true", help="print the sbatch commands, submit nothing")
+    args, overrides = parser.parse_known_args(argv)
+    if args.shards < 1:
+        parser.error(f"--shards must be >= 1, got {args.shards}")
+    unknown = [o for o in overrides if o.startswith("--")]
+    if unknown:
+        parser.error(f"unknown options {unknown}; Hydra overrides look like key=value or +exp=name")
+    commands = sbatch_commands(overrides, args.shards, args.partition, args.runs)
+    for command in commands:
+        print(shlex.join(command))
+    if args.dry_run:
+        return 0
+    if shutil.which("sbatch") is None:
+        print("sbatch not found: run on a SLURM login node, or use --dry-run", file=sys.stderr)
+        return 1
+    for command in commands:
+        subprocess.run(command, check=True, cwd=ROOT)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,99 @@
+"""Config composition and validation: every mistake fails before a model loads, naming the problem."""
+
+import subprocess
+import sys
+
+import pytest
+from conftest import ROOT, compose_config
+from hydra.errors import ConfigCompositionException, MissingConfigException
+from omegaconf.errors import ConfigKeyError, ValidationError
+
+from hogwild_bench.config import ConfigError, validate
+
+
+def test_default_and_experiment_configs_compose_and_validate():
+    for overrides in ([], ["+exp=demo"], ["+exp=limo_sweep"], ["protocol=single"], ["model=qwen3_8b", "dataset=gsm8k"]):
+        validate(compose_config(overrides))
+
+
+def test_limo_sweep_is_the_full_grid():
+    cfg = compose_config(["+exp=limo_sweep"], hydra_config=True)
+    assert list(cfg.grid.workers) == [1, 2, 4]
+    assert [str(x) for x in cfg.grid.layouts] == ["combined", "contiguous", "interleaved"]
+    assert list(cfg.generation.budgets) == [1024, 2048, 4096, 8192, 16384]
+    assert cfg.dataset.hf_id == "GAIR/LIMO"
+    models = cfg.hydra.sweeper.params.model.split(",")
+    assert {"qwq_32b", "qwen3_8b", "qwen3_14b", "qwen3_32b", "r1_distill_qwen_7b", "llama31_8b_instruct"} <= set(models)
+
+
+def test_cfg_job_prints_the_sweep():
+    out = subprocess.run(
+        [sys.executable, "-m", "hogwild_bench", "+exp=limo_sweep", "--cfg", "job"],
+        cwd=ROOT, capture_output=True, text=True, check=True,
+    ).stdout  # fmt: skip
+    for needle in ("exp_name: limo_sweep", "- 16384", "- interleaved", "hf_id: Qwen/QwQ-32B"):
+        assert needle in out
+
+
+def test_unknown_group_choice_lists_the_valid_options():
+    with pytest.raises(MissingConfigException) as error:
+        compose_config(["layout=diagonal"])
+    assert "combined" in str(error.value) and "interleaved" in str(error.value)
+
+
+def test_unknown_key_is_named():
+    with pytest.raises(ConfigCompositionException) as error:
+        compose_config(["generation.tempreature=0.5"])
+    assert "tempreature" in str(error.value.__cause__ or error.value)
+
+
+def test_bad_enum_value_lists_the_valid_ones():
+    with pytest.raises(ConfigCompositionException) as error:
+        compose_config(["layout.name=diagonal"])
+    cause = error.value.__cause__
+    assert isinstance(cause, (ValidationError, ConfigKeyError))
+    assert "combined, contiguous, interleaved" in str(cause)
+
+
+@pytest.mark.parametrize(
+    "overrides,message",
+    [
+        (["generation.budgets=[0,128]"], "generation.budgets must be positive"),
+        (["protocol=single", "protocol.workers=2"], "protocol=single runs one worker"),
+        (["shard.index=4", "shard.count=4"], "shard.index must be in [0, shard.count=4)"),
+        (
+            ["model.tiny_family=gpt"],
+            "model.tiny_family='gpt' is not valid; choose one of: llama, qwen2, qwen3, mistral",
+        ),
+        (["dataset=local"], "needs dataset.path"),
+        (["generation.top_p=0"], "generation.top_p must be in (0, 1]"),
+        (["protocol.workers=0"], "workers must be between 1 and 12"),
+    ],
+)
+def test_validation_names_the_key_and_the_valid_range(overrides, message):
+    with pytest.raises(ConfigError) as error:
+        validate(compose_config(overrides))
+    assert message in str(error.value)
+
+
+def test_validation_reports_every_problem_at_once():
+    with pytest.raises(ConfigError) as error:
+        validate(compose_config(["generation.budgets=[-1]", "generation.temperature=-1"]))
+    assert "budgets" in str(error.value) and "temperature" in str(error.value)
+
+
+def test_cli_reports_config_errors_without_a_traceback(tmp_path):
+    result = subprocess.run(
+        [sys.executable, "-m", "hogwild_bench", "generation.budgets=[0]", f"store.root={tmp_path}"],
+        cwd=ROOT, capture_output=True, text=True,
+    )  # fmt: skip
+    assert result.returncode == 2
+    assert "generation.budgets must be positive" in result.stderr and "Traceback" not in result.stderr
+    written = [p.name for p in tmp_path.iterdir() if p.name != ".hydra"]  # hydra's own job logs only
+    assert written == [], "no run directory is created for an invalid config"
+
+
+def test_submitit_launcher_config_composes():
+    cfg = compose_config(["+exp=limo_sweep", "hydra/launcher=slurm_gpu"], hydra_config=True)
+    assert cfg.hydra.launcher.gpus_per_node == 1
+    assert "submitit" in cfg.hydra.launcher._target_

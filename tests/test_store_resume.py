@@ -1,0 +1,114 @@
+"""Store and resume: crash-safe appends, no lost or duplicated records, failures recorded and retried."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+from conftest import ROOT, compose_config, tiny_run_overrides
+
+from hogwild_bench.config import ConfigError
+from hogwild_bench.protocols.hogwild import HogwildProtocol
+from hogwild_bench.runner import run, run_dir_of
+from hogwild_bench.store import ResultStore, record_key
+
+REQUIRED_FIELDS = {
+    "run_id", "model", "dataset", "problem_id", "protocol", "layout", "workers", "seed", "budget",
+    "tokens_per_worker", "total_tokens", "wall_seconds", "response", "extracted_answer", "gold_answer",
+    "correct", "finished_early",
+}  # fmt: skip
+
+
+def test_truncated_last_line_is_skipped_and_next_append_starts_clean(tmp_path):
+    store = ResultStore(tmp_path)
+    store.append([{"problem_id": "a", "protocol": "p", "layout": "l", "workers": 1, "seed": 0, "budget": 1,
+                   "status": "ok"}])  # fmt: skip
+    with open(store.path, "ab") as handle:
+        handle.write(b'{"problem_id": "b", "protoc')  # a kill -9 in the middle of a write
+    with pytest.warns(UserWarning, match="truncated"):
+        assert [r["problem_id"] for r in store.records()] == ["a"]
+    store.append([{"problem_id": "c", "protocol": "p", "layout": "l", "workers": 1, "seed": 0, "budget": 1,
+                   "status": "ok"}])  # fmt: skip
+    with pytest.warns(UserWarning):
+        assert [r["problem_id"] for r in store.records()] == ["a", "c"]
+
+
+def test_run_writes_records_with_the_schema_and_resumes_without_duplicates(tmp_path):
+    cfg = compose_config(tiny_run_overrides(tmp_path, "grid.workers=[1,2]", "grid.layouts=[combined,interleaved]"))
+    run_dir = run(cfg)
+    records = ResultStore(run_dir).records()
+    assert len(records) == 3 * 4 * 2  # problems x grid points x budgets
+    assert REQUIRED_FIELDS <= set(records[0])
+    assert (run_dir / "config.yaml").exists()
+    mtime = os.path.getmtime(records_file := next(run_dir.glob("records*.jsonl")))
+    run(cfg)  # everything is stored: nothing to do
+    assert os.path.getmtime(records_file) == mtime
+    assert len(ResultStore(run_dir).records()) == len(records)
+
+
+def test_lost_records_are_recomputed_and_only_they(tmp_path):
+    cfg = compose_config(tiny_run_overrides(tmp_path))
+    run_dir = run(cfg)
+    path = next(run_dir.glob("records*.jsonl"))
+    lines = path.read_text().splitlines()
+    path.write_text("\n".join(lines[:-3]) + "\n" + lines[-3][:25])  # lose 2 records, truncate a third
+    with pytest.warns(UserWarning, match="truncated"):
+        run(cfg)
+    with pytest.warns(UserWarning, match="truncated"):
+        records = ResultStore(run_dir).records()
+    keys = [record_key(r) for r in records]
+    assert len(keys) == len(set(keys)) == len(lines)
+
+
+def test_a_failing_problem_is_recorded_and_the_run_goes_on_then_retried(tmp_path, monkeypatch):
+    cfg = compose_config(tiny_run_overrides(tmp_path))
+    original = HogwildProtocol.run
+
+    def flaky(self, problem, point):
+        if "17 + 25" in problem:
+            raise RuntimeError("CUDA out of memory (simulated)")
+        return original(self, problem, point)
+
+    monkeypatch.setattr(HogwildProtocol, "run", flaky)
+    run_dir = run(cfg)
+    records = ResultStore(run_dir).records()
+    failed = [r for r in records if r["status"] == "failed"]
+    assert len(failed) == 2 and "out of memory" in failed[0]["error"]
+    assert sum(r["status"] == "ok" for r in records) == 4
+    monkeypatch.setattr(HogwildProtocol, "run", original)
+    run(cfg)
+    from analysis import load_runs
+
+    df = load_runs(run_dir)
+    assert len(df) == 6 and (df["status"] == "ok").all()
+
+
+def test_same_run_dir_with_a_different_config_is_refused(tmp_path):
+    run(compose_config(tiny_run_overrides(tmp_path, "store.run_name=fixed")))
+    with pytest.raises(ConfigError, match="holds results of a different config"):
+        run(compose_config(tiny_run_overrides(tmp_path, "store.run_name=fixed", "generation.temperature=0.7")))
+
+
+def test_kill_9_mid_run_then_rerun_completes_without_loss_or_duplicates(tmp_path):
+    overrides = tiny_run_overrides(tmp_path, "dataset.limit=8", "generation.budgets=[8,24]")
+    command = [sys.executable, "-m", "hogwild_bench", *overrides]
+    run_dir = run_dir_of(compose_config(overrides))
+    process = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        files = list(run_dir.glob("records*.jsonl")) if run_dir.exists() else []
+        if files and len(files[0].read_text().splitlines()) >= 4:
+            break
+        time.sleep(0.05)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    partial = len(ResultStore(run_dir).records())
+    assert 0 < partial < 16, "the kill should land mid-run"
+    subprocess.run(command, cwd=ROOT, check=True, capture_output=True)
+    records = ResultStore(run_dir).records()
+    keys = [record_key(r) for r in records]
+    assert len(keys) == len(set(keys)) == 16
+    assert all(json.dumps(r) for r in records)
