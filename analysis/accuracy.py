@@ -16,7 +16,8 @@ def wilson_interval(successes: int, n: int, z: float = Z95) -> tuple[float, floa
     p = successes / n
     centre = (p + z * z / (2 * n)) / (1 + z * z / n)
     half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
-    return (max(0.0, centre - half), min(1.0, centre + half))
+    # clamp to the estimate itself so rounding never puts p outside its own interval (p = 0 or 1)
+    return (min(p, max(0.0, centre - half)), max(p, min(1.0, centre + half)))
 
 
 def accuracy_vs_budget(df: pd.DataFrame, by: Sequence[str] = ("protocol", "workers", "layout")) -> pd.DataFrame:
