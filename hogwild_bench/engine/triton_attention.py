@@ -1,0 +1,252 @@
+"""Triton decode attention over shared blocks: each block's K/V are read once per step.
+
+One program handles (block, split of that block, kv head). It gathers the queries of *every* view entry
+that holds the block -- all workers that see it, each rotated by its own ``own_offset - block_offset`` --
+into one tile, and runs a flash-attention pass over the split's keys, so N workers cost one read of a
+shared block, not N. Per-entry partial results (output, log-sum-exp) are merged per worker by a second
+small kernel. Keys stay at block-local positions; the RoPE shift is fused into the query load.
+
+Metadata is built once per forward (`TritonPlan`); only the per-layer block addresses change per layer.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import triton
+import triton.language as tl
+
+from hogwild_bench.engine.attention import RowView
+from hogwild_bench.engine.rope import RotaryShift
+
+SPLIT = 512  # keys per program along a block (flash-decoding split)
+BLOCK_N = 64
+NOT_OWN = 1 << 30  # query start for blocks other than the writer's own: nothing is masked
+
+
+@triton.jit
+def _block_attention_kernel(
+    Q, stride_qr, stride_qh, stride_qt,
+    K_PTRS, V_PTRS, CAPACITY, LENGTH,
+    WORK_BLOCK, WORK_SPLIT,
+    ENT_START, ENT_COUNT, ENT_ROW, ENT_DELTA, ENT_QSTART,
+    INV_FREQ,
+    O_PART, LSE_PART, stride_oe, stride_os, stride_oh, stride_ot,
+    scale_log2,
+    G: tl.constexpr, T: tl.constexpr, D: tl.constexpr, HALF: tl.constexpr,
+    SPLIT_SIZE: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+):  # fmt: skip
+    work = tl.program_id(0)
+    kv_head = tl.program_id(1)
+    block = tl.load(WORK_BLOCK + work)
+    split = tl.load(WORK_SPLIT + work)
+    length = tl.load(LENGTH + block)
+    capacity = tl.load(CAPACITY + block).to(tl.int64)
+    ent_start = tl.load(ENT_START + block)
+    ent_count = tl.load(ENT_COUNT + block)
+    dtype = Q.dtype.element_ty
+    k_base = tl.load(K_PTRS + block).to(tl.pointer_type(dtype))
+    v_base = tl.load(V_PTRS + block).to(tl.pointer_type(dtype))
+    k_base += kv_head * capacity * D
+    v_base += kv_head * capacity * D
+
+    # query rows: (entry, head in group, query position)
+    rows = tl.arange(0, BLOCK_M)
+    entry = rows // (G * T)
+    group = (rows // T) % G
+    t = rows % T
+    valid = entry < ent_count
+    gentry = ent_start + tl.where(valid, entry, 0)
+    worker = tl.load(ENT_ROW + gentry)
+    delta = tl.load(ENT_DELTA + gentry).to(tl.float32)
+    qstart = tl.load(ENT_QSTART + gentry)
+    head = kv_head * G + group
+    d = tl.arange(0, D)
+    swapped = (d + HALF) % D
+    sign = tl.where(d < HALF, -1.0, 1.0)
+    q_off = worker[:, None] * stride_qr + head[:, None] * stride_qh + t[:, None] * stride_qt
+    q = tl.load(Q + q_off + d[None, :], mask=valid[:, None], other=0.0).to(tl.float32)
+    q_sw = tl.load(Q + q_off + swapped[None, :], mask=valid[:, None], other=0.0).to(tl.float32)
+    freq = tl.load(INV_FREQ + (d % HALF))
+    angle = delta[:, None] * freq[None, :]
+    q = (q * tl.cos(angle) + sign[None, :] * q_sw * tl.sin(angle)).to(dtype)
+    # own block: causal in local positions; other blocks carry a huge qstart, so every key is visible
+    q_pos = qstart + t
+
+    m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
+    l_i = tl.zeros([BLOCK_M], tl.float32)
+    acc = tl.zeros([BLOCK_M, D], tl.float32)
+    start = split * SPLIT_SIZE
+    end = tl.minimum(start + SPLIT_SIZE, length)
+    for n0 in range(start, end, BLOCK_N):
+        n = n0 + tl.arange(0, BLOCK_N)
+        in_range = n < end
+        k = tl.load(k_base + n[:, None] * D + d[None, :], mask=in_range[:, None], other=0.0)
+        v = tl.load(v_base + n[:, None] * D + d[None, :], mask=in_range[:, None], other=0.0)
+        s = tl.dot(q, tl.trans(k)) * scale_log2
+        visible = in_range[None, :] & (n[None, :] <= q_pos[:, None]) & valid[:, None]
+        s = tl.where(visible, s, float("-inf"))
+        m_new = tl.maximum(m_i, tl.max(s, 1))
+        m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
+        p = tl.exp2(s - m_safe[:, None])
+        alpha = tl.exp2(m_i - m_safe)
+        l_i = l_i * alpha + tl.sum(p, 1)
+        acc = acc * alpha[:, None] + tl.dot(p.to(dtype), v)
+        m_i = m_new
+
+    has = l_i > 0
+    out = acc / tl.where(has, l_i, 1.0)[:, None]
+    lse = tl.where(has, m_i + tl.log2(tl.where(has, l_i, 1.0)), float("-inf"))  # base-2 log-sum-exp
+    o_off = gentry * stride_oe + split * stride_os + head * stride_oh + t * stride_ot
+    tl.store(O_PART + o_off[:, None] + d[None, :], out, mask=valid[:, None])
+    tl.store(LSE_PART + (o_off // D), lse, mask=valid)
+
+
+@triton.jit
+def _merge_kernel(
+    O_PART, LSE_PART, stride_oe, stride_os, stride_oh, stride_ot,
+    ROW_ENTRIES, ROW_COUNT, max_entries, n_splits,
+    OUT, stride_r, stride_t, stride_h,
+    T: tl.constexpr, D: tl.constexpr,
+):  # fmt: skip
+    row = tl.program_id(0)
+    head = tl.program_id(1)
+    t = tl.program_id(2)
+    d = tl.arange(0, D)
+    count = tl.load(ROW_COUNT + row)
+    m = tl.full([1], float("-inf"), tl.float32)
+    l_sum = tl.zeros([1], tl.float32)
+    acc = tl.zeros([D], tl.float32)
+    for i in range(0, count):
+        e = tl.load(ROW_ENTRIES + row * max_entries + i)
+        for s in range(0, n_splits):
+            off = e * stride_oe + s * stride_os + head * stride_oh + t * stride_ot
+            lse = tl.load(LSE_PART + off // D)  # -inf where the split is past the block's end
+            m_new = tl.maximum(m, lse)
+            m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
+            scale_old = tl.exp2(m - m_safe)
+            w = tl.exp2(lse - m_safe)
+            acc = acc * scale_old + w * tl.load(O_PART + off + d)
+            l_sum = l_sum * scale_old + w
+            m = m_new
+    out = acc / tl.where(l_sum > 0, l_sum, 1.0)
+    tl.store(OUT + row * stride_r + t * stride_t + head * stride_h + d, out.to(OUT.dtype.element_ty))
+
+
+@dataclass
+class TritonPlan:
+    """Per-forward metadata shared by all layers (device tensors)."""
+
+    blocks: list
+    work_block: torch.Tensor
+    work_split: torch.Tensor
+    ent_start: torch.Tensor
+    ent_count: torch.Tensor
+    ent_row: torch.Tensor
+    ent_delta: torch.Tensor
+    ent_qstart: torch.Tensor
+    row_entries: torch.Tensor
+    row_count: torch.Tensor
+    n_entries: int
+    n_splits: int
+    max_entries_per_block: int
+
+    @classmethod
+    def build(cls, rows: list[RowView], q_len: int, device: torch.device) -> TritonPlan:
+        blocks, index, per_block = [], {}, []
+        for r, row in enumerate(rows):
+            own_offset = row.offsets[-1]
+            for position, (block, offset) in enumerate(zip(row.blocks, row.offsets)):
+                if block.visible_length == 0:
+                    continue
+                if id(block) not in index:
+                    index[id(block)] = len(blocks)
+                    blocks.append(block)
+                    per_block.append([])
+                is_own = position == len(row.blocks) - 1
+                qstart = row.own.length - (q_len - row.n_new) if is_own else NOT_OWN
+                per_block[index[id(block)]].append((r, own_offset - offset, qstart))
+        ent_start, ent_count, ent_row, ent_delta, ent_qstart = [], [], [], [], []
+        row_entries: list[list[int]] = [[] for _ in rows]
+        for entries in per_block:
+            ent_start.append(len(ent_row))
+            ent_count.append(len(entries))
+            for r, delta, qstart in entries:
+                row_entries[r].append(len(ent_row))
+                ent_row.append(r)
+                ent_delta.append(delta)
+                ent_qstart.append(qstart)
+        work_block, work_split = [], []
+        for b, block in enumerate(blocks):
+            for s in range(triton.cdiv(block.visible_length, SPLIT)):
+                work_block.append(b)
+                work_split.append(s)
+        width = max(1, max(len(e) for e in row_entries))
+        padded = [e + [0] * (width - len(e)) for e in row_entries]
+
+        def tensor(values, dtype=torch.int32):
+            return torch.tensor(values, dtype=dtype).to(device, non_blocking=True)
+
+        return cls(
+            blocks=blocks,
+            work_block=tensor(work_block),
+            work_split=tensor(work_split),
+            ent_start=tensor(ent_start),
+            ent_count=tensor(ent_count),
+            ent_row=tensor(ent_row),
+            ent_delta=tensor(ent_delta),
+            ent_qstart=tensor(ent_qstart),
+            row_entries=tensor(padded),
+            row_count=tensor([len(e) for e in row_entries]),
+            n_entries=len(ent_row),
+            n_splits=max((triton.cdiv(b.visible_length, SPLIT) for b in blocks), default=1),
+            max_entries_per_block=max(ent_count, default=1),
+        )
+
+
+def attend_rows_triton(
+    query: torch.Tensor,
+    rows: list[RowView],
+    layer: int,
+    rope: RotaryShift,
+    scaling: float,
+    plan: TritonPlan | None = None,
+) -> torch.Tensor:
+    """``query [rows, heads, T, D]`` -> ``[rows, T, heads, D]``, same contract as the torch paths."""
+    n_rows, heads, q_len, dim = query.shape
+    device = query.device
+    plan = plan or TritonPlan.build(rows, q_len, device)
+    out = torch.zeros(n_rows, q_len, heads, dim, dtype=query.dtype, device=device)
+    if not plan.blocks:
+        return out
+    kv_heads = plan.blocks[0].keys[layer].shape[0]
+    groups = heads // kv_heads
+    query = query.contiguous()
+    k_ptrs = torch.tensor([b.keys[layer].data_ptr() for b in plan.blocks], dtype=torch.int64).to(device)
+    v_ptrs = torch.tensor([b.values[layer].data_ptr() for b in plan.blocks], dtype=torch.int64).to(device)
+    capacity = torch.tensor([b.keys[layer].shape[1] for b in plan.blocks], dtype=torch.int32).to(device)
+    length = torch.tensor([b.visible_length for b in plan.blocks], dtype=torch.int32).to(device)
+    o_part = torch.empty(plan.n_entries, plan.n_splits, heads, q_len, dim, dtype=torch.float32, device=device)
+    lse_part = torch.full((plan.n_entries, plan.n_splits, heads, q_len), float("-inf"), device=device)
+    block_m = max(16, triton.next_power_of_2(plan.max_entries_per_block * groups * q_len))
+    inv_freq = rope._freqs(device)
+    grid = (len(plan.work_block), kv_heads)
+    _block_attention_kernel[grid](
+        query, query.stride(0), query.stride(1), query.stride(2),
+        k_ptrs, v_ptrs, capacity, length,
+        plan.work_block, plan.work_split,
+        plan.ent_start, plan.ent_count, plan.ent_row, plan.ent_delta, plan.ent_qstart,
+        inv_freq,
+        o_part, lse_part, o_part.stride(0), o_part.stride(1), o_part.stride(2), o_part.stride(3),
+        scaling * 1.4426950408889634,
+        G=groups, T=q_len, D=dim, HALF=dim // 2, SPLIT_SIZE=SPLIT, BLOCK_M=block_m, BLOCK_N=BLOCK_N,
+        num_warps=4 if block_m <= 64 else 8,
+    )  # fmt: skip
+    _merge_kernel[(n_rows, heads, q_len)](
+        o_part, lse_part, o_part.stride(0), o_part.stride(1), o_part.stride(2), o_part.stride(3),
+        plan.row_entries, plan.row_count, plan.row_entries.shape[1], plan.n_splits,
+        out, out.stride(0), out.stride(1), out.stride(2),
+        T=q_len, D=dim,
+    )  # fmt: skip
+    return out
