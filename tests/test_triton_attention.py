@@ -14,6 +14,7 @@ from hogwild_bench.engine.blocks import KVBlock  # noqa: E402
 from hogwild_bench.engine.rope import RotaryShift  # noqa: E402
 
 ON_GPU = torch.cuda.is_available()
+os.environ["HOGWILD_TRITON_POISON"] = "1"  # outputs start as NaN: every element must be written
 if not ON_GPU and os.environ.get("TRITON_INTERPRET") != "1":
     pytest.skip("Triton kernels run on CUDA, or on CPU with TRITON_INTERPRET=1", allow_module_level=True)
 
@@ -64,6 +65,7 @@ def check(n_rows, heads, kv_heads, dim, lengths, q_len, dtype, device, seed, tol
     got = attend_rows_triton(query, rows, 0, rope, scaling).float()
     for b, row in enumerate(rows):  # left-padding slots are unspecified; compare the real tokens
         real = slice(q_len - row.n_new, q_len)
+        assert not got[b, real].isnan().any(), f"row {b}: unwritten output"
         error = (got[b, real] - reference[b, real]).norm() / reference[b, real].norm()
         assert error < tol, f"row {b}: relative error {error:.2e}"
 

@@ -36,6 +36,7 @@ class HogwildCache(Cache):
         self.attention = attention
         self.blocks: dict[str, KVBlock] = {}
         self.rows: list[RowView] | None = None
+        self.forward_state: dict = {}  # per-forward scratch for attention backends (e.g. kernel metadata)
 
     # -- blocks ----------------------------------------------------------------------------------
     def block(self, name: str) -> KVBlock:
@@ -85,6 +86,7 @@ class HogwildCache(Cache):
         for row in self.rows or []:
             row.own.finish_write() if ok else row.own.abort_write()
         self.rows = None
+        self.forward_state = {}
 
     def update(self, key_states: torch.Tensor, value_states: torch.Tensor, layer_idx: int, *args, **kwargs):
         """Called by every attention layer with ``[rows, kv_heads, T, head_dim]`` new keys/values."""

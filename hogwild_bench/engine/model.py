@@ -41,9 +41,14 @@ def hogwild_attention(
         )
     scaling = module.head_dim**-0.5 if scaling is None else scaling
     if hogwild_cache.attention == "triton":
-        from hogwild_bench.engine.triton_attention import attend_rows_triton
+        from hogwild_bench.engine.triton_attention import TritonPlan, attend_rows_triton
 
-        return attend_rows_triton(query, hogwild_cache.rows, module.layer_idx, hogwild_cache.rope, scaling), None
+        plan = hogwild_cache.forward_state.get(("triton_plan", query.device))
+        if plan is None:  # built once per forward (per device), shared by every layer
+            plan = TritonPlan.build(hogwild_cache.rows, query.shape[2], query.device)
+            hogwild_cache.forward_state[("triton_plan", query.device)] = plan
+        rows = hogwild_cache.rows
+        return attend_rows_triton(query, rows, module.layer_idx, hogwild_cache.rope, scaling, plan), None
     path = ATTENTION_PATHS[hogwild_cache.attention]
     outs = [
         path(query[b], row, module.layer_idx, hogwild_cache.rope, scaling) for b, row in enumerate(hogwild_cache.rows)

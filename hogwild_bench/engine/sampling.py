@@ -29,6 +29,7 @@ class Sampler:
         self.params = params
         self.forbidden = sorted(set(params.forbidden_token_ids) | set(extra_forbidden))
         self._generators: dict[torch.device, torch.Generator] = {}
+        self._forbidden_on: dict[torch.device, torch.Tensor] = {}
 
     def _generator(self, device: torch.device) -> torch.Generator:
         if device not in self._generators:
@@ -39,7 +40,9 @@ class Sampler:
         """``logits [rows, V]`` -> one token id per row."""
         logits = logits.float().clone()
         if self.forbidden:
-            logits[:, self.forbidden] = float("-inf")
+            if logits.device not in self._forbidden_on:
+                self._forbidden_on[logits.device] = torch.tensor(self.forbidden, device=logits.device)
+            logits[:, self._forbidden_on[logits.device]] = float("-inf")
         if self.params.temperature == 0:
             return logits.argmax(-1).tolist()
         probs = torch.softmax(logits / self.params.temperature, dim=-1)

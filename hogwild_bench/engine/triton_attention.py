@@ -11,6 +11,7 @@ Metadata is built once per forward (`TritonPlan`); only the per-layer block addr
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 
 import torch
@@ -22,6 +23,7 @@ from hogwild_bench.engine.rope import RotaryShift
 
 SPLIT = 512  # keys per program along a block (flash-decoding split)
 BLOCK_N = 64
+POISON = bool(os.environ.get("HOGWILD_TRITON_POISON"))  # fill outputs with NaN first (tests)
 NOT_OWN = 1 << 30  # query start for blocks other than the writer's own: nothing is masked
 
 
@@ -127,7 +129,8 @@ def _merge_kernel(
             m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
             scale_old = tl.exp2(m - m_safe)
             w = tl.exp2(lse - m_safe)
-            acc = acc * scale_old + w * tl.load(O_PART + off + d)
+            partial = tl.where(lse > float("-inf"), tl.load(O_PART + off + d), 0.0)  # unwritten splits: skip
+            acc = acc * scale_old + w * partial
             l_sum = l_sum * scale_old + w
             m = m_new
     out = acc / tl.where(l_sum > 0, l_sum, 1.0)
@@ -146,6 +149,7 @@ class TritonPlan:
     ent_row: torch.Tensor
     ent_delta: torch.Tensor
     ent_qstart: torch.Tensor
+    length: torch.Tensor
     row_entries: torch.Tensor
     row_count: torch.Tensor
     n_entries: int
@@ -197,6 +201,7 @@ class TritonPlan:
             ent_row=tensor(ent_row),
             ent_delta=tensor(ent_delta),
             ent_qstart=tensor(ent_qstart),
+            length=tensor([b.visible_length for b in blocks]),
             row_entries=tensor(padded),
             row_count=tensor([len(e) for e in row_entries]),
             n_entries=len(ent_row),
@@ -217,24 +222,27 @@ def attend_rows_triton(
     n_rows, heads, q_len, dim = query.shape
     device = query.device
     plan = plan or TritonPlan.build(rows, q_len, device)
-    out = torch.zeros(n_rows, q_len, heads, dim, dtype=query.dtype, device=device)
     if not plan.blocks:
-        return out
+        return torch.zeros(n_rows, q_len, heads, dim, dtype=query.dtype, device=device)
+    # every element of `out` and every used partial is written by the kernels; POISON checks that
+    out = torch.empty(n_rows, q_len, heads, dim, dtype=query.dtype, device=device)
     kv_heads = plan.blocks[0].keys[layer].shape[0]
     groups = heads // kv_heads
     query = query.contiguous()
     k_ptrs = torch.tensor([b.keys[layer].data_ptr() for b in plan.blocks], dtype=torch.int64).to(device)
     v_ptrs = torch.tensor([b.values[layer].data_ptr() for b in plan.blocks], dtype=torch.int64).to(device)
     capacity = torch.tensor([b.keys[layer].shape[1] for b in plan.blocks], dtype=torch.int32).to(device)
-    length = torch.tensor([b.visible_length for b in plan.blocks], dtype=torch.int32).to(device)
     o_part = torch.empty(plan.n_entries, plan.n_splits, heads, q_len, dim, dtype=torch.float32, device=device)
+    if POISON:
+        out.fill_(float("nan"))
+        o_part.fill_(float("nan"))
     lse_part = torch.full((plan.n_entries, plan.n_splits, heads, q_len), float("-inf"), device=device)
     block_m = max(16, triton.next_power_of_2(plan.max_entries_per_block * groups * q_len))
     inv_freq = rope._freqs(device)
     grid = (len(plan.work_block), kv_heads)
     _block_attention_kernel[grid](
         query, query.stride(0), query.stride(1), query.stride(2),
-        k_ptrs, v_ptrs, capacity, length,
+        k_ptrs, v_ptrs, capacity, plan.length,
         plan.work_block, plan.work_split,
         plan.ent_start, plan.ent_count, plan.ent_row, plan.ent_delta, plan.ent_qstart,
         inv_freq,

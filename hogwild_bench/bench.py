@@ -1,0 +1,233 @@
+"""Decode-step benchmark against the memory floor: ``python -m hogwild_bench.bench --out FILE.json``.
+
+A random-weight Qwen2-7B-shaped model in bf16 (hidden 3584, 28 layers, 28 heads, 4 KV heads, vocab 152064).
+For each worker count N, shared context C and layout, one decode step of N workers (one new token each)
+is timed for:
+  (a) plain HF batched decode at batch N (SDPA, DynamicCache holding C tokens per row),
+  (b) the engine's torch query-rotation path, (c) the engine's Triton path,
+and compared with (d) the floor = (weight bytes + unique KV bytes) / device-to-device copy bandwidth,
+all measured in the same run. Cache contents are random (never zeros). It also times end-to-end
+generation (prefill, decode, step commits, finisher) in tokens/s.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+from pathlib import Path
+
+import torch
+
+from hogwild_bench.engine import GenerationOptions, HogwildGenerator, HogwildLM, SamplingParams, Write, get_layout
+from hogwild_bench.engine.layouts import HISTORY, PROMPT, step_block
+
+QWEN2_7B_SHAPE = dict(
+    hidden_size=3584, intermediate_size=18944, num_hidden_layers=28, num_attention_heads=28, num_key_value_heads=4,
+    vocab_size=152064, max_position_embeddings=65536, rope_parameters={"rope_type": "default", "rope_theta": 1e6},
+    tie_word_embeddings=False,
+)  # fmt: skip
+STEP_TOKENS = 64  # length of each worker's current step in the history layouts
+
+
+def build_model(layers: int | None = None):
+    from transformers import AutoModelForCausalLM, Qwen2Config
+
+    shape = dict(QWEN2_7B_SHAPE, **({"num_hidden_layers": layers} if layers else {}))
+    config = Qwen2Config(**shape)
+    torch.manual_seed(0)
+    with torch.device("cuda"):
+        model = AutoModelForCausalLM.from_config(config, dtype=torch.bfloat16)
+    return model.eval()
+
+
+def copy_bandwidth(nbytes: int = 2 << 30) -> float:
+    """Device-to-device copy bandwidth in bytes/s, counting bytes read plus written (median of 20)."""
+    src = torch.randn(nbytes // 2, dtype=torch.bfloat16, device="cuda")
+    dst = torch.empty_like(src)
+    times = []
+    for _ in range(25):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        dst.copy_(src)
+        end.record()
+        torch.cuda.synchronize()
+        times.append(start.elapsed_time(end) / 1e3)
+    return 2 * nbytes / statistics.median(times[5:])
+
+
+def time_steps(step, warmup: int, steps: int) -> float:
+    """Median ms per call of ``step()`` (synchronised per step)."""
+    for _ in range(warmup):
+        step()
+    torch.cuda.synchronize()
+    times = []
+    for _ in range(steps):
+        start = time.perf_counter()
+        step()
+        torch.cuda.synchronize()
+        times.append((time.perf_counter() - start) * 1e3)
+    return statistics.median(times)
+
+
+def layout_lengths(layout: str, n: int, context: int) -> dict[str, int]:
+    """Block lengths for a shared context of ``context`` tokens (prompt + history or others' blocks)."""
+    prompt = min(1024, context // 2)
+    rest = context - prompt
+    if layout == "contiguous":
+        lengths = {PROMPT: prompt}
+        lengths.update({step_block(i): rest // n for i in range(n)})
+        return lengths
+    lengths = {PROMPT: prompt, HISTORY: rest}
+    lengths.update({step_block(i): STEP_TOKENS for i in range(n)})
+    if layout == "combined":
+        lengths.update({"others_header": 12, "separator": 4, "own_header": 10})
+    return lengths
+
+
+def fill_cache(cache, lengths: dict[str, int], kv_heads: int, head_dim: int, layers: int) -> None:
+    for name, length in lengths.items():
+        block = cache.block(name)
+        block.start_write([0] * length)
+        for layer in range(layers):
+            shape = (kv_heads, length, head_dim)
+            k = torch.randn(shape, dtype=torch.bfloat16, device="cuda")
+            block.write(layer, k, torch.randn_like(k))
+        block.finish_write()
+
+
+def unique_kv_tokens(layout_name: str, n: int, lengths: dict[str, int]) -> int:
+    layout = get_layout(layout_name)
+    seen = {name for view in layout.views(n) for name in view}
+    return sum(lengths.get(name, 0) for name in seen)
+
+
+def engine_step_ms(lm, attention, layout_name, n, context, model_shape, warmup, steps) -> tuple[float, int]:
+    layers, kv_heads, head_dim = model_shape
+    cache = lm.new_cache(attention)
+    lengths = layout_lengths(layout_name, n, context)
+    fill_cache(cache, lengths, kv_heads, head_dim, layers)
+    views = get_layout(layout_name).views(n)
+    writes = [Write(views[i], [100 + i]) for i in range(n)]
+    ms = time_steps(lambda: lm.forward(cache, writes), warmup, steps)
+    cache.blocks.clear()
+    torch.cuda.empty_cache()
+    return ms, unique_kv_tokens(layout_name, n, lengths)
+
+
+def hf_step_ms(model, n, context, model_shape, warmup, steps) -> float:
+    from transformers import DynamicCache
+
+    layers, kv_heads, head_dim = model_shape
+    previous = model.config._attn_implementation
+    model.set_attn_implementation("sdpa")
+    try:
+        cache = DynamicCache(config=model.config)
+        for layer in range(layers):
+            k = torch.randn(n, kv_heads, context, head_dim, dtype=torch.bfloat16, device="cuda")
+            cache.update(k, torch.randn_like(k), layer)
+        position = [context]
+        ids = torch.full((n, 1), 100, device="cuda")
+
+        @torch.inference_mode()
+        def step():
+            positions = torch.full((n, 1), position[0], device="cuda")
+            model(input_ids=ids, position_ids=positions, past_key_values=cache, use_cache=True, logits_to_keep=1)
+            position[0] += 1
+
+        ms = time_steps(step, warmup, steps)
+    finally:
+        model.set_attn_implementation(previous)
+    torch.cuda.empty_cache()
+    return ms
+
+
+def end_to_end(lm, tokenizer, attention, n, budget) -> dict:
+    vocab = lm.model.config.vocab_size
+    options = GenerationOptions(
+        n_workers=n,
+        layout="combined",
+        budgets=[budget],
+        collab_interval=128,
+        early_stop=False,
+        sampling=SamplingParams(temperature=1.0, seed=0, forbidden_token_ids=tuple(range(len(tokenizer), vocab))),
+    )
+    lm.attention = attention
+    generator = HogwildGenerator(lm, tokenizer, options, boundary=lambda step: len(step) >= 48)
+    torch.cuda.synchronize()
+    start = time.perf_counter()
+    result = generator.generate("What is the sum of the first 10 positive integers?")
+    torch.cuda.synchronize()
+    wall = time.perf_counter() - start
+    snap = result.snapshots[budget]
+    return {"workers": n, "attention": attention, "budget": budget, "total_tokens": snap.total_tokens,
+            "wall_seconds": round(wall, 3), "tokens_per_second": round(snap.total_tokens / wall, 1),
+            "steps_per_second": round(budget / wall, 2)}  # fmt: skip
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", required=True)
+    parser.add_argument("--workers", type=int, nargs="+", default=[1, 2, 4])
+    parser.add_argument("--contexts", type=int, nargs="+", default=[1024, 8192, 16384, 32768])
+    parser.add_argument("--layouts", nargs="+", default=["combined", "contiguous", "interleaved"])
+    parser.add_argument("--methods", nargs="+", default=["hf", "torch", "triton"])
+    parser.add_argument("--layers", type=int, default=None, help="fewer layers for a quick check")
+    parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--steps", type=int, default=10)
+    parser.add_argument("--e2e-budget", type=int, default=256)
+    args = parser.parse_args(argv)
+
+    from hogwild_bench.tiny import tiny_tokenizer
+
+    gpu = torch.cuda.get_device_name()
+    model = build_model(args.layers)
+    config = model.config
+    shape = (config.num_hidden_layers, config.num_key_value_heads, config.hidden_size // config.num_attention_heads)
+    lm = HogwildLM(model)
+    embed = model.get_input_embeddings().weight
+    weight_bytes = sum(p.numel() * p.element_size() for p in model.parameters()) - embed.numel() * embed.element_size()
+    kv_bytes_per_token = 2 * shape[0] * shape[1] * shape[2] * 2
+    bandwidth = copy_bandwidth()
+    print(f"{gpu}: weights read per step {weight_bytes / 1e9:.2f} GB, copy bandwidth {bandwidth / 1e12:.2f} TB/s")
+
+    rows = []
+    for n in args.workers:
+        for context in args.contexts:
+            hf = hf_step_ms(model, n, context, shape, args.warmup, args.steps) if "hf" in args.methods else None
+            for layout in args.layouts:
+                row = {"gpu": gpu, "workers": n, "context": context, "layout": layout, "hf_ms": hf}
+                for method, attention in (("torch", "query_rotation"), ("triton", "triton")):
+                    if method in args.methods:
+                        ms, unique = engine_step_ms(lm, attention, layout, n, context, shape, args.warmup, args.steps)
+                        row[f"{method}_ms"] = ms
+                        row["unique_kv_tokens"] = unique
+                kv_bytes = row["unique_kv_tokens"] * kv_bytes_per_token
+                row["floor_ms"] = (weight_bytes + kv_bytes) / bandwidth * 1e3
+                for method in ("hf", "torch", "triton"):
+                    if row.get(f"{method}_ms") is not None:
+                        row[f"{method}_over_floor"] = row[f"{method}_ms"] / row["floor_ms"]
+                if row.get("triton_ms") and hf:
+                    row["triton_over_hf"] = row["triton_ms"] / hf
+                rows.append(row)
+                print(json.dumps({k: round(v, 3) if isinstance(v, float) else v for k, v in row.items()}), flush=True)
+
+    e2e = []
+    if args.e2e_budget:
+        tokenizer = tiny_tokenizer()
+        for n, attention in ((1, "triton"), (2, "triton"), (4, "triton"), (2, "query_rotation")):
+            if n in args.workers:
+                e2e.append(end_to_end(lm, tokenizer, attention, n, args.e2e_budget))
+                print(json.dumps(e2e[-1]), flush=True)
+
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    meta = {"gpu": gpu, "torch": torch.__version__, "weight_bytes": weight_bytes, "bandwidth_bytes_per_s": bandwidth,
+            "kv_bytes_per_token": kv_bytes_per_token, "args": vars(args)}  # fmt: skip
+    out.write_text(json.dumps({"meta": meta, "decode": rows, "end_to_end": e2e}, indent=1))
+    print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    main()
