@@ -166,6 +166,22 @@ def end_to_end(lm, tokenizer, attention, n, budget) -> dict:
             "steps_per_second": round(budget / wall, 2)}  # fmt: skip
 
 
+def profile_steps(model, lm, shape, n, context) -> None:
+    """torch.profiler tables (host and device time) for one HF step and one Triton-path step."""
+    from torch.profiler import ProfilerActivity, profile
+
+    for name, run in (
+        ("hf", lambda: hf_step_ms(model, n, context, shape, 2, 3)),
+        ("triton", lambda: engine_step_ms(lm, "triton", "combined", n, context, shape, 2, 3)),
+    ):
+        run()  # compile and warm up outside the profile
+        with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+            ms = run()
+        print(f"--- {name}: {ms}")
+        print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=14, max_name_column_width=50))
+        print(prof.key_averages().table(sort_by="self_cuda_time_total", row_limit=8, max_name_column_width=50))
+
+
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", required=True)
@@ -177,6 +193,7 @@ def main(argv=None) -> None:
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--e2e-budget", type=int, default=256)
+    parser.add_argument("--profile", action="store_true", help="print where one step's time goes, then exit")
     args = parser.parse_args(argv)
 
     from hogwild_bench.tiny import tiny_tokenizer
@@ -191,6 +208,10 @@ def main(argv=None) -> None:
     kv_bytes_per_token = 2 * shape[0] * shape[1] * shape[2] * 2
     bandwidth = copy_bandwidth()
     print(f"{gpu}: weights read per step {weight_bytes / 1e9:.2f} GB, copy bandwidth {bandwidth / 1e12:.2f} TB/s")
+
+    if args.profile:
+        profile_steps(model, lm, shape, args.workers[-1], args.contexts[-1])
+        return
 
     rows = []
     for n in args.workers:

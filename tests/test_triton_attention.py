@@ -70,10 +70,11 @@ def check(n_rows, heads, kv_heads, dim, lengths, q_len, dtype, device, seed, tol
         assert error < tol, f"row {b}: relative error {error:.2e}"
 
 
-@pytest.mark.parametrize("n_rows,heads,kv_heads", [(1, 2, 1), (2, 4, 1), (3, 4, 2)])
-def test_kernel_matches_torch_path_tiny(n_rows, heads, kv_heads):
+@pytest.mark.parametrize("n_rows,heads,kv_heads,q_len", [(1, 2, 1, 2), (2, 4, 1, 2), (3, 4, 2, 2), (3, 8, 1, 4)])
+def test_kernel_matches_torch_path_tiny(n_rows, heads, kv_heads, q_len):
+    """The last case has more query rows per block than one program takes (tiled over the grid)."""
     device = "cuda" if ON_GPU else "cpu"
-    check(n_rows, heads, kv_heads, 16, (37, 70, 9), q_len=2, dtype=torch.float32, device=device, seed=n_rows,
+    check(n_rows, heads, kv_heads, 16, (37, 70, 9), q_len=q_len, dtype=torch.float32, device=device, seed=n_rows,
           tol=1e-4 if not ON_GPU else 5e-3)  # fmt: skip
 
 

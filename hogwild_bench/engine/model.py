@@ -122,9 +122,10 @@ class HogwildLM:
         cache.begin_forward([w.view for w in writes], [w.tokens for w in writes])
         ok = False
         try:
+            pinned = self.device.type == "cuda"
             out = self.model(
-                input_ids=input_ids.to(self.device),
-                position_ids=positions.to(self.device),
+                input_ids=(input_ids.pin_memory() if pinned else input_ids).to(self.device, non_blocking=True),
+                position_ids=(positions.pin_memory() if pinned else positions).to(self.device, non_blocking=True),
                 past_key_values=cache,
                 hogwild_cache=cache,
                 use_cache=True,

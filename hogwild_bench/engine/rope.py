@@ -100,8 +100,10 @@ class RotaryShift:
 
     def cos_sin(self, delta: torch.Tensor | int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
         """cos/sin of shape ``[*delta.shape, head_dim]`` (float32)."""
-        delta = torch.as_tensor(delta, device=device, dtype=torch.float32)
-        angles = delta[..., None] * self._freqs(device)
+        if isinstance(delta, torch.Tensor):
+            angles = delta.to(device=device, dtype=torch.float32)[..., None] * self._freqs(device)
+        else:  # a Python int: scale on the device, no host-to-device copy (and no sync)
+            angles = self._freqs(device) * float(delta)
         angles = torch.cat((angles, angles), dim=-1)
         return angles.cos(), angles.sin()
 

@@ -23,6 +23,7 @@ from hogwild_bench.engine.rope import RotaryShift
 
 SPLIT = 512  # keys per program along a block (flash-decoding split)
 BLOCK_N = 64
+MAX_BLOCK_M = 64  # query rows per program; blocks seen by more (entries x group heads x T) are tiled
 POISON = bool(os.environ.get("HOGWILD_TRITON_POISON"))  # fill outputs with NaN first (tests)
 NOT_OWN = 1 << 30  # query start for blocks other than the writer's own: nothing is masked
 
@@ -35,26 +36,29 @@ def _block_attention_kernel(
     ENT_START, ENT_COUNT, ENT_ROW, ENT_DELTA, ENT_QSTART,
     INV_FREQ,
     O_PART, LSE_PART, stride_oe, stride_os, stride_oh, stride_ot,
-    scale_log2,
-    G: tl.constexpr, T: tl.constexpr, D: tl.constexpr, HALF: tl.constexpr,
+    scale_log2, T,
+    G: tl.constexpr, D: tl.constexpr, HALF: tl.constexpr,
     SPLIT_SIZE: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
 ):  # fmt: skip
     work = tl.program_id(0)
     kv_head = tl.program_id(1)
+    tile = tl.program_id(2)
     block = tl.load(WORK_BLOCK + work)
     split = tl.load(WORK_SPLIT + work)
     length = tl.load(LENGTH + block)
     capacity = tl.load(CAPACITY + block).to(tl.int64)
     ent_start = tl.load(ENT_START + block)
     ent_count = tl.load(ENT_COUNT + block)
+    if tile * BLOCK_M >= ent_count * G * T:  # this block has fewer query rows than the widest one
+        return
     dtype = Q.dtype.element_ty
     k_base = tl.load(K_PTRS + block).to(tl.pointer_type(dtype))
     v_base = tl.load(V_PTRS + block).to(tl.pointer_type(dtype))
     k_base += kv_head * capacity * D
     v_base += kv_head * capacity * D
 
-    # query rows: (entry, head in group, query position)
-    rows = tl.arange(0, BLOCK_M)
+    # query rows: (entry, head in group, query position); wide blocks are tiled over program_id(2)
+    rows = tile * BLOCK_M + tl.arange(0, BLOCK_M)
     entry = rows // (G * T)
     group = (rows // T) % G
     t = rows % T
@@ -110,7 +114,7 @@ def _merge_kernel(
     O_PART, LSE_PART, stride_oe, stride_os, stride_oh, stride_ot,
     ROW_ENTRIES, ROW_COUNT, max_entries, n_splits,
     OUT, stride_r, stride_t, stride_h,
-    T: tl.constexpr, D: tl.constexpr,
+    D: tl.constexpr,
 ):  # fmt: skip
     row = tl.program_id(0)
     head = tl.program_id(1)
@@ -135,6 +139,14 @@ def _merge_kernel(
             m = m_new
     out = acc / tl.where(l_sum > 0, l_sum, 1.0)
     tl.store(OUT + row * stride_r + t * stride_t + head * stride_h + d, out.to(OUT.dtype.element_ty))
+
+
+def upload(values: list, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """Small host list -> device tensor without a sync (pinned staging, asynchronous copy)."""
+    host = torch.tensor(values, dtype=dtype)
+    if device.type != "cuda":
+        return host.to(device)
+    return host.pin_memory().to(device, non_blocking=True)
 
 
 @dataclass
@@ -190,7 +202,7 @@ class TritonPlan:
         padded = [e + [0] * (width - len(e)) for e in row_entries]
 
         def tensor(values, dtype=torch.int32):
-            return torch.tensor(values, dtype=dtype).to(device, non_blocking=True)
+            return upload(values, dtype, device)
 
         return cls(
             blocks=blocks,
@@ -229,32 +241,32 @@ def attend_rows_triton(
     kv_heads = plan.blocks[0].keys[layer].shape[0]
     groups = heads // kv_heads
     query = query.contiguous()
-    k_ptrs = torch.tensor([b.keys[layer].data_ptr() for b in plan.blocks], dtype=torch.int64).to(device)
-    v_ptrs = torch.tensor([b.values[layer].data_ptr() for b in plan.blocks], dtype=torch.int64).to(device)
-    capacity = torch.tensor([b.keys[layer].shape[1] for b in plan.blocks], dtype=torch.int32).to(device)
+    k_ptrs = upload([b.keys[layer].data_ptr() for b in plan.blocks], torch.int64, device)
+    v_ptrs = upload([b.values[layer].data_ptr() for b in plan.blocks], torch.int64, device)
+    capacity = upload([b.keys[layer].shape[1] for b in plan.blocks], torch.int32, device)
     o_part = torch.empty(plan.n_entries, plan.n_splits, heads, q_len, dim, dtype=torch.float32, device=device)
     if POISON:
         out.fill_(float("nan"))
         o_part.fill_(float("nan"))
     lse_part = torch.full((plan.n_entries, plan.n_splits, heads, q_len), float("-inf"), device=device)
-    block_m = max(16, triton.next_power_of_2(plan.max_entries_per_block * groups * q_len))
-    inv_freq = rope._freqs(device)
-    grid = (len(plan.work_block), kv_heads)
+    rows_per_block = plan.max_entries_per_block * groups * q_len
+    block_m = min(MAX_BLOCK_M, max(16, triton.next_power_of_2(rows_per_block)))
+    grid = (len(plan.work_block), kv_heads, triton.cdiv(rows_per_block, block_m))
     _block_attention_kernel[grid](
         query, query.stride(0), query.stride(1), query.stride(2),
         k_ptrs, v_ptrs, capacity, plan.length,
         plan.work_block, plan.work_split,
         plan.ent_start, plan.ent_count, plan.ent_row, plan.ent_delta, plan.ent_qstart,
-        inv_freq,
+        rope._freqs(device),
         o_part, lse_part, o_part.stride(0), o_part.stride(1), o_part.stride(2), o_part.stride(3),
-        scaling * 1.4426950408889634,
-        G=groups, T=q_len, D=dim, HALF=dim // 2, SPLIT_SIZE=SPLIT, BLOCK_M=block_m, BLOCK_N=BLOCK_N,
-        num_warps=4 if block_m <= 64 else 8,
+        scaling * 1.4426950408889634, q_len,
+        G=groups, D=dim, HALF=dim // 2, SPLIT_SIZE=SPLIT, BLOCK_M=block_m, BLOCK_N=BLOCK_N,
+        num_warps=4,
     )  # fmt: skip
     _merge_kernel[(n_rows, heads, q_len)](
         o_part, lse_part, o_part.stride(0), o_part.stride(1), o_part.stride(2), o_part.stride(3),
         plan.row_entries, plan.row_count, plan.row_entries.shape[1], plan.n_splits,
         out, out.stride(0), out.stride(1), out.stride(2),
-        T=q_len, D=dim,
+        D=dim,
     )  # fmt: skip
     return out
