@@ -99,10 +99,10 @@ def test_generation_with_triton_backend_matches_torch_backend(models, tokenizer)
     runs = []
     for backend in ("query_rotation", "triton"):
         recorder = RecordingLM(HogwildLM(model, attention=backend))
-        options = GenerationOptions(n_workers=3, layout="combined", budgets=(5,), collab_interval=3, early_stop=False,
-                                    finisher_max_tokens=2)  # fmt: skip
-        result = HogwildGenerator(recorder, tokenizer, options, boundary=lambda s: len(s) >= 4).generate("1+1?")
-        runs.append((recorder.records, result.snapshots[5]))
+        options = GenerationOptions(n_workers=2, layout="combined", budgets=(4,), collab_interval=2, early_stop=False,
+                                    finisher_max_tokens=1)  # fmt: skip
+        result = HogwildGenerator(recorder, tokenizer, options, boundary=lambda s: len(s) >= 3).generate("1+1?")
+        runs.append((recorder.records, result.snapshots[4]))
     model.to("cpu")
     (ref, ref_snap), (got, got_snap) = runs
     assert got_snap.worker_tokens == ref_snap.worker_tokens

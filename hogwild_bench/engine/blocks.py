@@ -67,6 +67,14 @@ class KVBlock:
         self._pending_tokens = list(token_ids)
 
     @torch.inference_mode()
+    def reserve_pending(self) -> None:
+        """Grow every allocated layer to hold the pending tokens now, so addresses stay fixed during the
+        forward (kernels read them from a table built once per forward)."""
+        for layer in range(self.num_layers):
+            if self.keys[layer] is not None:
+                self._reserve(layer, self.length + self.pending, self.keys[layer])
+
+    @torch.inference_mode()
     def write(self, layer: int, keys: torch.Tensor, values: torch.Tensor) -> None:
         """Store ``[kv_heads, pending, head_dim]`` keys/values of the forward in flight for one layer."""
         self._reserve(layer, self.length + keys.shape[1], keys)

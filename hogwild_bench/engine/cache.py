@@ -75,6 +75,7 @@ class HogwildCache(Cache):
                 if not tokens:
                     raise ValueError(f"row writing {view[-1]!r} has no new tokens")
                 self.block(view[-1]).start_write(tokens)
+                self.block(view[-1]).reserve_pending()
                 started.append(view[-1])
         except Exception:
             for name in started:

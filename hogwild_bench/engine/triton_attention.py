@@ -21,7 +21,7 @@ import triton.language as tl
 from hogwild_bench.engine.attention import RowView
 from hogwild_bench.engine.rope import RotaryShift
 
-SPLIT = 512  # keys per program along a block (flash-decoding split)
+SPLIT = 256  # keys per program along a block (flash-decoding split)
 BLOCK_N = 64
 MAX_BLOCK_M = 64  # query rows per program; blocks seen by more (entries x group heads x T) are tiled
 POISON = bool(os.environ.get("HOGWILD_TRITON_POISON"))  # fill outputs with NaN first (tests)
@@ -38,7 +38,7 @@ def _block_attention_kernel(
     O_PART, LSE_PART, stride_oe, stride_os, stride_oh, stride_ot,
     scale_log2, T,
     G: tl.constexpr, D: tl.constexpr, HALF: tl.constexpr,
-    SPLIT_SIZE: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+    SPLIT_SIZE: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, PRECISION: tl.constexpr,
 ):  # fmt: skip
     work = tl.program_id(0)
     kv_head = tl.program_id(1)
@@ -90,7 +90,7 @@ def _block_attention_kernel(
         in_range = n < end
         k = tl.load(k_base + n[:, None] * D + d[None, :], mask=in_range[:, None], other=0.0)
         v = tl.load(v_base + n[:, None] * D + d[None, :], mask=in_range[:, None], other=0.0)
-        s = tl.dot(q, tl.trans(k)) * scale_log2
+        s = tl.dot(q, tl.trans(k), input_precision=PRECISION) * scale_log2
         visible = in_range[None, :] & (n[None, :] <= q_pos[:, None]) & valid[:, None]
         s = tl.where(visible, s, float("-inf"))
         m_new = tl.maximum(m_i, tl.max(s, 1))
@@ -98,7 +98,7 @@ def _block_attention_kernel(
         p = tl.exp2(s - m_safe[:, None])
         alpha = tl.exp2(m_i - m_safe)
         l_i = l_i * alpha + tl.sum(p, 1)
-        acc = acc * alpha[:, None] + tl.dot(p.to(dtype), v)
+        acc = acc * alpha[:, None] + tl.dot(p.to(dtype), v, input_precision=PRECISION)
         m_i = m_new
 
     has = l_i > 0
@@ -112,31 +112,34 @@ def _block_attention_kernel(
 @triton.jit
 def _merge_kernel(
     O_PART, LSE_PART, stride_oe, stride_os, stride_oh, stride_ot,
-    ROW_ENTRIES, ROW_COUNT, max_entries, n_splits,
+    ROW_ENTRIES, ROW_COUNT, ENT_NSPLIT, max_entries,
     OUT, stride_r, stride_t, stride_h,
-    D: tl.constexpr,
+    D: tl.constexpr, SPLITS: tl.constexpr,
 ):  # fmt: skip
     row = tl.program_id(0)
     head = tl.program_id(1)
     t = tl.program_id(2)
     d = tl.arange(0, D)
+    splits = tl.arange(0, SPLITS)
     count = tl.load(ROW_COUNT + row)
     m = tl.full([1], float("-inf"), tl.float32)
     l_sum = tl.zeros([1], tl.float32)
     acc = tl.zeros([D], tl.float32)
     for i in range(0, count):
         e = tl.load(ROW_ENTRIES + row * max_entries + i)
-        for s in range(0, n_splits):
-            off = e * stride_oe + s * stride_os + head * stride_oh + t * stride_ot
-            lse = tl.load(LSE_PART + off // D)  # -inf where the split is past the block's end
-            m_new = tl.maximum(m, lse)
-            m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
-            scale_old = tl.exp2(m - m_safe)
-            w = tl.exp2(lse - m_safe)
-            partial = tl.where(lse > float("-inf"), tl.load(O_PART + off + d), 0.0)  # unwritten splits: skip
-            acc = acc * scale_old + w * partial
-            l_sum = l_sum * scale_old + w
-            m = m_new
+        used = splits < tl.load(ENT_NSPLIT + e)
+        off = e * stride_oe + splits * stride_os + head * stride_oh + t * stride_ot
+        lse = tl.load(LSE_PART + off // D, mask=used, other=float("-inf"))
+        m_new = tl.maximum(m, tl.max(lse, 0))
+        m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
+        w = tl.exp2(lse - m_safe)
+        part = tl.load(
+            O_PART + off[:, None] + d[None, :], mask=used[:, None] & (lse > float("-inf"))[:, None], other=0.0
+        )
+        scale_old = tl.exp2(m - m_safe)
+        acc = acc * scale_old + tl.sum(w[:, None] * part, 0)
+        l_sum = l_sum * scale_old + tl.sum(w, 0)
+        m = m_new
     out = acc / tl.where(l_sum > 0, l_sum, 1.0)
     tl.store(OUT + row * stride_r + t * stride_t + head * stride_h + d, out.to(OUT.dtype.element_ty))
 
@@ -147,6 +150,20 @@ def upload(values: list, dtype: torch.dtype, device: torch.device) -> torch.Tens
     if device.type != "cuda":
         return host.to(device)
     return host.pin_memory().to(device, non_blocking=True)
+
+
+def pointer_tables(blocks: list, device: torch.device):
+    """K/V base addresses and capacities of every block for every layer, uploaded once per forward.
+
+    Valid when every layer's storage already holds the forward's tokens (`HogwildCache.begin_forward`
+    reserves it); otherwise None, and each layer uploads its own row."""
+    layers = blocks[0].num_layers if blocks else 0
+    if not blocks or any(b.keys[l] is None or b.capacity(l) < b.visible_length for b in blocks for l in range(layers)):
+        return None
+    k = upload([[b.keys[l].data_ptr() for b in blocks] for l in range(layers)], torch.int64, device)
+    v = upload([[b.values[l].data_ptr() for b in blocks] for l in range(layers)], torch.int64, device)
+    cap = upload([[b.capacity(l) for b in blocks] for l in range(layers)], torch.int32, device)
+    return k, v, cap
 
 
 @dataclass
@@ -161,7 +178,9 @@ class TritonPlan:
     ent_row: torch.Tensor
     ent_delta: torch.Tensor
     ent_qstart: torch.Tensor
+    ent_nsplit: torch.Tensor
     length: torch.Tensor
+    tables: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None  # [layers, blocks]: K ptrs, V ptrs, capacity
     row_entries: torch.Tensor
     row_count: torch.Tensor
     n_entries: int
@@ -183,9 +202,9 @@ class TritonPlan:
                 is_own = position == len(row.blocks) - 1
                 qstart = row.own.length - (q_len - row.n_new) if is_own else NOT_OWN
                 per_block[index[id(block)]].append((r, own_offset - offset, qstart))
-        ent_start, ent_count, ent_row, ent_delta, ent_qstart = [], [], [], [], []
+        ent_start, ent_count, ent_row, ent_delta, ent_qstart, ent_nsplit = [], [], [], [], [], []
         row_entries: list[list[int]] = [[] for _ in rows]
-        for entries in per_block:
+        for block, entries in zip(blocks, per_block):
             ent_start.append(len(ent_row))
             ent_count.append(len(entries))
             for r, delta, qstart in entries:
@@ -193,6 +212,7 @@ class TritonPlan:
                 ent_row.append(r)
                 ent_delta.append(delta)
                 ent_qstart.append(qstart)
+                ent_nsplit.append(triton.cdiv(block.visible_length, SPLIT))
         work_block, work_split = [], []
         for b, block in enumerate(blocks):
             for s in range(triton.cdiv(block.visible_length, SPLIT)):
@@ -213,6 +233,8 @@ class TritonPlan:
             ent_row=tensor(ent_row),
             ent_delta=tensor(ent_delta),
             ent_qstart=tensor(ent_qstart),
+            ent_nsplit=tensor(ent_nsplit),
+            tables=pointer_tables(blocks, device),
             length=tensor([b.visible_length for b in blocks]),
             row_entries=tensor(padded),
             row_count=tensor([len(e) for e in row_entries]),
@@ -241,14 +263,18 @@ def attend_rows_triton(
     kv_heads = plan.blocks[0].keys[layer].shape[0]
     groups = heads // kv_heads
     query = query.contiguous()
-    k_ptrs = upload([b.keys[layer].data_ptr() for b in plan.blocks], torch.int64, device)
-    v_ptrs = upload([b.values[layer].data_ptr() for b in plan.blocks], torch.int64, device)
-    capacity = upload([b.keys[layer].shape[1] for b in plan.blocks], torch.int32, device)
+    if plan.tables is not None:
+        k_ptrs, v_ptrs, capacity = (table[layer] for table in plan.tables)
+    else:
+        k_ptrs = upload([b.keys[layer].data_ptr() for b in plan.blocks], torch.int64, device)
+        v_ptrs = upload([b.values[layer].data_ptr() for b in plan.blocks], torch.int64, device)
+        capacity = upload([b.keys[layer].shape[1] for b in plan.blocks], torch.int32, device)
     o_part = torch.empty(plan.n_entries, plan.n_splits, heads, q_len, dim, dtype=torch.float32, device=device)
+    lse_part = torch.empty(plan.n_entries, plan.n_splits, heads, q_len, dtype=torch.float32, device=device)
     if POISON:
         out.fill_(float("nan"))
         o_part.fill_(float("nan"))
-    lse_part = torch.full((plan.n_entries, plan.n_splits, heads, q_len), float("-inf"), device=device)
+        lse_part.fill_(float("nan"))
     rows_per_block = plan.max_entries_per_block * groups * q_len
     block_m = min(MAX_BLOCK_M, max(16, triton.next_power_of_2(rows_per_block)))
     grid = (len(plan.work_block), kv_heads, triton.cdiv(rows_per_block, block_m))
@@ -261,12 +287,13 @@ def attend_rows_triton(
         o_part, lse_part, o_part.stride(0), o_part.stride(1), o_part.stride(2), o_part.stride(3),
         scaling * 1.4426950408889634, q_len,
         G=groups, D=dim, HALF=dim // 2, SPLIT_SIZE=SPLIT, BLOCK_M=block_m, BLOCK_N=BLOCK_N,
-        num_warps=4,
+        PRECISION="ieee" if query.dtype == torch.float32 else "tf32",
+        num_warps=4, num_stages=3 if device.type == "cuda" else 1,
     )  # fmt: skip
     _merge_kernel[(n_rows, heads, q_len)](
         o_part, lse_part, o_part.stride(0), o_part.stride(1), o_part.stride(2), o_part.stride(3),
-        plan.row_entries, plan.row_count, plan.row_entries.shape[1], plan.n_splits,
+        plan.row_entries, plan.row_count, plan.ent_nsplit, plan.row_entries.shape[1],
         out, out.stride(0), out.stride(1), out.stride(2),
-        D=dim,
+        D=dim, SPLITS=triton.next_power_of_2(plan.n_splits),
     )  # fmt: skip
     return out
