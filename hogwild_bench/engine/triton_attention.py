@@ -158,11 +158,12 @@ def pointer_tables(blocks: list, device: torch.device):
     Valid when every layer's storage already holds the forward's tokens (`HogwildCache.begin_forward`
     reserves it); otherwise None, and each layer uploads its own row."""
     layers = blocks[0].num_layers if blocks else 0
-    if not blocks or any(b.keys[l] is None or b.capacity(l) < b.visible_length for b in blocks for l in range(layers)):
+    every = [(b, i) for b in blocks for i in range(layers)]
+    if not blocks or any(b.keys[i] is None or b.capacity(i) < b.visible_length for b, i in every):
         return None
-    k = upload([[b.keys[l].data_ptr() for b in blocks] for l in range(layers)], torch.int64, device)
-    v = upload([[b.values[l].data_ptr() for b in blocks] for l in range(layers)], torch.int64, device)
-    cap = upload([[b.capacity(l) for b in blocks] for l in range(layers)], torch.int32, device)
+    k = upload([[b.keys[i].data_ptr() for b in blocks] for i in range(layers)], torch.int64, device)
+    v = upload([[b.values[i].data_ptr() for b in blocks] for i in range(layers)], torch.int64, device)
+    cap = upload([[b.capacity(i) for b in blocks] for i in range(layers)], torch.int32, device)
     return k, v, cap
 
 
