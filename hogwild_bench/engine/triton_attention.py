@@ -11,6 +11,7 @@ Metadata is built once per forward (`TritonPlan`); only the per-layer block addr
 
 from __future__ import annotations
 
+import contextlib
 import os
 from dataclasses import dataclass
 
@@ -264,6 +265,12 @@ def attend_rows_triton(
     kv_heads = plan.blocks[0].keys[layer].shape[0]
     groups = heads // kv_heads
     query = query.contiguous()
+    with torch.cuda.device(device) if device.type == "cuda" else contextlib.nullcontext():  # the layer's GPU
+        _launch(query, plan, out, layer, rope, scaling, heads, groups, kv_heads, q_len, dim, n_rows, device)
+    return out
+
+
+def _launch(query, plan, out, layer, rope, scaling, heads, groups, kv_heads, q_len, dim, n_rows, device) -> None:
     if plan.tables is not None:
         k_ptrs, v_ptrs, capacity = (table[layer] for table in plan.tables)
     else:
@@ -297,4 +304,3 @@ def attend_rows_triton(
         out, out.stride(0), out.stride(1), out.stride(2),
         D=dim, SPLITS=triton.next_power_of_2(plan.n_splits),
     )  # fmt: skip
-    return out
