@@ -37,6 +37,9 @@ class HogwildCache(Cache):
         self.blocks: dict[str, KVBlock] = {}
         self.rows: list[RowView] | None = None
         self.forward_state: dict = {}  # per-forward scratch for attention backends (e.g. kernel metadata)
+        # set when the caller cannot wrap the model call (the shared_cache adapter): the attention of this
+        # layer ends the forward
+        self.finish_after_layer: int | None = None
 
     # -- blocks ----------------------------------------------------------------------------------
     def block(self, name: str) -> KVBlock:
@@ -64,24 +67,28 @@ class HogwildCache(Cache):
     def begin_forward(self, views: Sequence[Sequence[str]], new_tokens: Sequence[Sequence[int]]) -> None:
         """Declare the forward about to run: row b sees ``views[b]`` and appends ``new_tokens[b]`` to
         ``views[b][-1]``. Every row's new tokens are visible to every row that has that block in view."""
+        self.begin_forward_blocks([[self.block(name) for name in view] for view in views], new_tokens)
+
+    def begin_forward_blocks(self, views: Sequence[Sequence[KVBlock]], new_tokens: Sequence[Sequence[int]]) -> None:
+        """`begin_forward` with the blocks themselves (they need not be registered by name here)."""
         if self.rows is not None:
             raise RuntimeError("a forward is already in flight on this cache")
         owners = [view[-1] for view in views]
-        if len(set(owners)) != len(owners):
-            raise ValueError(f"two rows write into the same block in one forward: {owners}")
+        if len({id(b) for b in owners}) != len(owners):
+            raise ValueError(f"two rows write into the same block in one forward: {[b.name for b in owners]}")
         started = []
         try:
             for view, tokens in zip(views, new_tokens):
                 if not tokens:
-                    raise ValueError(f"row writing {view[-1]!r} has no new tokens")
-                self.block(view[-1]).start_write(tokens)
-                self.block(view[-1]).reserve_pending()
+                    raise ValueError(f"row writing {view[-1].name!r} has no new tokens")
+                view[-1].start_write(tokens)
+                view[-1].reserve_pending()
                 started.append(view[-1])
         except Exception:
-            for name in started:
-                self.block(name).abort_write()
+            for block in started:
+                block.abort_write()
             raise
-        self.rows = [RowView.build([self.block(n) for n in view], len(t)) for view, t in zip(views, new_tokens)]
+        self.rows = [RowView.build(list(view), len(t)) for view, t in zip(views, new_tokens)]
 
     def end_forward(self, ok: bool = True) -> None:
         for row in self.rows or []:

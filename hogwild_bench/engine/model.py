@@ -39,6 +39,11 @@ def hogwild_attention(
         return sdpa_attention_forward(
             module, query, key, value, attention_mask, scaling=scaling, dropout=dropout, **kwargs
         )
+    with torch.no_grad():  # inference only: cached blocks are inference tensors, never part of a graph
+        return _hogwild_attention(module, query, scaling, hogwild_cache)
+
+
+def _hogwild_attention(module, query, scaling, hogwild_cache: HogwildCache) -> tuple[torch.Tensor, None]:
     scaling = module.head_dim**-0.5 if scaling is None else scaling
     if hogwild_cache.attention == "triton":
         from hogwild_bench.engine.triton_attention import TritonPlan, attend_rows_triton
@@ -47,13 +52,14 @@ def hogwild_attention(
         if plan is None:  # built once per forward (per device), shared by every layer
             plan = TritonPlan.build(hogwild_cache.rows, query.shape[2], query.device)
             hogwild_cache.forward_state[("triton_plan", query.device)] = plan
-        rows = hogwild_cache.rows
-        return attend_rows_triton(query, rows, module.layer_idx, hogwild_cache.rope, scaling, plan), None
-    path = ATTENTION_PATHS[hogwild_cache.attention]
-    outs = [
-        path(query[b], row, module.layer_idx, hogwild_cache.rope, scaling) for b, row in enumerate(hogwild_cache.rows)
-    ]
-    return torch.stack(outs), None
+        out = attend_rows_triton(query, hogwild_cache.rows, module.layer_idx, hogwild_cache.rope, scaling, plan)
+    else:
+        path = ATTENTION_PATHS[hogwild_cache.attention]
+        rows = enumerate(hogwild_cache.rows)
+        out = torch.stack([path(query[b], row, module.layer_idx, hogwild_cache.rope, scaling) for b, row in rows])
+    if hogwild_cache.finish_after_layer == module.layer_idx:
+        hogwild_cache.end_forward()
+    return out, None
 
 
 AttentionInterface.register(ATTENTION_NAME, hogwild_attention)

@@ -93,6 +93,23 @@ class RotaryShift:
         check_model_supported(model.config)
         return cls(find_rotary_module(model).inv_freq)
 
+    @classmethod
+    def from_config(cls, config) -> RotaryShift:
+        """The same frequencies the model's rotary module computes, from its config alone."""
+        check_model_supported(config)
+        params = _rope_parameters(config)
+        rope_type = params.get("rope_type", params.get("type", "default"))
+        if rope_type == "default":
+            head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+            dim = int(head_dim * params.get("partial_rotary_factor", getattr(config, "partial_rotary_factor", 1.0)))
+            base = params.get("rope_theta", getattr(config, "rope_theta", 10000.0))
+            inv_freq = 1.0 / (base ** (torch.arange(0, dim, 2, dtype=torch.int64).float() / dim))
+        else:
+            from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
+
+            inv_freq, _ = ROPE_INIT_FUNCTIONS[rope_type](config, "cpu")
+        return cls(inv_freq)
+
     def _freqs(self, device: torch.device) -> torch.Tensor:
         if device not in self._by_device:
             self._by_device[device] = self.inv_freq.to(device)
