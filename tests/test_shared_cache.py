@@ -87,7 +87,7 @@ def test_colab_two_workers_loop(models, tokenizer, family):
             differs_from_flat_text = (plain_logits(model, flat) - expected[0]).abs().max().item() > 1e-3
 
         next_input_tokens = new_tokens.unsqueeze(-1).tolist()
-        for worker_index, (worker_name, worker_tokens, new_token) in enumerate(
+        for worker_index, (_worker_name, worker_tokens, new_token) in enumerate(
             zip(fmt.names, current_step_tokens_by_worker, new_tokens.tolist())
         ):
             worker_tokens.append(new_token)
