@@ -35,6 +35,8 @@ class LayoutName(_Choice):
 class ProtocolName(_Choice):
     hogwild = "hogwild"
     single = "single"
+    independent = "independent"
+    thinker_writer = "thinker_writer"
 
 
 class DType(_Choice):
@@ -99,6 +101,7 @@ class LayoutConfig:
 class ProtocolConfig:
     name: ProtocolName = ProtocolName.hogwild
     workers: int = 2
+    gate_min_tokens: int = 16  # thinker_writer: new tokens needed before a stream asks its gate again
 
 
 @dataclass
@@ -222,6 +225,15 @@ def validate(cfg: DictConfig | RunConfig) -> RunConfig:
             errors.append(f"workers must be between 1 and 12, got {workers}")
     if cfg.protocol.name == ProtocolName.single and cfg.protocol.workers != 1:
         errors.append("protocol=single runs one worker: set protocol.workers=1 (or use protocol=hogwild)")
+    if cfg.protocol.name == ProtocolName.thinker_writer and cfg.protocol.workers != 2:
+        errors.append("protocol=thinker_writer runs two streams: set protocol.workers=2")
+    if cfg.protocol.name == ProtocolName.independent and g.temperature == 0:
+        errors.append(
+            "protocol=independent with generation.temperature=0 makes every worker write the same text; "
+            "set generation.temperature > 0 (e.g. 0.6)"
+        )
+    if cfg.protocol.gate_min_tokens < 1:
+        errors.append(f"protocol.gate_min_tokens must be >= 1, got {cfg.protocol.gate_min_tokens}")
     if not 0 <= cfg.shard.index < cfg.shard.count:
         errors.append(f"shard.index must be in [0, shard.count={cfg.shard.count}), got {cfg.shard.index}")
     if errors:

@@ -34,7 +34,11 @@ def _value(x):
 def grid_points(cfg: RunConfig) -> list[GridPoint]:
     if cfg.protocol.name == ProtocolName.single:
         return [GridPoint(1, "none")]
+    if cfg.protocol.name == ProtocolName.thinker_writer:
+        return [GridPoint(2, "thinker_writer")]
     workers = list(cfg.grid.workers) or [cfg.protocol.workers]
+    if cfg.protocol.name == ProtocolName.independent:  # no shared cache, so no layout
+        return [GridPoint(w, "none") for w in workers]
     layouts = [_value(x) for x in cfg.grid.layouts] or [_value(cfg.layout.name)]
     return [GridPoint(w, layout) for w in workers for layout in layouts]
 

@@ -19,7 +19,7 @@ from hogwild_bench.engine.generation import (
     Snapshot,
     closed_boxed_answer,
 )
-from hogwild_bench.engine.layouts import LAYOUTS, Combined, Contiguous, Interleaved, Layout, get_layout
+from hogwild_bench.engine.layouts import LAYOUTS, Combined, Contiguous, Interleaved, Isolated, Layout, get_layout
 from hogwild_bench.engine.model import HogwildLM, Write
 from hogwild_bench.engine.prompts import PromptFormat
 from hogwild_bench.engine.rope import RotaryShift, UnsupportedModelError, check_model_supported
@@ -27,7 +27,8 @@ from hogwild_bench.engine.sampling import SamplingParams
 
 __all__ = [
     "KVBlock", "HogwildCache", "GenerationOptions", "GenerationResult", "HogwildGenerator", "ParagraphBoundary",
-    "Snapshot", "closed_boxed_answer", "LAYOUTS", "Combined", "Contiguous", "Interleaved", "Layout", "get_layout",
+    "Snapshot", "closed_boxed_answer", "LAYOUTS", "Combined", "Contiguous", "Interleaved", "Isolated", "Layout",
+    "get_layout",
     "HogwildLM", "Write", "PromptFormat", "RotaryShift", "UnsupportedModelError", "check_model_supported",
     "SamplingParams",
 ]  # fmt: skip

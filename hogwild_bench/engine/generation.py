@@ -14,7 +14,9 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
-from hogwild_bench.engine.layouts import HISTORY, PROMPT, Layout, get_layout, step_block
+import torch
+
+from hogwild_bench.engine.layouts import HISTORY, PROMPT, Isolated, Layout, get_layout, step_block
 from hogwild_bench.engine.model import HogwildLM, Write
 from hogwild_bench.engine.prompts import PromptFormat
 from hogwild_bench.engine.sampling import Sampler, SamplingParams
@@ -62,6 +64,7 @@ class Snapshot:
     response: str
     answer: str
     wall_seconds: float
+    worker_answers: list[str] = field(default_factory=list)  # per_worker mode: each worker's own answer
 
     @property
     def total_tokens(self) -> int:
@@ -91,6 +94,7 @@ class GenerationOptions:
     finisher_max_tokens: int = 16
     forbid_special_tokens: bool = True
     first_steps: Sequence[str] | None = None
+    per_worker: bool = False  # workers stop on their own final answer, each is finished from its own view
 
     def __post_init__(self):
         if self.n_workers < 1:
@@ -165,29 +169,36 @@ class HogwildGenerator:
         pending = [self.fmt.encode(text) for text in first_steps]
         worker_tokens = [list(p) for p in pending]
         if not all(pending):
-            if n > 1:
-                raise ValueError("every worker needs a non-empty first step when n_workers > 1")
-            # a lone worker with no opening text starts from the prompt's last token
-            prompt_ids, pending = prompt_ids[:-1], [prompt_ids[-1:]]
+            if any(pending) or (n > 1 and not isinstance(self.layout, Isolated)):
+                raise ValueError("first steps must be all non-empty, or all empty for one worker / isolated workers")
+            # workers with no opening text start from the prompt's last token, each in its own block
+            prompt_ids, pending = prompt_ids[:-1], [prompt_ids[-1:] for _ in range(n)]
         step_tokens = [list(p) for p in pending]
         self.lm.prefill(cache, PROMPT, prompt_ids)
         self._prefill_constants(cache)
         steps = [1] * n
         since_collab = [0] * n
+        stopped = [False] * n  # per_worker mode: workers that wrote their final answer
         sampled, finished = 0, False
         snapshots: dict[int, Snapshot] = {}
         max_budget = opts.budgets[-1]
 
         while True:
-            logits = self._forward(cache, [Write(views[i], pending[i]) for i in range(n)])
+            rows = [i for i in range(n) if pending[i]]
+            row_logits = self._forward(cache, [Write(views[i], pending[i]) for i in rows])
+            logits = {i: row_logits[k] for k, i in enumerate(rows)}
+            pending = [[] for _ in range(n)]
             due = [b for b in opts.budgets if b == sampled or (finished and b > sampled)]
             for budget in due:
-                snapshots[budget] = self._snapshot(cache, budget, sampled, finished, worker_tokens, steps, started)
+                snapshots[budget] = self._snapshot(
+                    cache, budget, sampled, finished, worker_tokens, steps, started, stopped
+                )
             if finished or sampled >= max_budget:
                 break
-            new_tokens = sampler(logits)
+            active = [i for i in range(n) if not stopped[i]]
+            new_tokens = sampler(torch.stack([logits[i] for i in active]))
             sampled += 1
-            for i, token in enumerate(new_tokens):
+            for i, token in zip(active, new_tokens):
                 worker_tokens[i].append(token)
                 step_tokens[i].append(token)
                 since_collab[i] += 1
@@ -207,8 +218,13 @@ class HogwildGenerator:
                     step_tokens[i] = list(pending[i])
                     if self.layout.has_history and opts.header_prefill == "in_context":
                         self._prefill_constants(cache)
-            if opts.early_stop and any(self._wrote_final_answer(t) for t in worker_tokens):
-                finished = True
+                if opts.per_worker and opts.early_stop and self._wrote_final_answer(worker_tokens[i]):
+                    stopped[i] = True
+            if opts.early_stop:
+                if opts.per_worker:
+                    finished = all(stopped)
+                elif any(self._wrote_final_answer(t) for t in worker_tokens):
+                    finished = True
         return GenerationResult(
             snapshots=snapshots,
             prompt=prompt,
@@ -221,17 +237,21 @@ class HogwildGenerator:
         return closed_boxed_answer(self.tokenizer.decode(tokens[-64:])) is not None
 
     # -- snapshots and the finisher ----------------------------------------------------------------
-    def _snapshot(self, cache, budget, sampled, finished, worker_tokens, steps, started) -> Snapshot:
-        view = self.layout.finisher_view(self.options.n_workers)
+    def _snapshot(self, cache, budget, sampled, finished, worker_tokens, steps, started, stopped) -> Snapshot:
+        n = self.options.n_workers
+        view = self.layout.finisher_view(n)
         body = self.tokenizer.decode(cache.tokens(view[1:]))
-        if finished:
-            answer = next(
-                a for a in (closed_boxed_answer(self.tokenizer.decode(t)) for t in worker_tokens) if a is not None
-            )
+        own_answers = [closed_boxed_answer(self.tokenizer.decode(t)) for t in worker_tokens]
+        if finished and not self.options.per_worker:
+            answer = next(a for a in own_answers if a is not None)
             response = body
         else:
-            answer = self.finish(cache, view)
-            response = body + self.fmt.finisher_suffix + answer + "}"
+            answer = own_answers[0] if stopped[0] else self.finish(cache, view)
+            response = body if stopped[0] else body + self.fmt.finisher_suffix + answer + "}"
+        worker_answers = []
+        if self.options.per_worker:  # each worker's own answer, from its own view
+            for i in range(n):
+                worker_answers.append(own_answers[i] if stopped[i] else self.finish(cache, self.layout.view(i, n)))
         return Snapshot(
             budget=budget,
             tokens_per_worker=sampled,
@@ -242,6 +262,7 @@ class HogwildGenerator:
             response=response,
             answer=answer,
             wall_seconds=time.perf_counter() - started,
+            worker_answers=worker_answers,
         )
 
     def finish(self, cache, view: Sequence[str]) -> str:

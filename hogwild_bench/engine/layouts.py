@@ -95,6 +95,19 @@ class Combined(Layout):
         return {name: getattr(self, name) for name in self._constants}
 
 
+@dataclass(frozen=True)
+class Isolated(Layout):
+    """view_i = [prompt, own block]: workers share only the prompt (the independent-sampling baseline).
+
+    Not one of the sweepable cache layouts; the ``independent`` protocol uses it."""
+
+    name: str = "isolated"
+    has_history: bool = False
+
+    def view(self, worker: int, n_workers: int) -> list[str]:
+        return [PROMPT, step_block(worker)]
+
+
 LAYOUTS: dict[str, type[Layout]] = {"contiguous": Contiguous, "interleaved": Interleaved, "combined": Combined}
 
 

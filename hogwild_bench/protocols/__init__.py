@@ -1,6 +1,6 @@
 """Protocols: how workers are arranged to solve one problem. Importing this package registers them."""
 
-from hogwild_bench.protocols import hogwild  # noqa: F401  (registers hogwild, single)
+from hogwild_bench.protocols import baselines, hogwild  # noqa: F401  (registers every protocol)
 from hogwild_bench.protocols.base import (
     PROTOCOLS,
     BudgetOutcome,
