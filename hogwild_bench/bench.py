@@ -4,7 +4,8 @@ A random-weight Qwen2-7B-shaped model in bf16 (hidden 3584, 28 layers, 28 heads,
 For each worker count N, shared context C and layout, one decode step of N workers (one new token each)
 is timed for:
   (a) plain HF batched decode at batch N (SDPA, DynamicCache holding C tokens per row),
-  (b) the engine's torch query-rotation path, (c) the engine's Triton path,
+  (b) the engine's torch query-rotation path, (c) the engine's Triton path (eager, and replayed from a
+  CUDA graph: "graph"),
 and compared with (d) the floor = (weight bytes + unique KV bytes) / device-to-device copy bandwidth,
 all measured in the same run. Cache contents are random (never zeros). It also times end-to-end
 generation (prefill, decode, step commits, finisher) in tokens/s.
@@ -166,7 +167,8 @@ def end_to_end(lm, tokenizer, attention, n, budget) -> dict:
     torch.cuda.synchronize()
     wall = time.perf_counter() - start
     snap = result.snapshots[budget]
-    return {"workers": n, "attention": attention, "budget": budget, "total_tokens": snap.total_tokens,
+    return {"workers": n, "attention": attention, "cuda_graphs": lm.cuda_graphs, "budget": budget,
+            "total_tokens": snap.total_tokens,
             "wall_seconds": round(wall, 3), "tokens_per_second": round(snap.total_tokens / wall, 1),
             "steps_per_second": round(budget / wall, 2)}  # fmt: skip
 
@@ -193,7 +195,7 @@ def main(argv=None) -> None:
     parser.add_argument("--workers", type=int, nargs="+", default=[1, 2, 4])
     parser.add_argument("--contexts", type=int, nargs="+", default=[1024, 8192, 16384, 32768])
     parser.add_argument("--layouts", nargs="+", default=["combined", "contiguous", "interleaved"])
-    parser.add_argument("--methods", nargs="+", default=["hf", "torch", "triton"])
+    parser.add_argument("--methods", nargs="+", default=["hf", "torch", "triton", "graph"])
     parser.add_argument("--layers", type=int, default=None, help="fewer layers for a quick check")
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--steps", type=int, default=10)
@@ -208,6 +210,7 @@ def main(argv=None) -> None:
     config = model.config
     shape = (config.num_hidden_layers, config.num_key_value_heads, config.hidden_size // config.num_attention_heads)
     lm = HogwildLM(model)
+    lm_graph = HogwildLM(model, cuda_graphs=True)
     embed = model.get_input_embeddings().weight
     weight_bytes = sum(p.numel() * p.element_size() for p in model.parameters()) - embed.numel() * embed.element_size()
     kv_bytes_per_token = 2 * shape[0] * shape[1] * shape[2] * 2
@@ -224,27 +227,32 @@ def main(argv=None) -> None:
             hf = hf_step_ms(model, n, context, shape, args.warmup, args.steps) if "hf" in args.methods else None
             for layout in args.layouts:
                 row = {"gpu": gpu, "workers": n, "context": context, "layout": layout, "hf_ms": hf}
-                for method, attention in (("torch", "query_rotation"), ("triton", "triton")):
+                for method, attention in (("torch", "query_rotation"), ("triton", "triton"), ("graph", "triton")):
                     if method in args.methods:
-                        ms, unique = engine_step_ms(lm, attention, layout, n, context, shape, args.warmup, args.steps)
+                        engine = lm_graph if method == "graph" else lm
+                        ms, unique = engine_step_ms(
+                            engine, attention, layout, n, context, shape, args.warmup, args.steps
+                        )
                         row[f"{method}_ms"] = ms
                         row["unique_kv_tokens"] = unique
                 kv_bytes = row["unique_kv_tokens"] * kv_bytes_per_token
                 row["floor_ms"] = (weight_bytes + kv_bytes) / bandwidth * 1e3
-                for method in ("hf", "torch", "triton"):
+                for method in ("hf", "torch", "triton", "graph"):
                     if row.get(f"{method}_ms") is not None:
                         row[f"{method}_over_floor"] = row[f"{method}_ms"] / row["floor_ms"]
-                if row.get("triton_ms") and hf:
-                    row["triton_over_hf"] = row["triton_ms"] / hf
+                        if hf:
+                            row[f"{method}_over_hf"] = row[f"{method}_ms"] / hf
                 rows.append(row)
                 print(json.dumps({k: round(v, 3) if isinstance(v, float) else v for k, v in row.items()}), flush=True)
 
     e2e = []
     if args.e2e_budget:
         tokenizer = tiny_tokenizer()
-        for n, attention in ((1, "triton"), (2, "triton"), (4, "triton"), (2, "query_rotation")):
+        runs = [(lm_graph, 1, "triton"), (lm_graph, 2, "triton"), (lm_graph, 4, "triton"), (lm, 2, "triton"),
+                (lm, 2, "query_rotation")]  # fmt: skip
+        for engine, n, attention in runs:
             if n in args.workers:
-                e2e.append(end_to_end(lm, tokenizer, attention, n, args.e2e_budget))
+                e2e.append(end_to_end(engine, tokenizer, attention, n, args.e2e_budget))
                 print(json.dumps(e2e[-1]), flush=True)
 
     out = Path(args.out)

@@ -23,9 +23,11 @@ class RecordingLM:
     def __init__(self, lm: HogwildLM):
         self.lm = lm
         self.records: list[ForwardRecord] = []
+        self.caches: list = []
 
     def new_cache(self):
-        return self.lm.new_cache()
+        self.caches.append(self.lm.new_cache())
+        return self.caches[-1]
 
     def forward(self, cache, writes, all_logits: bool = False):
         logits = self.lm.forward(cache, writes, all_logits=all_logits)

@@ -40,6 +40,8 @@ class HogwildCache(Cache):
         # set when the caller cannot wrap the model call (the shared_cache adapter): the attention of this
         # layer ends the forward
         self.finish_after_layer: int | None = None
+        self.graph = None  # a DecodeGraph while it captures: K/V appends go through its device tables
+        self.decode_graphs: dict = {}  # views -> DecodeGraph (HogwildLM with cuda_graphs=True)
 
     # -- blocks ----------------------------------------------------------------------------------
     def block(self, name: str) -> KVBlock:
@@ -100,6 +102,9 @@ class HogwildCache(Cache):
         """Called by every attention layer with ``[rows, kv_heads, T, head_dim]`` new keys/values."""
         if self.rows is None:
             raise RuntimeError("HogwildCache.update outside a planned forward; use HogwildLM.forward")
+        if self.graph is not None:
+            self.graph.append(layer_idx, key_states, value_states)
+            return key_states, value_states
         q_len = key_states.shape[2]
         for b, row in enumerate(self.rows):
             row.own.write(layer_idx, key_states[b, :, q_len - row.n_new :], value_states[b, :, q_len - row.n_new :])

@@ -98,8 +98,9 @@ class HogwildLM:
     >>> logits = lm.forward(cache, [Write(["prompt", "alice"], [t1]), Write(["prompt", "bob"], [t2])])
     """
 
-    def __init__(self, model: torch.nn.Module, attention: str = "auto"):
+    def __init__(self, model: torch.nn.Module, attention: str = "auto", cuda_graphs: bool = False):
         check_model_supported(model.config)
+        self.cuda_graphs = cuda_graphs
         self.model = model
         self.rope = RotaryShift.from_model(model)
         self.num_layers = model.config.num_hidden_layers
@@ -118,6 +119,13 @@ class HogwildLM:
         Rows are left-padded to the longest; row b's real tokens sit at block-local positions
         ``len(view[-1]) ...`` of its own block.
         """
+        if self._use_graph(cache, writes, all_logits):
+            views = tuple(tuple(w.view) for w in writes)
+            if views not in cache.decode_graphs:
+                from hogwild_bench.engine.graphs import DecodeGraph
+
+                cache.decode_graphs[views] = DecodeGraph(self, cache, views)
+            return cache.decode_graphs[views].step([w.tokens[0] for w in writes])
         q_len = max(len(w.tokens) for w in writes)
         input_ids = torch.zeros(len(writes), q_len, dtype=torch.long)
         positions = torch.zeros(len(writes), q_len, dtype=torch.long)
@@ -142,6 +150,17 @@ class HogwildLM:
             cache.end_forward(ok)
         logits = out.logits.float()
         return logits if all_logits else logits[:, -1]
+
+    def _use_graph(self, cache: HogwildCache, writes: Sequence[Write], all_logits: bool) -> bool:
+        """Decode steps (one token per row) on the Triton path replay a CUDA graph when enabled."""
+        return (
+            self.cuda_graphs
+            and not all_logits
+            and cache.attention == "triton"
+            and self.device.type == "cuda"
+            and all(len(w.tokens) == 1 for w in writes)
+            and cache.block(writes[0].view[0]).length > 0  # something to copy storage shapes from
+        )
 
     def prefill(
         self, cache: HogwildCache, name: str, token_ids: Sequence[int], context: Sequence[str] | None = None

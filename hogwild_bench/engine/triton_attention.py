@@ -52,6 +52,8 @@ def _block_attention_kernel(
     ent_count = tl.load(ENT_COUNT + block)
     if tile * BLOCK_M >= ent_count * G * T:  # this block has fewer query rows than the widest one
         return
+    if split * SPLIT_SIZE >= length:  # grids sized by capacity (CUDA graphs) have idle splits
+        return
     dtype = Q.dtype.element_ty
     k_base = tl.load(K_PTRS + block).to(tl.pointer_type(dtype))
     v_base = tl.load(V_PTRS + block).to(tl.pointer_type(dtype))
@@ -191,58 +193,77 @@ class TritonPlan:
 
     @classmethod
     def build(cls, rows: list[RowView], q_len: int, device: torch.device) -> TritonPlan:
-        blocks, index, per_block = [], {}, []
-        for r, row in enumerate(rows):
-            own_offset = row.offsets[-1]
-            for position, (block, offset) in enumerate(zip(row.blocks, row.offsets)):
-                if block.visible_length == 0:
-                    continue
-                if id(block) not in index:
-                    index[id(block)] = len(blocks)
-                    blocks.append(block)
-                    per_block.append([])
-                is_own = position == len(row.blocks) - 1
-                qstart = row.own.length - (q_len - row.n_new) if is_own else NOT_OWN
-                per_block[index[id(block)]].append((r, own_offset - offset, qstart))
-        ent_start, ent_count, ent_row, ent_delta, ent_qstart, ent_nsplit = [], [], [], [], [], []
-        row_entries: list[list[int]] = [[] for _ in rows]
-        for block, entries in zip(blocks, per_block):
-            ent_start.append(len(ent_row))
-            ent_count.append(len(entries))
-            for r, delta, qstart in entries:
-                row_entries[r].append(len(ent_row))
-                ent_row.append(r)
-                ent_delta.append(delta)
-                ent_qstart.append(qstart)
-                ent_nsplit.append(triton.cdiv(block.visible_length, SPLIT))
-        work_block, work_split = [], []
-        for b, block in enumerate(blocks):
-            for s in range(triton.cdiv(block.visible_length, SPLIT)):
-                work_block.append(b)
-                work_split.append(s)
-        width = max(1, max(len(e) for e in row_entries))
-        padded = [e + [0] * (width - len(e)) for e in row_entries]
+        blocks, arrays, sizes = plan_arrays(rows, q_len)
+        tensors = {name: upload(values, torch.int32, device) for name, values in arrays.items()}
+        return cls(blocks=blocks, tables=pointer_tables(blocks, device), **tensors, **sizes)
 
-        def tensor(values, dtype=torch.int32):
-            return upload(values, dtype, device)
 
-        return cls(
-            blocks=blocks,
-            work_block=tensor(work_block),
-            work_split=tensor(work_split),
-            ent_start=tensor(ent_start),
-            ent_count=tensor(ent_count),
-            ent_row=tensor(ent_row),
-            ent_delta=tensor(ent_delta),
-            ent_qstart=tensor(ent_qstart),
-            ent_nsplit=tensor(ent_nsplit),
-            tables=pointer_tables(blocks, device),
-            length=tensor([b.visible_length for b in blocks]),
-            row_entries=tensor(padded),
-            row_count=tensor([len(e) for e in row_entries]),
-            n_entries=len(ent_row),
-            n_splits=max((triton.cdiv(b.visible_length, SPLIT) for b in blocks), default=1),
-            max_entries_per_block=max(ent_count, default=1),
+def plan_arrays(rows: list[RowView], q_len: int, keep_empty: bool = False, by_capacity: bool = False):
+    """Host-side metadata of one forward: ``(blocks, {name: int list}, {name: int})``.
+
+    Each unique block's *entries* are the (worker, RoPE delta, query start) of every view position that
+    holds it. ``keep_empty`` keeps empty blocks and ``by_capacity`` sizes the work list by storage capacity
+    rather than length, so the array shapes stay fixed from step to step (CUDA graphs)."""
+    blocks, index, per_block = [], {}, []
+    for r, row in enumerate(rows):
+        own_offset = row.offsets[-1]
+        for position, (block, offset) in enumerate(zip(row.blocks, row.offsets)):
+            if block.visible_length == 0 and not keep_empty:
+                continue
+            if id(block) not in index:
+                index[id(block)] = len(blocks)
+                blocks.append(block)
+                per_block.append([])
+            is_own = position == len(row.blocks) - 1
+            qstart = row.own.length - (q_len - row.n_new) if is_own else NOT_OWN
+            per_block[index[id(block)]].append((r, own_offset - offset, qstart))
+    arrays = {name: [] for name in ("ent_start", "ent_count", "ent_row", "ent_delta", "ent_qstart", "ent_nsplit")}
+    row_entries: list[list[int]] = [[] for _ in rows]
+    for block, entries in zip(blocks, per_block):
+        arrays["ent_start"].append(len(arrays["ent_row"]))
+        arrays["ent_count"].append(len(entries))
+        for r, delta, qstart in entries:
+            row_entries[r].append(len(arrays["ent_row"]))
+            arrays["ent_row"].append(r)
+            arrays["ent_delta"].append(delta)
+            arrays["ent_qstart"].append(qstart)
+            arrays["ent_nsplit"].append(triton.cdiv(block.visible_length, SPLIT))
+    splits = [triton.cdiv(b.capacity(0) if by_capacity else b.visible_length, SPLIT) for b in blocks]
+    arrays["work_block"] = [b for b, n in enumerate(splits) for _ in range(n)]
+    arrays["work_split"] = [s for n in splits for s in range(n)]
+    arrays["length"] = [b.visible_length for b in blocks]
+    width = max(1, max(len(e) for e in row_entries))
+    arrays["row_entries"] = [e + [0] * (width - len(e)) for e in row_entries]
+    arrays["row_count"] = [len(e) for e in row_entries]
+    sizes = dict(
+        n_entries=len(arrays["ent_row"]),
+        n_splits=max(splits, default=1) or 1,
+        max_entries_per_block=max(arrays["ent_count"], default=1),
+    )
+    return blocks, arrays, sizes
+
+
+@triton.jit
+def _append_kernel(NEW_K, NEW_V, stride_r, stride_h, K_PTRS, V_PTRS, CAPACITY, POS, D: tl.constexpr):
+    """Write one new token's K/V per row at a position read from device memory (graph-safe append)."""
+    row = tl.program_id(0)
+    head = tl.program_id(1)
+    d = tl.arange(0, D)
+    dtype = NEW_K.dtype.element_ty
+    k_base = tl.load(K_PTRS + row).to(tl.pointer_type(dtype))
+    v_base = tl.load(V_PTRS + row).to(tl.pointer_type(dtype))
+    offset = head * tl.load(CAPACITY + row).to(tl.int64) * D + tl.load(POS + row).to(tl.int64) * D + d
+    tl.store(k_base + offset, tl.load(NEW_K + row * stride_r + head * stride_h + d))
+    tl.store(v_base + offset, tl.load(NEW_V + row * stride_r + head * stride_h + d))
+
+
+def append_rows(keys: torch.Tensor, values: torch.Tensor, k_ptrs, v_ptrs, capacity, positions) -> None:
+    """``keys/values [rows, kv_heads, 1, D]`` -> each row's own block at ``positions[row]``."""
+    keys, values = keys.contiguous(), values.contiguous()
+    rows, kv_heads, _, dim = keys.shape
+    with torch.cuda.device(keys.device):
+        _append_kernel[(rows, kv_heads)](
+            keys, values, keys.stride(0), keys.stride(1), k_ptrs, v_ptrs, capacity, positions, D=dim
         )
 
 
