@@ -209,7 +209,7 @@ def main(argv=None) -> None:
     model = build_model(args.layers)
     config = model.config
     shape = (config.num_hidden_layers, config.num_key_value_heads, config.hidden_size // config.num_attention_heads)
-    lm = HogwildLM(model)
+    lm = HogwildLM(model, cuda_graphs=False)
     lm_graph = HogwildLM(model, cuda_graphs=True)
     embed = model.get_input_embeddings().weight
     weight_bytes = sum(p.numel() * p.element_size() for p in model.parameters()) - embed.numel() * embed.element_size()

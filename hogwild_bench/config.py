@@ -72,6 +72,7 @@ class ModelConfig:
     dtype: DType = DType.auto
     device_map: str | None = "auto"
     attention: Attention = Attention.auto
+    cuda_graphs: bool = True  # replay decode steps from CUDA graphs (Triton path on CUDA)
     system_as_user: bool = False
     think_prefix: str | None = "auto"
     trust_remote_code: bool = False

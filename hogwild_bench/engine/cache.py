@@ -55,6 +55,16 @@ class HogwildCache(Cache):
         self.block(target).extend_from(self.block(source), self.rope)
         self.block(source).clear()
 
+    def reserve(self, names: Sequence[str], tokens: int, like: str) -> None:
+        """Preallocate ``tokens`` of storage for each block in ``names`` (dtype/device per layer taken from
+        block ``like``), so that no append reallocates -- and no decode graph is re-captured -- until then."""
+        template = self.block(like)
+        for name in names:
+            block = self.block(name)
+            for layer in range(self.num_layers):
+                if template.keys[layer] is not None:
+                    block._reserve(layer, tokens, template.keys[layer])
+
     def clear(self, name: str) -> None:
         self.block(name).clear()
 

@@ -148,6 +148,20 @@ class HogwildGenerator:
                 context = view0[: view0.index(name)] if name in view0 else [PROMPT]
             self.lm.prefill(cache, name, ids, context=context)
 
+    def _reserve(self, cache, n: int, views) -> None:
+        """Storage for the whole budget up front (step prefixes and prompts add ~25%); beyond it, blocks
+        still grow by doubling."""
+        if not hasattr(cache, "reserve"):
+            return
+        per_worker = int(1.25 * self.options.budgets[-1]) + 256
+        steps = [step_block(i) for i in range(n)]
+        if self.layout.has_history:  # a step block holds one step at a time; the history holds them all
+            cache.reserve(steps, min(per_worker, 1024), like=PROMPT)
+            cache.reserve([HISTORY], n * per_worker, like=PROMPT)
+        else:
+            cache.reserve(steps, per_worker, like=PROMPT)
+        cache.reserve([FINISHER], 64 + self.options.finisher_max_tokens, like=PROMPT)
+
     def _forward(self, cache, writes: list[Write]):
         logits = self.lm.forward(cache, writes)
         if self.on_forward is not None:
@@ -175,6 +189,7 @@ class HogwildGenerator:
             prompt_ids, pending = prompt_ids[:-1], [prompt_ids[-1:] for _ in range(n)]
         step_tokens = [list(p) for p in pending]
         self.lm.prefill(cache, PROMPT, prompt_ids)
+        self._reserve(cache, n, views)
         self._prefill_constants(cache)
         steps = [1] * n
         since_collab = [0] * n

@@ -98,9 +98,9 @@ class HogwildLM:
     >>> logits = lm.forward(cache, [Write(["prompt", "alice"], [t1]), Write(["prompt", "bob"], [t2])])
     """
 
-    def __init__(self, model: torch.nn.Module, attention: str = "auto", cuda_graphs: bool = False):
+    def __init__(self, model: torch.nn.Module, attention: str = "auto", cuda_graphs: bool = True):
         check_model_supported(model.config)
-        self.cuda_graphs = cuda_graphs
+        self.cuda_graphs = cuda_graphs  # decode steps on the Triton path replay CUDA graphs (CUDA only)
         self.model = model
         self.rope = RotaryShift.from_model(model)
         self.num_layers = model.config.num_hidden_layers
