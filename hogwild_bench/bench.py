@@ -173,6 +173,42 @@ def end_to_end(lm, tokenizer, attention, n, budget) -> dict:
             "steps_per_second": round(budget / wall, 2)}  # fmt: skip
 
 
+def profile_graph(lm, shape, n, context, layout, floor_ms) -> dict:
+    """Where a CUDA-graph decode step's time goes: graph replay (device) vs host preparation, and the
+    device time of the heaviest kernels inside the replay."""
+    from torch.profiler import ProfilerActivity, profile
+
+    layers, kv_heads, head_dim = shape
+    cache = lm.new_cache("triton")
+    fill_cache(cache, layout_lengths(layout, n, context), kv_heads, head_dim, layers)
+    views = get_layout(layout).views(n)
+    writes = [Write(views[i], [100 + i]) for i in range(n)]
+    step_ms = time_steps(lambda: lm.forward(cache, writes), 3, 20)
+    graph = cache.decode_graphs[tuple(tuple(v) for v in views)]
+    replays = []
+    for _ in range(20):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        graph.graph.replay()  # rewrites the same position with the same values: harmless
+        end.record()
+        torch.cuda.synchronize()
+        replays.append(start.elapsed_time(end))
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        for _ in range(5):
+            graph.graph.replay()
+        torch.cuda.synchronize()
+    kernels = sorted(prof.key_averages(), key=lambda e: -e.device_time_total)[:8]
+    result = {
+        "workers": n, "context": context, "layout": layout, "floor_ms": floor_ms, "step_ms": step_ms,
+        "replay_ms": statistics.median(replays), "host_ms": step_ms - statistics.median(replays),
+        "captures": graph.captures,
+        "top_kernels_ms_per_step": {e.key[:80]: e.device_time_total / 5 / 1e3 for e in kernels},
+    }  # fmt: skip
+    cache.blocks.clear()
+    torch.cuda.empty_cache()
+    return result
+
+
 def profile_steps(model, lm, shape, n, context) -> None:
     """torch.profiler tables (host and device time) for one HF step and one Triton-path step."""
     from torch.profiler import ProfilerActivity, profile
@@ -201,6 +237,7 @@ def main(argv=None) -> None:
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--e2e-budget", type=int, default=256)
     parser.add_argument("--profile", action="store_true", help="print where one step's time goes, then exit")
+    parser.add_argument("--profile-graph", action="store_true", help="graph replay vs host time, per point")
     args = parser.parse_args(argv)
 
     from hogwild_bench.tiny import tiny_tokenizer
@@ -219,6 +256,21 @@ def main(argv=None) -> None:
 
     if args.profile:
         profile_steps(model, lm, shape, args.workers[-1], args.contexts[-1])
+        return
+    if args.profile_graph:
+        points = []
+        for n in args.workers:
+            for context in args.contexts:
+                for layout in args.layouts:
+                    lengths = layout_lengths(layout, n, context)
+                    kv = unique_kv_tokens(layout, n, lengths) * kv_bytes_per_token
+                    floor_ms = (weight_bytes + kv) / bandwidth * 1e3
+                    points.append(profile_graph(lm_graph, shape, n, context, layout, floor_ms))
+                    print(json.dumps(points[-1]), flush=True)
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(
+            json.dumps({"gpu": gpu, "bandwidth_bytes_per_s": bandwidth, "points": points}, indent=1)
+        )
         return
 
     rows = []
