@@ -100,7 +100,8 @@ class HogwildLM:
 
     def __init__(self, model: torch.nn.Module, attention: str = "auto", cuda_graphs: bool = True):
         check_model_supported(model.config)
-        self.cuda_graphs = cuda_graphs  # decode steps on the Triton path replay CUDA graphs (CUDA only)
+        # decode steps on the Triton path replay CUDA graphs (one CUDA device; a model split over GPUs runs eager)
+        self.cuda_graphs = cuda_graphs and len({p.device for p in model.parameters()}) == 1
         self.model = model
         self.rope = RotaryShift.from_model(model)
         self.num_layers = model.config.num_hidden_layers
