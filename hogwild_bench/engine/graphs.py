@@ -56,7 +56,9 @@ class DecodeGraph:
         )
 
     def _host_tables(self):
-        blocks, arrays, sizes = plan_arrays(self.cache.rows, 1, keep_empty=True, by_capacity=True)
+        config = self.lm.model.config
+        groups = config.num_attention_heads // config.num_key_value_heads
+        blocks, arrays, sizes = plan_arrays(self.cache.rows, 1, groups, keep_empty=True, by_capacity=True)
         own = [row.own for row in self.cache.rows]
         arrays["own_pos"] = [b.length for b in own]
         return blocks, arrays, sizes
@@ -66,10 +68,7 @@ class DecodeGraph:
         blocks, arrays, sizes = self._host_tables()
         device = self.device
         self.static = {name: torch.tensor(values, dtype=torch.int32, device=device) for name, values in arrays.items()}
-        self.plan = TritonPlan(
-            blocks=blocks, tables=pointer_tables(blocks, device), **sizes,
-            **{k: v for k, v in self.static.items() if k != "own_pos"},
-        )  # fmt: skip
+        self.plan = TritonPlan.assemble(blocks, self.static, sizes, pointer_tables(blocks, device))
         own = [row.own for row in self.cache.rows]
         layers = own[0].num_layers
         self.own_tables = (

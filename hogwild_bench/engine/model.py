@@ -50,7 +50,8 @@ def _hogwild_attention(module, query, scaling, hogwild_cache: HogwildCache) -> t
 
         plan = hogwild_cache.forward_state.get(("triton_plan", query.device))
         if plan is None:  # built once per forward (per device), shared by every layer
-            plan = TritonPlan.build(hogwild_cache.rows, query.shape[2], query.device)
+            groups = module.config.num_attention_heads // module.config.num_key_value_heads
+            plan = TritonPlan.build(hogwild_cache.rows, query.shape[2], groups, query.device)
             hogwild_cache.forward_state[("triton_plan", query.device)] = plan
         out = attend_rows_triton(query, hogwild_cache.rows, module.layer_idx, hogwild_cache.rope, scaling, plan)
     else:

@@ -175,8 +175,7 @@ class TritonPlan:
     """Per-forward metadata shared by all layers (device tensors)."""
 
     blocks: list
-    work_block: torch.Tensor
-    work_split: torch.Tensor
+    work: tuple  # per query-tile width: (BLOCK_M, tiles per block, work_block, work_split)
     ent_start: torch.Tensor
     ent_count: torch.Tensor
     ent_row: torch.Tensor
@@ -189,16 +188,25 @@ class TritonPlan:
     row_count: torch.Tensor
     n_entries: int
     n_splits: int
-    max_entries_per_block: int
 
     @classmethod
-    def build(cls, rows: list[RowView], q_len: int, device: torch.device) -> TritonPlan:
-        blocks, arrays, sizes = plan_arrays(rows, q_len)
+    def build(cls, rows: list[RowView], q_len: int, groups: int, device: torch.device) -> TritonPlan:
+        blocks, arrays, sizes = plan_arrays(rows, q_len, groups)
         tensors = {name: upload(values, torch.int32, device) for name, values in arrays.items()}
-        return cls(blocks=blocks, tables=pointer_tables(blocks, device), **tensors, **sizes)
+        return cls.assemble(blocks, tensors, sizes, pointer_tables(blocks, device))
+
+    @classmethod
+    def assemble(cls, blocks, tensors: dict, sizes: dict, tables) -> TritonPlan:
+        work = tuple(
+            (width, tiles, tensors[f"work_block_{width}"], tensors[f"work_split_{width}"])
+            for width, tiles in sizes["buckets"]
+        )
+        fields = {k: v for k, v in tensors.items() if not k.startswith("work_") and k != "own_pos"}
+        return cls(blocks=blocks, work=work, tables=tables, n_entries=sizes["n_entries"],
+                   n_splits=sizes["n_splits"], **fields)  # fmt: skip
 
 
-def plan_arrays(rows: list[RowView], q_len: int, keep_empty: bool = False, by_capacity: bool = False):
+def plan_arrays(rows: list[RowView], q_len: int, groups: int, keep_empty: bool = False, by_capacity: bool = False):
     """Host-side metadata of one forward: ``(blocks, {name: int list}, {name: int})``.
 
     Each unique block's *entries* are the (worker, RoPE delta, query start) of every view position that
@@ -229,16 +237,21 @@ def plan_arrays(rows: list[RowView], q_len: int, keep_empty: bool = False, by_ca
             arrays["ent_qstart"].append(qstart)
             arrays["ent_nsplit"].append(triton.cdiv(block.visible_length, SPLIT))
     splits = [triton.cdiv(b.capacity(0) if by_capacity else b.visible_length, SPLIT) for b in blocks]
-    arrays["work_block"] = [b for b, n in enumerate(splits) for _ in range(n)]
-    arrays["work_split"] = [s for n in splits for s in range(n)]
+    # blocks are launched in groups of equal query-tile width, so a block seen by many view entries (a
+    # repeated separator) does not widen the tile of every other block
+    buckets: dict[int, int] = {}
+    for b, count in enumerate(arrays["ent_count"]):
+        rows_b = count * groups * q_len
+        tile = min(MAX_BLOCK_M, max(16, triton.next_power_of_2(rows_b)))
+        buckets[tile] = max(buckets.get(tile, 0), triton.cdiv(rows_b, tile))
+        arrays.setdefault(f"work_block_{tile}", []).extend([b] * splits[b])
+        arrays.setdefault(f"work_split_{tile}", []).extend(range(splits[b]))
     arrays["length"] = [b.visible_length for b in blocks]
     width = max(1, max(len(e) for e in row_entries))
     arrays["row_entries"] = [e + [0] * (width - len(e)) for e in row_entries]
     arrays["row_count"] = [len(e) for e in row_entries]
     sizes = dict(
-        n_entries=len(arrays["ent_row"]),
-        n_splits=max(splits, default=1) or 1,
-        max_entries_per_block=max(arrays["ent_count"], default=1),
+        n_entries=len(arrays["ent_row"]), n_splits=max(splits, default=1) or 1, buckets=sorted(buckets.items())
     )
     return blocks, arrays, sizes
 
@@ -278,13 +291,13 @@ def attend_rows_triton(
     """``query [rows, heads, T, D]`` -> ``[rows, T, heads, D]``, same contract as the torch paths."""
     n_rows, heads, q_len, dim = query.shape
     device = query.device
-    plan = plan or TritonPlan.build(rows, q_len, device)
+    kv_heads = next(b.keys[layer].shape[0] for row in rows for b in row.blocks if b.keys[layer] is not None)
+    groups = heads // kv_heads
+    plan = plan or TritonPlan.build(rows, q_len, groups, device)
     if not plan.blocks:
         return torch.zeros(n_rows, q_len, heads, dim, dtype=query.dtype, device=device)
     # every element of `out` and every used partial is written by the kernels; POISON checks that
     out = torch.empty(n_rows, q_len, heads, dim, dtype=query.dtype, device=device)
-    kv_heads = plan.blocks[0].keys[layer].shape[0]
-    groups = heads // kv_heads
     query = query.contiguous()
     with torch.cuda.device(device) if device.type == "cuda" else contextlib.nullcontext():  # the layer's GPU
         _launch(query, plan, out, layer, rope, scaling, heads, groups, kv_heads, q_len, dim, n_rows, device)
@@ -304,21 +317,21 @@ def _launch(query, plan, out, layer, rope, scaling, heads, groups, kv_heads, q_l
         out.fill_(float("nan"))
         o_part.fill_(float("nan"))
         lse_part.fill_(float("nan"))
-    rows_per_block = plan.max_entries_per_block * groups * q_len
-    block_m = min(MAX_BLOCK_M, max(16, triton.next_power_of_2(rows_per_block)))
-    grid = (len(plan.work_block), kv_heads, triton.cdiv(rows_per_block, block_m))
-    _block_attention_kernel[grid](
-        query, query.stride(0), query.stride(1), query.stride(2),
-        k_ptrs, v_ptrs, capacity, plan.length,
-        plan.work_block, plan.work_split,
-        plan.ent_start, plan.ent_count, plan.ent_row, plan.ent_delta, plan.ent_qstart,
-        rope._freqs(device),
-        o_part, lse_part, o_part.stride(0), o_part.stride(1), o_part.stride(2), o_part.stride(3),
-        scaling * 1.4426950408889634, q_len,
-        G=groups, D=dim, HALF=dim // 2, SPLIT_SIZE=SPLIT, BLOCK_M=block_m, BLOCK_N=BLOCK_N,
-        PRECISION="ieee" if query.dtype == torch.float32 else "tf32",
-        num_warps=4, num_stages=3 if device.type == "cuda" else 1,
-    )  # fmt: skip
+    for block_m, tiles, work_block, work_split in plan.work:
+        if work_block.numel() == 0:
+            continue
+        _block_attention_kernel[(work_block.numel(), kv_heads, tiles)](
+            query, query.stride(0), query.stride(1), query.stride(2),
+            k_ptrs, v_ptrs, capacity, plan.length,
+            work_block, work_split,
+            plan.ent_start, plan.ent_count, plan.ent_row, plan.ent_delta, plan.ent_qstart,
+            rope._freqs(device),
+            o_part, lse_part, o_part.stride(0), o_part.stride(1), o_part.stride(2), o_part.stride(3),
+            scaling * 1.4426950408889634, q_len,
+            G=groups, D=dim, HALF=dim // 2, SPLIT_SIZE=SPLIT, BLOCK_M=block_m, BLOCK_N=BLOCK_N,
+            PRECISION="ieee" if query.dtype == torch.float32 else "tf32",
+            num_warps=4, num_stages=3 if device.type == "cuda" else 1,
+        )  # fmt: skip
     _merge_kernel[(n_rows, heads, q_len)](
         o_part, lse_part, o_part.stride(0), o_part.stride(1), o_part.stride(2), o_part.stride(3),
         plan.row_entries, plan.row_count, plan.ent_nsplit, plan.row_entries.shape[1],
