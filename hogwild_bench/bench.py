@@ -113,6 +113,7 @@ def engine_step_ms(lm, attention, layout_name, n, context, model_shape, warmup, 
     writes = [Write(views[i], [100 + i]) for i in range(n)]
     ms = time_steps(lambda: lm.forward(cache, writes), warmup, steps)
     cache.blocks.clear()
+    cache.decode_graphs.clear()  # graphs hold their blocks and memory pool
     torch.cuda.empty_cache()
     return ms, unique_kv_tokens(layout_name, n, lengths)
 
@@ -205,6 +206,7 @@ def profile_graph(lm, shape, n, context, layout, floor_ms) -> dict:
         "top_kernels_ms_per_step": {e.key[:80]: e.device_time_total / 5 / 1e3 for e in kernels},
     }  # fmt: skip
     cache.blocks.clear()
+    cache.decode_graphs.clear()
     torch.cuda.empty_cache()
     return result
 
