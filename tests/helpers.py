@@ -17,6 +17,17 @@ class ForwardRecord:
     logits: torch.Tensor
 
 
+def plain_logits(model, token_ids: list[int]) -> torch.Tensor:
+    """Logits of the unmodified model (SDPA, no Hogwild code) on one flat sequence: ``[len, vocab]``."""
+    previous = model.config._attn_implementation
+    model.set_attn_implementation("sdpa")
+    try:
+        with torch.no_grad():
+            return model(torch.tensor([token_ids])).logits[0].float()
+    finally:
+        model.set_attn_implementation(previous)
+
+
 class RecordingLM:
     """Wraps a `HogwildLM` and records each forward with the flattened text each row saw."""
 

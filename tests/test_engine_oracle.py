@@ -5,24 +5,13 @@ SDPA and no Hogwild code."""
 import pytest
 import torch
 from conftest import FAMILIES, LAYOUTS
-from helpers import RecordingLM
+from helpers import RecordingLM, plain_logits
 
 from hogwild_bench.engine.generation import GenerationOptions, HogwildGenerator
 from hogwild_bench.engine.layouts import HISTORY, PROMPT, Combined, get_layout, step_block
 from hogwild_bench.engine.model import HogwildLM, Write
 
 ATOL = 1e-4
-
-
-def plain_logits(model, token_ids: list[int]) -> torch.Tensor:
-    """Logits of the unmodified model (SDPA) on one flat sequence: ``[len, vocab]``."""
-    previous = model.config._attn_implementation
-    model.set_attn_implementation("sdpa")
-    try:
-        with torch.no_grad():
-            return model(torch.tensor([token_ids])).logits[0].float()
-    finally:
-        model.set_attn_implementation(previous)
 
 
 def exact_layout(name: str):

@@ -3,6 +3,7 @@ step the logits of the engine's own API driving the same layout."""
 
 import pytest
 import torch
+from helpers import plain_logits
 
 from hogwild_bench import shared_cache  # was: import shared_cache
 from hogwild_bench.engine import HogwildLM, PromptFormat, Write
@@ -24,16 +25,6 @@ class EngineMirror:
 
     def step(self, views, tokens):
         return self.lm.forward(self.cache, [Write(v, t) for v, t in zip(views, tokens)])
-
-
-def plain_logits(model, ids):
-    previous = model.config._attn_implementation
-    model.set_attn_implementation("sdpa")
-    try:
-        with torch.no_grad():
-            return model(torch.tensor([ids])).logits[0, -1].float()
-    finally:
-        model.set_attn_implementation(previous)
 
 
 @pytest.mark.parametrize("family", ["llama", "qwen3"])
@@ -84,7 +75,7 @@ def test_colab_two_workers_loop(models, tokenizer, family):
         torch.testing.assert_close(logits.float(), expected, atol=ATOL, rtol=0)
         if inference_step == 5:
             flat = mirror.cache.tokens(views[0])
-            differs_from_flat_text = (plain_logits(model, flat) - expected[0]).abs().max().item() > 1e-3
+            differs_from_flat_text = (plain_logits(model, flat)[-1] - expected[0]).abs().max().item() > 1e-3
 
         next_input_tokens = new_tokens.unsqueeze(-1).tolist()
         for worker_index, (_worker_name, worker_tokens, new_token) in enumerate(

@@ -281,22 +281,29 @@ class HogwildGenerator:
         )
 
     def finish(self, cache, view: Sequence[str]) -> str:
-        """s1-style: append the forcing suffix after ``view`` and greedily decode the ``\\boxed{`` content.
+        """s1-style finisher after ``view`` (see `finish_boxed`); the generation goes on unchanged."""
+        return finish_boxed(
+            self.lm, cache, view, self.fmt.encode(self.fmt.finisher_suffix), self.tokenizer,
+            self.options.finisher_max_tokens, self._special, forward=self._forward,
+        )  # fmt: skip
 
-        Runs in a scratch block that is emptied afterwards, so the generation goes on unchanged."""
-        cache.clear(FINISHER)
-        context = [*view, FINISHER]
-        logits = self.lm.prefill(cache, FINISHER, self.fmt.encode(self.fmt.finisher_suffix), context=view)
-        greedy = Sampler(SamplingParams(), self._special)
-        out: list[int] = []
-        for _ in range(self.options.finisher_max_tokens):
-            token = greedy(logits[None])[0]
-            out.append(token)
-            text = self.tokenizer.decode(out)
-            if closed_boxed_answer("\\boxed{" + text) is not None:
-                break
-            logits = self._forward(cache, [Write(context, [token])])[0]
-        cache.clear(FINISHER)
-        text = self.tokenizer.decode(out)
-        closed = closed_boxed_answer("\\boxed{" + text)
-        return closed if closed is not None else text
+
+def finish_boxed(lm, cache, view, suffix_ids, tokenizer, max_tokens: int, forbidden, forward=None) -> str:
+    """Append the forcing suffix (ending in ``\\boxed{``) after ``view`` and greedily decode the box content.
+
+    Runs in a scratch block that is emptied afterwards, so the cache is left as it was."""
+    forward = forward or lm.forward
+    cache.clear(FINISHER)
+    context = [*view, FINISHER]
+    logits = lm.prefill(cache, FINISHER, suffix_ids, context=view)
+    greedy = Sampler(SamplingParams(), forbidden)
+    out: list[int] = []
+    for _ in range(max_tokens):
+        out.append(greedy(logits[None])[0])
+        if closed_boxed_answer("\\boxed{" + tokenizer.decode(out)) is not None:
+            break
+        logits = forward(cache, [Write(context, out[-1:])])[0]
+    cache.clear(FINISHER)
+    text = tokenizer.decode(out)
+    closed = closed_boxed_answer("\\boxed{" + text)
+    return closed if closed is not None else text

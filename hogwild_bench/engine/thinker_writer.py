@@ -19,7 +19,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from hogwild_bench.engine.generation import FINISHER, closed_boxed_answer
+from hogwild_bench.engine.generation import closed_boxed_answer, finish_boxed
 from hogwild_bench.engine.model import HogwildLM, Write
 from hogwild_bench.engine.prompts import FINISHER_SUFFIX
 from hogwild_bench.engine.sampling import Sampler, SamplingParams
@@ -204,18 +204,7 @@ class ThinkerWriterGenerator:
         )
 
     def _finish(self, cache) -> str:
-        """The s1-style finisher on the Writer's view, in a scratch block emptied afterwards."""
-        cache.clear(FINISHER)
-        view = [*VIEWS["writer"], FINISHER]
-        logits = self.lm.prefill(cache, FINISHER, self._encode(FINISHER_SUFFIX), context=VIEWS["writer"])
-        greedy = Sampler(SamplingParams(), self._special)
-        out: list[int] = []
-        for _ in range(self.options.finisher_max_tokens):
-            out.append(greedy(logits[None])[0])
-            if closed_boxed_answer("\\boxed{" + self.tokenizer.decode(out)) is not None:
-                break
-            logits = self.lm.forward(cache, [Write(view, out[-1:])])[0]
-        cache.clear(FINISHER)
-        text = self.tokenizer.decode(out)
-        closed = closed_boxed_answer("\\boxed{" + text)
-        return closed if closed is not None else text
+        """The s1-style finisher on the Writer's view."""
+        suffix = self._encode(FINISHER_SUFFIX)
+        return finish_boxed(self.lm, cache, VIEWS["writer"], suffix, self.tokenizer,
+                            self.options.finisher_max_tokens, self._special)  # fmt: skip
