@@ -22,8 +22,18 @@ import triton.language as tl
 from hogwild_bench.engine.attention import RowView
 from hogwild_bench.engine.rope import RotaryShift
 
-SPLIT = 256  # keys per program along a block (flash-decoding split)
-BLOCK_N = 64
+
+@dataclass
+class KernelSettings:
+    """Tile sizes and launch settings (``experiments/tune_attention.py`` measures variants on a GPU)."""
+
+    split: int = 256  # keys per program along a block (flash-decoding split)
+    block_n: int = 64  # keys per inner-loop tile
+    num_warps: int = 4
+    num_stages: int = 3
+
+
+settings = KernelSettings()
 MAX_BLOCK_M = 64  # query rows per program; blocks seen by more (entries x group heads x T) are tiled
 POISON = bool(os.environ.get("HOGWILD_TRITON_POISON"))  # fill outputs with NaN first (tests)
 NOT_OWN = 1 << 30  # query start for blocks other than the writer's own: nothing is masked
@@ -235,8 +245,8 @@ def plan_arrays(rows: list[RowView], q_len: int, groups: int, keep_empty: bool =
             arrays["ent_row"].append(r)
             arrays["ent_delta"].append(delta)
             arrays["ent_qstart"].append(qstart)
-            arrays["ent_nsplit"].append(triton.cdiv(block.visible_length, SPLIT))
-    splits = [triton.cdiv(b.capacity(0) if by_capacity else b.visible_length, SPLIT) for b in blocks]
+            arrays["ent_nsplit"].append(triton.cdiv(block.visible_length, settings.split))
+    splits = [triton.cdiv(b.capacity(0) if by_capacity else b.visible_length, settings.split) for b in blocks]
     # blocks are launched in groups of equal query-tile width, so a block seen by many view entries (a
     # repeated separator) does not widen the tile of every other block
     buckets: dict[int, int] = {}
@@ -328,9 +338,9 @@ def _launch(query, plan, out, layer, rope, scaling, heads, groups, kv_heads, q_l
             rope._freqs(device),
             o_part, lse_part, o_part.stride(0), o_part.stride(1), o_part.stride(2), o_part.stride(3),
             scaling * 1.4426950408889634, q_len,
-            G=groups, D=dim, HALF=dim // 2, SPLIT_SIZE=SPLIT, BLOCK_M=block_m, BLOCK_N=BLOCK_N,
+            G=groups, D=dim, HALF=dim // 2, SPLIT_SIZE=settings.split, BLOCK_M=block_m, BLOCK_N=settings.block_n,
             PRECISION="ieee" if query.dtype == torch.float32 else "tf32",
-            num_warps=4, num_stages=3 if device.type == "cuda" else 1,
+            num_warps=settings.num_warps, num_stages=settings.num_stages if device.type == "cuda" else 1,
         )  # fmt: skip
     _merge_kernel[(n_rows, heads, q_len)](
         o_part, lse_part, o_part.stride(0), o_part.stride(1), o_part.stride(2), o_part.stride(3),
