@@ -56,9 +56,10 @@ def main() -> None:
             ta.settings = variant
             plan = ta.TritonPlan.build(cache.rows, 1, 7, query.device)
             try:
-                ms = triton.testing.do_bench(
-                    lambda: ta.attend_rows_triton(query, cache.rows, 0, rope, 128**-0.5, plan), warmup=25, rep=100
+                call = lambda q=query, rows=cache.rows, r=rope, p=plan: ta.attend_rows_triton(
+                    q, rows, 0, r, 128**-0.5, p
                 )
+                ms = triton.testing.do_bench(call, warmup=25, rep=100)
             except Exception as error:  # e.g. out of shared memory for a large tile
                 ms = None
                 print(variant, type(error).__name__)
