@@ -120,22 +120,18 @@ def run(cfg) -> Path:
     store.save_config(cfg)
     points, budgets = grid_points(cfg), sorted(set(cfg.generation.budgets))
     done = store.completed()
+    failed = set() if cfg.store.retry_failed else store.failed()  # read once, not per problem
     todo = []
     for problem in problems:
         for point in points:
             missing = [b for b in budgets if _key(cfg, problem, point, b) not in done]
-            if missing and (cfg.store.retry_failed or not _all_failed(store, cfg, problem, point, missing)):
+            if missing and not all(_key(cfg, problem, point, b) in failed for b in missing):
                 todo.append((problem, point, missing))
     log.info("%s: %d problems x %d points in this shard, %d to run", run_dir, len(problems), len(points), len(todo))
     if todo:
         _run_todo(cfg, store, todo, run_dir)
     _summarise(cfg, store, run_dir)
     return run_dir
-
-
-def _all_failed(store, cfg, problem, point, budgets) -> bool:
-    failed = store.failed()
-    return all(_key(cfg, problem, point, b) in failed for b in budgets)
 
 
 def _run_todo(cfg: RunConfig, store: ResultStore, todo: list, run_dir: Path) -> None:

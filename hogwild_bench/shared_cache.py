@@ -30,10 +30,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
-from transformers import Cache
 
 from hogwild_bench.engine.blocks import KVBlock
-from hogwild_bench.engine.cache import HogwildCache
+from hogwild_bench.engine.cache import BlockBackedCache, HogwildCache
 from hogwild_bench.engine.model import ATTENTION_NAME, default_attention_backend
 from hogwild_bench.engine.rope import RotaryShift, check_model_supported
 
@@ -46,12 +45,12 @@ def _rope_for(config) -> RotaryShift:
     return _ROPES[id(config)]
 
 
-class CacheBlock(Cache):
+class CacheBlock(BlockBackedCache):
     """One shared block of KV cache (``CacheBlock(config=model.config)``)."""
 
     def __init__(self, config, **kwargs):
-        super().__init__(layers=[])
         check_model_supported(config)
+        super().__init__(config.num_hidden_layers)
         config._attn_implementation = ATTENTION_NAME  # falls back to SDPA outside planned forwards
         self.config = config
         self.rope = _rope_for(config)
@@ -82,20 +81,6 @@ class CacheBlock(Cache):
 
     def get_mask_sizes(self, query_length: int, layer_idx: int = 0) -> tuple[int, int]:
         return self.kv.length + query_length, 0
-
-    def get_max_length(self, layer_idx: int | None = None) -> int:
-        return -1
-
-    @property
-    def is_compileable(self) -> bool:
-        return False
-
-    @property
-    def is_sliding(self) -> list[bool]:
-        return [False] * self.kv.num_layers
-
-    def __len__(self) -> int:
-        return self.kv.num_layers
 
     def __repr__(self) -> str:
         return f"CacheBlock(length={self.kv.length})"

@@ -20,7 +20,30 @@ from hogwild_bench.engine.rope import RotaryShift
 ATTENTION_BACKENDS = ("query_rotation", "key_rotation", "triton")
 
 
-class HogwildCache(Cache):
+class BlockBackedCache(Cache):
+    """The `transformers.Cache` surface shared by caches whose storage is `KVBlock`s rather than cache layers:
+    nothing to compile, no sliding layers, one entry per model layer."""
+
+    def __init__(self, num_layers: int):
+        super().__init__(layers=[])
+        self.num_layers = num_layers
+
+    def get_max_length(self, layer_idx: int | None = None) -> int:
+        return -1
+
+    @property
+    def is_compileable(self) -> bool:
+        return False
+
+    @property
+    def is_sliding(self) -> list[bool]:
+        return [False] * self.num_layers
+
+    def __len__(self) -> int:
+        return self.num_layers
+
+
+class HogwildCache(BlockBackedCache):
     """Named KV blocks plus the per-forward plan (which worker sees which blocks, writes where).
 
     ``attention`` picks the attention path: ``"query_rotation"`` (torch, the fast design),
@@ -28,10 +51,9 @@ class HogwildCache(Cache):
     """
 
     def __init__(self, num_layers: int, rope: RotaryShift, attention: str = "query_rotation"):
-        super().__init__(layers=[])
         if attention not in ATTENTION_BACKENDS:
             raise ValueError(f"unknown attention backend {attention!r}; valid: {', '.join(ATTENTION_BACKENDS)}")
-        self.num_layers = num_layers
+        super().__init__(num_layers)
         self.rope = rope
         self.attention = attention
         self.blocks: dict[str, KVBlock] = {}
@@ -124,22 +146,8 @@ class HogwildCache(Cache):
     def get_seq_length(self, layer_idx: int = 0) -> int:
         return 0
 
-    def get_max_length(self, layer_idx: int | None = None) -> int:
-        return -1
-
     def get_mask_sizes(self, query_length: int, layer_idx: int = 0) -> tuple[int, int]:
         return query_length, 0
-
-    @property
-    def is_compileable(self) -> bool:
-        return False
-
-    @property
-    def is_sliding(self) -> list[bool]:
-        return [False] * self.num_layers
-
-    def __len__(self) -> int:
-        return self.num_layers
 
     def __repr__(self) -> str:
         return f"HogwildCache({', '.join(f'{n}={b.length}' for n, b in self.blocks.items())})"

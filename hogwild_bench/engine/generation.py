@@ -131,9 +131,7 @@ class HogwildGenerator:
         self.fmt = prompt_format or PromptFormat(tokenizer, self.options.n_workers, layout=self.layout.name)
         self.boundary = boundary or ParagraphBoundary(tokenizer)
         self.on_forward = on_forward
-        forbidden = list(tokenizer.all_special_ids) if self.options.forbid_special_tokens else []
-        self.sampling = self.options.sampling
-        self._special = forbidden
+        self._special = list(tokenizer.all_special_ids) if self.options.forbid_special_tokens else []
 
     # -- setup -------------------------------------------------------------------------------------
     def _prefill_constants(self, cache) -> None:
@@ -172,7 +170,7 @@ class HogwildGenerator:
     def generate(self, problem: str) -> GenerationResult:
         opts, n = self.options, self.options.n_workers
         started = time.perf_counter()
-        sampler = Sampler(self.sampling, self._special)
+        sampler = Sampler(opts.sampling, self._special)
         cache = self.lm.new_cache()
         views = self.layout.views(n)
         prompt = self.fmt.prompt_text(problem, has_history=self.layout.has_history)
