@@ -4,8 +4,8 @@ A random-weight Qwen2-7B-shaped model in bf16 (hidden 3584, 28 layers, 28 heads,
 For each worker count N, shared context C and layout, one decode step of N workers (one new token each)
 is timed for:
   (a) plain HF batched decode at batch N (SDPA, DynamicCache holding C tokens per row),
-  (b) the engine's torch query-rotation path, (c) the engine's Triton path (eager, and replayed from a
-  CUDA graph: "graph"),
+  (b) the engine's torch query-rotation path, (c) the engine's Triton path (eager; replayed from a
+  CUDA graph: "graph"; and replayed from a CUDA graph of the torch.compile'd model: "compiled"),
 and compared with (d) the floor = (weight bytes + unique KV bytes) / device-to-device copy bandwidth,
 all measured in the same run. Cache contents are random (never zeros). It also times end-to-end
 generation (prefill, decode, step commits, finisher) in tokens/s.
@@ -29,6 +29,9 @@ QWEN2_7B_SHAPE = dict(
     vocab_size=152064, max_position_embeddings=65536, rope_parameters={"rope_type": "default", "rope_theta": 1e6},
     tie_word_embeddings=False,
 )  # fmt: skip
+# method -> attention backend; "graph": Triton steps replayed from CUDA graphs, "compiled": the same with the
+# model torch.compile'd around the engine's op
+METHODS = (("torch", "query_rotation"), ("triton", "triton"), ("graph", "triton"), ("compiled", "triton"))
 STEP_TOKENS = 64  # length of each worker's current step in the history layouts
 
 
@@ -168,7 +171,8 @@ def end_to_end(lm, tokenizer, attention, n, budget) -> dict:
     torch.cuda.synchronize()
     wall = time.perf_counter() - start
     snap = result.snapshots[budget]
-    return {"workers": n, "attention": attention, "cuda_graphs": lm.cuda_graphs, "budget": budget,
+    return {"workers": n, "attention": attention, "cuda_graphs": lm.cuda_graphs, "compiled": lm.decoder is not None,
+            "budget": budget,
             "total_tokens": snap.total_tokens,
             "wall_seconds": round(wall, 3), "tokens_per_second": round(snap.total_tokens / wall, 1),
             "steps_per_second": round(budget / wall, 2)}  # fmt: skip
@@ -198,17 +202,37 @@ def profile_graph(lm, shape, n, context, layout, floor_ms) -> dict:
         for _ in range(5):
             graph.graph.replay()
         torch.cuda.synchronize()
-    kernels = sorted(prof.key_averages(), key=lambda e: -e.device_time_total)[:8]
+    kernels = sorted(prof.key_averages(), key=lambda e: -e.device_time_total)
+    groups: dict[str, dict[str, float]] = {}
+    for e in kernels:
+        group = groups.setdefault(kernel_group(e.key), {"ms": 0.0, "kernels": 0})
+        group["ms"] += e.device_time_total / 5 / 1e3
+        group["kernels"] += e.count / 5
     result = {
-        "workers": n, "context": context, "layout": layout, "floor_ms": floor_ms, "step_ms": step_ms,
-        "replay_ms": statistics.median(replays), "host_ms": step_ms - statistics.median(replays),
-        "captures": graph.captures,
-        "top_kernels_ms_per_step": {e.key[:80]: e.device_time_total / 5 / 1e3 for e in kernels},
+        "workers": n, "context": context, "layout": layout, "compiled": lm.decoder is not None, "floor_ms": floor_ms,
+        "step_ms": step_ms, "replay_ms": statistics.median(replays), "host_ms": step_ms - statistics.median(replays),
+        "captures": graph.captures, "kernel_groups_per_step": groups,
+        "top_kernels_ms_per_step": {e.key[:80]: e.device_time_total / 5 / 1e3 for e in kernels[:8]},
     }  # fmt: skip
     cache.blocks.clear()
     cache.decode_graphs.clear()
     torch.cuda.empty_cache()
     return result
+
+
+KERNEL_GROUPS = (  # (group, substrings of the kernel name), first match wins
+    ("gemm", ("nvjet", "gemm", "cutlass", "xmma")),
+    ("hogwild_attention", ("_block_attention_kernel",)),
+    ("hogwild_merge", ("_merge_kernel",)),
+    ("hogwild_append", ("_append_kernel",)),
+    ("inductor_fused", ("triton_",)),
+    ("elementwise", ("elementwise",)),
+    ("reduce", ("reduce",)),
+)
+
+
+def kernel_group(name: str) -> str:
+    return next((group for group, keys in KERNEL_GROUPS if any(k in name for k in keys)), "other")
 
 
 def profile_steps(model, lm, shape, n, context) -> None:
@@ -233,7 +257,7 @@ def main(argv=None) -> None:
     parser.add_argument("--workers", type=int, nargs="+", default=[1, 2, 4])
     parser.add_argument("--contexts", type=int, nargs="+", default=[1024, 8192, 16384, 32768])
     parser.add_argument("--layouts", nargs="+", default=["combined", "contiguous", "interleaved"])
-    parser.add_argument("--methods", nargs="+", default=["hf", "torch", "triton", "graph"])
+    parser.add_argument("--methods", nargs="+", default=["hf", "torch", "triton", "graph", "compiled"])
     parser.add_argument("--layers", type=int, default=None, help="fewer layers for a quick check")
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--steps", type=int, default=10)
@@ -250,6 +274,7 @@ def main(argv=None) -> None:
     shape = (config.num_hidden_layers, config.num_key_value_heads, config.hidden_size // config.num_attention_heads)
     lm = HogwildLM(model, cuda_graphs=False)
     lm_graph = HogwildLM(model, cuda_graphs=True)
+    lm_compiled = HogwildLM(model, cuda_graphs=True, compile=True)
     embed = model.get_input_embeddings().weight
     weight_bytes = sum(p.numel() * p.element_size() for p in model.parameters()) - embed.numel() * embed.element_size()
     kv_bytes_per_token = 2 * shape[0] * shape[1] * shape[2] * 2
@@ -267,8 +292,9 @@ def main(argv=None) -> None:
                     lengths = layout_lengths(layout, n, context)
                     kv = unique_kv_tokens(layout, n, lengths) * kv_bytes_per_token
                     floor_ms = (weight_bytes + kv) / bandwidth * 1e3
-                    points.append(profile_graph(lm_graph, shape, n, context, layout, floor_ms))
-                    print(json.dumps(points[-1]), flush=True)
+                    for engine in (lm_graph, lm_compiled) if "compiled" in args.methods else (lm_graph,):
+                        points.append(profile_graph(engine, shape, n, context, layout, floor_ms))
+                        print(json.dumps(points[-1]), flush=True)
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         Path(args.out).write_text(
             json.dumps({"gpu": gpu, "bandwidth_bytes_per_s": bandwidth, "points": points}, indent=1)
@@ -281,9 +307,9 @@ def main(argv=None) -> None:
             hf = hf_step_ms(model, n, context, shape, args.warmup, args.steps) if "hf" in args.methods else None
             for layout in args.layouts:
                 row = {"gpu": gpu, "workers": n, "context": context, "layout": layout, "hf_ms": hf}
-                for method, attention in (("torch", "query_rotation"), ("triton", "triton"), ("graph", "triton")):
+                for method, attention in METHODS:
                     if method in args.methods:
-                        engine = lm_graph if method == "graph" else lm
+                        engine = {"graph": lm_graph, "compiled": lm_compiled}.get(method, lm)
                         ms, unique = engine_step_ms(
                             engine, attention, layout, n, context, shape, args.warmup, args.steps
                         )
@@ -291,7 +317,7 @@ def main(argv=None) -> None:
                         row["unique_kv_tokens"] = unique
                 kv_bytes = row["unique_kv_tokens"] * kv_bytes_per_token
                 row["floor_ms"] = (weight_bytes + kv_bytes) / bandwidth * 1e3
-                for method in ("hf", "torch", "triton", "graph"):
+                for method in ("hf", *(m for m, _ in METHODS)):
                     if row.get(f"{method}_ms") is not None:
                         row[f"{method}_over_floor"] = row[f"{method}_ms"] / row["floor_ms"]
                         if hf:
@@ -302,8 +328,8 @@ def main(argv=None) -> None:
     e2e = []
     if args.e2e_budget:
         tokenizer = tiny_tokenizer()
-        runs = [(lm_graph, 1, "triton"), (lm_graph, 2, "triton"), (lm_graph, 4, "triton"), (lm, 2, "triton"),
-                (lm, 2, "query_rotation")]  # fmt: skip
+        runs = [(lm_compiled, 1, "triton"), (lm_compiled, 2, "triton"), (lm_compiled, 4, "triton"),
+                (lm_graph, 2, "triton"), (lm, 2, "triton"), (lm, 2, "query_rotation")]  # fmt: skip
         for engine, n, attention in runs:
             if n in args.workers:
                 e2e.append(end_to_end(engine, tokenizer, attention, n, args.e2e_budget))

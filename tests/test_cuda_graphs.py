@@ -2,6 +2,7 @@
 
 import pytest
 import torch
+from conftest import LAYOUTS
 from helpers import RecordingLM
 
 from hogwild_bench.engine import GenerationOptions, HogwildGenerator, HogwildLM, SamplingParams
@@ -9,14 +10,18 @@ from hogwild_bench.engine import GenerationOptions, HogwildGenerator, HogwildLM,
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a GPU")
 
 
-@pytest.mark.parametrize("layout", ["combined", "contiguous", "interleaved"])
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-def test_graph_replay_matches_eager(models, tokenizer, layout, dtype):
+@pytest.mark.parametrize(
+    "layout,dtype,compile",
+    [(layout, dtype, False) for layout in LAYOUTS for dtype in (torch.float32, torch.bfloat16)]
+    + [(layout, torch.bfloat16, True) for layout in LAYOUTS],
+)
+def test_graph_replay_matches_eager(models, tokenizer, layout, dtype, compile):
+    """Captured steps (optionally of the torch.compile'd model) give the eager engine's logits and tokens."""
     model = models("qwen3").to("cuda", dtype)
     runs = []
     try:
         for graphs in (False, True):
-            lm = HogwildLM(model, attention="triton", cuda_graphs=graphs)
+            lm = HogwildLM(model, attention="triton", cuda_graphs=graphs, compile=compile and graphs)
             recorder = RecordingLM(lm)
             options = GenerationOptions(n_workers=3, layout=layout, budgets=(24, 48), collab_interval=16,
                                         early_stop=False, sampling=SamplingParams(temperature=0.7, seed=1))  # fmt: skip

@@ -33,6 +33,7 @@ class KVBlock:
         self.pending = 0
         self.token_ids: list[int] = []
         self._pending_tokens: list[int] = []
+        self.storage_version = 0  # bumped whenever any layer's storage is (re)allocated: addresses changed
 
     def __repr__(self) -> str:
         return f"KVBlock({self.name!r}, length={self.length}, pending={self.pending})"
@@ -58,6 +59,7 @@ class KVBlock:
             if store[layer] is not None:
                 grown[:, : self.length] = store[layer][:, : self.length]
             store[layer] = grown
+        self.storage_version += 1
 
     # -- writes from a forward pass -------------------------------------------------------------
     def start_write(self, token_ids: list[int]) -> None:

@@ -13,7 +13,7 @@ from collections.abc import Sequence
 import torch
 from transformers import Cache
 
-from hogwild_bench.engine.attention import RowView
+from hogwild_bench.engine.attention import ATTENTION_PATHS, RowView
 from hogwild_bench.engine.blocks import KVBlock
 from hogwild_bench.engine.rope import RotaryShift
 
@@ -132,15 +132,33 @@ class HogwildCache(BlockBackedCache):
 
     def update(self, key_states: torch.Tensor, value_states: torch.Tensor, layer_idx: int, *args, **kwargs):
         """Called by every attention layer with ``[rows, kv_heads, T, head_dim]`` new keys/values."""
+        self.store_new(key_states, value_states, layer_idx)
+        return key_states, value_states
+
+    def store_new(self, key_states: torch.Tensor, value_states: torch.Tensor, layer: int) -> None:
+        """Write each row's new (left-padded) keys/values into its own block."""
         if self.rows is None:
             raise RuntimeError("HogwildCache.update outside a planned forward; use HogwildLM.forward")
         if self.graph is not None:
-            self.graph.append(layer_idx, key_states, value_states)
-            return key_states, value_states
+            self.graph.append(layer, key_states, value_states)
+            return
         q_len = key_states.shape[2]
         for b, row in enumerate(self.rows):
-            row.own.write(layer_idx, key_states[b, :, q_len - row.n_new :], value_states[b, :, q_len - row.n_new :])
-        return key_states, value_states
+            row.own.write(layer, key_states[b, :, q_len - row.n_new :], value_states[b, :, q_len - row.n_new :])
+
+    def attend(self, query: torch.Tensor, layer: int, scaling: float, groups: int) -> torch.Tensor:
+        """``query [rows, heads, T, D]`` of the forward in flight -> ``[rows, T, heads, D]`` over each row's view
+        (``groups`` query heads per KV head)."""
+        if self.attention == "triton":
+            from hogwild_bench.engine.triton_attention import TritonPlan, attend_rows_triton
+
+            plan = self.forward_state.get(("triton_plan", query.device))
+            if plan is None:  # built once per forward (per device), shared by every layer
+                plan = TritonPlan.build(self.rows, query.shape[2], groups, query.device)
+                self.forward_state[("triton_plan", query.device)] = plan
+            return attend_rows_triton(query, self.rows, layer, self.rope, scaling, plan)
+        path = ATTENTION_PATHS[self.attention]
+        return torch.stack([path(query[b], row, layer, self.rope, scaling) for b, row in enumerate(self.rows)])
 
     # -- transformers.Cache surface that the model code may consult -------------------------------
     def get_seq_length(self, layer_idx: int = 0) -> int:

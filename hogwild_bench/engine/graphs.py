@@ -33,41 +33,58 @@ class DecodeGraph:
         self.captures = 0
 
     # -- host side ---------------------------------------------------------------------------------
-    def _blocks(self):
+    def _blocks(self) -> list:
         seen = {}
         for view in self.views:
             for name in view:
                 seen.setdefault(name, self.cache.block(name))
         return list(seen.values())
 
-    def _ensure_storage(self) -> None:
+    def _ensure_storage(self, blocks: list) -> None:
         """Empty blocks get storage too, so every address is known at capture."""
-        template = next(b for b in self._blocks() if all(k is not None for k in b.keys))
-        for block in self._blocks():
+        template = next(b for b in blocks if all(k is not None for k in b.keys))
+        for block in blocks:
             for layer in range(block.num_layers):
                 if block.keys[layer] is None:
                     block._reserve(layer, 1, template.keys[layer])
 
-    def _signature(self):
-        return tuple(
-            (id(b), b.keys[layer].data_ptr(), b.capacity(layer))
-            for b in self._blocks()
-            for layer in range(b.num_layers)
-        )
+    @staticmethod
+    def _signature(blocks: list) -> tuple:
+        """Changes exactly when a block's storage moves: then the captured addresses are stale."""
+        return tuple((id(b), b.storage_version) for b in blocks)
 
     def _host_tables(self):
         config = self.lm.model.config
         groups = config.num_attention_heads // config.num_key_value_heads
         blocks, arrays, sizes = plan_arrays(self.cache.rows, 1, groups, keep_empty=True, by_capacity=True)
-        own = [row.own for row in self.cache.rows]
-        arrays["own_pos"] = [b.length for b in own]
+        arrays["own_pos"] = [row.own.length for row in self.cache.rows]
         return blocks, arrays, sizes
+
+    def _packed(self, arrays: dict, tokens: list[int]) -> tuple[list[int], list[int]]:
+        """Every table in one int32 list (capture order), token ids and positions in one int64 list."""
+        flat = [v for name in self.names for v in _flatten(arrays[name])]
+        return flat, [*tokens, *(row.own.length for row in self.cache.rows)]
 
     # -- capture and replay -------------------------------------------------------------------------
     def _capture(self, tokens: list[int]) -> None:
         blocks, arrays, sizes = self._host_tables()
-        device = self.device
-        self.static = {name: torch.tensor(values, dtype=torch.int32, device=device) for name, values in arrays.items()}
+        device, rows = self.device, len(tokens)
+        self.names = list(arrays)
+        self.table_sizes = {name: torch.tensor(arrays[name]).shape for name in self.names}
+        total = sum(shape.numel() for shape in self.table_sizes.values())
+        # one pinned staging buffer and one device buffer for all tables: a step uploads them in one copy
+        self.host_i32 = torch.empty(total, dtype=torch.int32).pin_memory()
+        self.host_i64 = torch.empty(2 * rows, dtype=torch.int64).pin_memory()
+        self.tables_i32 = torch.empty(total, dtype=torch.int32, device=device)
+        self.tables_i64 = torch.empty(2 * rows, dtype=torch.int64, device=device)
+        self.uploaded = torch.cuda.Event()
+        self.static, offset = {}, 0
+        for name, shape in self.table_sizes.items():
+            self.static[name] = self.tables_i32[offset : offset + shape.numel()].view(shape)
+            offset += shape.numel()
+        self.input_ids = self.tables_i64[:rows].view(rows, 1)
+        self.positions = self.tables_i64[rows:].view(rows, 1)
+        self._upload(*self._packed(arrays, tokens))
         self.plan = TritonPlan.assemble(blocks, self.static, sizes, pointer_tables(blocks, device))
         own = [row.own for row in self.cache.rows]
         layers = own[0].num_layers
@@ -76,12 +93,12 @@ class DecodeGraph:
             torch.tensor([[b.values[i].data_ptr() for b in own] for i in range(layers)], device=device),
             torch.tensor([[b.capacity(i) for b in own] for i in range(layers)], dtype=torch.int32, device=device),
         )
-        self.input_ids = torch.tensor([[t] for t in tokens], device=device)
-        self.positions = torch.tensor([[b.length] for b in own], device=device)
         self.lm.rope._freqs(device)  # the frequencies must exist before capture
 
         def forward():
             self.cache.forward_state[("triton_plan", device)] = self.plan
+            if self.lm.decoder is not None:
+                return self.lm.decoder(self.cache, self.input_ids, self.positions).float()
             out = self.lm.model(
                 input_ids=self.input_ids, position_ids=self.positions, past_key_values=self.cache,
                 hogwild_cache=self.cache, use_cache=True, logits_to_keep=1,
@@ -101,11 +118,20 @@ class DecodeGraph:
                 self.logits = forward()
         finally:
             self.cache.graph = None
-        self.signature = self._signature()
+        self.signature = self._signature(blocks)
         self.captures += 1
 
+    def _upload(self, flat_i32: list[int], flat_i64: list[int]) -> None:
+        """Host tables -> device buffers: two asynchronous copies from pinned memory."""
+        self.uploaded.synchronize()  # the previous step's copies have read the staging buffers
+        self.host_i32.copy_(torch.tensor(flat_i32, dtype=torch.int32))
+        self.host_i64.copy_(torch.tensor(flat_i64, dtype=torch.int64))
+        self.tables_i32.copy_(self.host_i32, non_blocking=True)
+        self.tables_i64.copy_(self.host_i64, non_blocking=True)
+        self.uploaded.record()
+
     def append(self, layer: int, keys: torch.Tensor, values: torch.Tensor) -> None:
-        """`HogwildCache.update` while capturing: device-side append at the own blocks' positions."""
+        """`HogwildCache.store_new` while capturing: device-side append at the own blocks' positions."""
         k_ptrs, v_ptrs, capacity = (table[layer] for table in self.own_tables)
         append_rows(keys, values, k_ptrs, v_ptrs, capacity, self.static["own_pos"])
 
@@ -115,18 +141,23 @@ class DecodeGraph:
         cache.begin_forward(self.views, [[t] for t in tokens])
         ok = False
         try:
-            self._ensure_storage()
-            if self.graph is None or self._signature() != self.signature:
+            blocks = self._blocks()
+            fresh = self.graph is not None and self._signature(blocks) == self.signature
+            if fresh:
+                flat_i32, flat_i64 = self._packed(self._host_tables()[1], tokens)
+                fresh = len(flat_i32) == self.host_i32.numel()  # same table shapes as captured
+            if fresh:
+                self._upload(flat_i32, flat_i64)
+            else:
+                self._ensure_storage(blocks)
                 self._capture(tokens)
-            _, arrays, _ = self._host_tables()
-            for name, values in arrays.items():
-                host = torch.tensor(values, dtype=torch.int32).pin_memory()
-                self.static[name].copy_(host, non_blocking=True)
-            self.input_ids.copy_(torch.tensor([[t] for t in tokens]).pin_memory(), non_blocking=True)
-            self.positions.copy_(torch.tensor([[row.own.length] for row in cache.rows]).pin_memory(), non_blocking=True)
             self.graph.replay()
             logits = self.logits.clone()
             ok = True
         finally:
             cache.end_forward(ok)
         return logits
+
+
+def _flatten(values: list) -> list:
+    return [v for row in values for v in row] if values and isinstance(values[0], list) else values

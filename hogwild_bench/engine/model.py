@@ -16,8 +16,8 @@ from transformers import AttentionInterface
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
 from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 
-from hogwild_bench.engine.attention import ATTENTION_PATHS
 from hogwild_bench.engine.cache import HogwildCache
+from hogwild_bench.engine.compiled import CompiledDecoder, StandInCache
 from hogwild_bench.engine.rope import RotaryShift, check_model_supported
 
 ATTENTION_NAME = "hogwild"
@@ -35,29 +35,15 @@ def hogwild_attention(
     **kwargs,
 ) -> tuple[torch.Tensor, None]:
     """Attention of every row's new tokens over its block list; SDPA when no Hogwild plan is given."""
+    scaling = module.head_dim**-0.5 if scaling is None else scaling
+    if isinstance(hogwild_cache, StandInCache):  # traced by torch.compile: the engine is one opaque op
+        return torch.ops.hogwild.attend(query, key, value, module.layer_idx, scaling), None
     if hogwild_cache is None or hogwild_cache.rows is None:
         return sdpa_attention_forward(
             module, query, key, value, attention_mask, scaling=scaling, dropout=dropout, **kwargs
         )
     with torch.no_grad():  # inference only: cached blocks are inference tensors, never part of a graph
-        return _hogwild_attention(module, query, scaling, hogwild_cache)
-
-
-def _hogwild_attention(module, query, scaling, hogwild_cache: HogwildCache) -> tuple[torch.Tensor, None]:
-    scaling = module.head_dim**-0.5 if scaling is None else scaling
-    if hogwild_cache.attention == "triton":
-        from hogwild_bench.engine.triton_attention import TritonPlan, attend_rows_triton
-
-        plan = hogwild_cache.forward_state.get(("triton_plan", query.device))
-        if plan is None:  # built once per forward (per device), shared by every layer
-            groups = module.config.num_attention_heads // module.config.num_key_value_heads
-            plan = TritonPlan.build(hogwild_cache.rows, query.shape[2], groups, query.device)
-            hogwild_cache.forward_state[("triton_plan", query.device)] = plan
-        out = attend_rows_triton(query, hogwild_cache.rows, module.layer_idx, hogwild_cache.rope, scaling, plan)
-    else:
-        path = ATTENTION_PATHS[hogwild_cache.attention]
-        rows = enumerate(hogwild_cache.rows)
-        out = torch.stack([path(query[b], row, module.layer_idx, hogwild_cache.rope, scaling) for b, row in rows])
+        out = hogwild_cache.attend(query, module.layer_idx, scaling, groups=query.shape[1] // key.shape[1])
     if hogwild_cache.finish_after_layer == module.layer_idx:
         hogwild_cache.end_forward()
     return out, None
@@ -99,7 +85,9 @@ class HogwildLM:
     >>> logits = lm.forward(cache, [Write(["prompt", "alice"], [t1]), Write(["prompt", "bob"], [t2])])
     """
 
-    def __init__(self, model: torch.nn.Module, attention: str = "auto", cuda_graphs: bool = True):
+    def __init__(
+        self, model: torch.nn.Module, attention: str = "auto", cuda_graphs: bool = True, compile: bool = False
+    ):
         check_model_supported(model.config)
         # decode steps on the Triton path replay CUDA graphs (one CUDA device; a model split over GPUs runs eager)
         self.cuda_graphs = cuda_graphs and len({p.device for p in model.parameters()}) == 1
@@ -110,6 +98,8 @@ class HogwildLM:
         self.attention = default_attention_backend(self.device) if attention == "auto" else attention
         if model.config._attn_implementation != ATTENTION_NAME:
             model.set_attn_implementation(ATTENTION_NAME)
+        # decode forwards (graph captures included) run the torch.compile'd model: its small kernels fused
+        self.decoder = CompiledDecoder(model) if compile else None
 
     def new_cache(self, attention: str | None = None) -> HogwildCache:
         return HogwildCache(self.num_layers, self.rope, attention or self.attention)
@@ -139,19 +129,20 @@ class HogwildLM:
         ok = False
         try:
             pinned = self.device.type == "cuda"
-            out = self.model(
-                input_ids=(input_ids.pin_memory() if pinned else input_ids).to(self.device, non_blocking=True),
-                position_ids=(positions.pin_memory() if pinned else positions).to(self.device, non_blocking=True),
-                past_key_values=cache,
-                hogwild_cache=cache,
-                use_cache=True,
-                logits_to_keep=0 if all_logits else 1,
-            )
+            input_ids = (input_ids.pin_memory() if pinned else input_ids).to(self.device, non_blocking=True)
+            positions = (positions.pin_memory() if pinned else positions).to(self.device, non_blocking=True)
+            if self.decoder is not None and q_len == 1 and not all_logits:
+                logits = self.decoder(cache, input_ids, positions)
+            else:
+                out = self.model(
+                    input_ids=input_ids, position_ids=positions, past_key_values=cache, hogwild_cache=cache,
+                    use_cache=True, logits_to_keep=0 if all_logits else 1,
+                )  # fmt: skip
+                logits = out.logits if all_logits else out.logits[:, -1]
             ok = True
         finally:
             cache.end_forward(ok)
-        logits = out.logits.float()
-        return logits if all_logits else logits[:, -1]
+        return logits.float()
 
     def _use_graph(self, cache: HogwildCache, writes: Sequence[Write], all_logits: bool) -> bool:
         """Decode steps (one token per row) on the Triton path replay a CUDA graph when enabled."""

@@ -1,0 +1,85 @@
+"""Decode forwards traced by `torch.compile`: the model's own code, with its small kernels fused.
+
+A decode step of a 7B model launches about a thousand small kernels besides its GEMMs (HF's RMSNorm alone is
+six per call, RoPE ten per layer); even replayed from a CUDA graph they cost ~2 ms a step, more than the
+attention. `torch.compile` fuses them, but it cannot trace the engine (block lists, per-forward plans are
+Python objects that change every step). So the model is compiled against `StandInCache`, a stateless
+`transformers.Cache` whose ``update`` hands the new K/V through untouched, and the engine's whole work per
+layer -- store the new K/V in the own blocks, attend over every row's view -- is one opaque custom op,
+``hogwild::attend``, that finds the cache of the forward in flight through `running`. The model code is
+traced as written; nothing in it is replaced.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import torch
+
+from hogwild_bench.engine.cache import BlockBackedCache, HogwildCache
+
+_IN_FLIGHT: list[HogwildCache] = []
+
+
+@contextmanager
+def running(cache: HogwildCache) -> Iterator[None]:
+    """Make ``cache`` (with a forward begun on it) the one ``hogwild::attend`` reads and writes."""
+    _IN_FLIGHT.append(cache)
+    try:
+        yield
+    finally:
+        _IN_FLIGHT.pop()
+
+
+@torch.library.custom_op("hogwild::attend", mutates_args=())
+def attend(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, layer: int, scaling: float) -> torch.Tensor:
+    """``query [rows, heads, T, D]``, new ``key/value [rows, kv_heads, T, D]`` -> ``[rows, T, heads, D]``.
+
+    Side effect (hidden from the compiler, which never reads cache storage): the new K/V are stored."""
+    if not _IN_FLIGHT:
+        raise RuntimeError("hogwild::attend called outside `running(cache)`")
+    cache = _IN_FLIGHT[-1]
+    cache.store_new(key, value, layer)
+    return cache.attend(query, layer, scaling, groups=query.shape[1] // key.shape[1])
+
+
+@attend.register_fake
+def _(query, key, value, layer, scaling):
+    rows, heads, q_len, dim = query.shape
+    return query.new_empty(rows, q_len, heads, dim)
+
+
+class StandInCache(BlockBackedCache):
+    """What a compiled model sees as ``past_key_values``: no state, and ``update`` stores nothing (the
+    attention op does), so the traced graph holds for every step."""
+
+    def update(self, key_states: torch.Tensor, value_states: torch.Tensor, layer_idx: int, *args, **kwargs):
+        return key_states, value_states
+
+    def get_seq_length(self, layer_idx: int = 0) -> int:
+        return 0
+
+    def get_mask_sizes(self, query_length: int, layer_idx: int = 0) -> tuple[int, int]:
+        return query_length, 0
+
+
+class CompiledDecoder:
+    """``torch.compile`` of a model for decode forwards (one new token per row) over a `HogwildCache`.
+
+    Compiled on first use (tens of seconds for a 7B model on a GPU); one compilation per number of rows.
+    """
+
+    def __init__(self, model: torch.nn.Module, backend: str = "inductor"):
+        self.model = model
+        self.stand_in = StandInCache(model.config.num_hidden_layers)
+        self.compiled = torch.compile(model, backend=backend, dynamic=False)
+
+    def __call__(self, cache: HogwildCache, input_ids: torch.Tensor, position_ids: torch.Tensor) -> torch.Tensor:
+        """Logits ``[rows, V]`` (model dtype) of the last token; a forward must be begun on ``cache``."""
+        with running(cache):
+            out = self.compiled(
+                input_ids=input_ids, position_ids=position_ids, past_key_values=self.stand_in,
+                hogwild_cache=self.stand_in, use_cache=True, logits_to_keep=1,
+            )  # fmt: skip
+        return out.logits[:, -1]
