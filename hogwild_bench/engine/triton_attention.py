@@ -124,37 +124,39 @@ def _block_attention_kernel(
 
 @triton.jit
 def _merge_kernel(
-    O_PART, LSE_PART, stride_oe, stride_os, stride_oh, stride_ot,
-    ROW_ENTRIES, ROW_COUNT, ENT_NSPLIT, max_entries,
+    O_PART, LSE_PART, stride_op, stride_oh, stride_ot,
+    ROW_PARTS, ROW_COUNT, max_parts,
     OUT, stride_r, stride_t, stride_h,
-    D: tl.constexpr, SPLITS: tl.constexpr,
+    D: tl.constexpr, CHUNK: tl.constexpr,
 ):  # fmt: skip
+    """Log-sum-exp merge of one row's partials: a flat list of (entry, split) slots, CHUNK at a time."""
     row = tl.program_id(0)
     head = tl.program_id(1)
     t = tl.program_id(2)
     d = tl.arange(0, D)
-    splits = tl.arange(0, SPLITS)
+    lanes = tl.arange(0, CHUNK)
     count = tl.load(ROW_COUNT + row)
     m = tl.full([1], float("-inf"), tl.float32)
     l_sum = tl.zeros([1], tl.float32)
     acc = tl.zeros([D], tl.float32)
-    for i in range(0, count):
-        e = tl.load(ROW_ENTRIES + row * max_entries + i)
-        used = splits < tl.load(ENT_NSPLIT + e)
-        off = e * stride_oe + splits * stride_os + head * stride_oh + t * stride_ot
+    for c0 in range(0, count, CHUNK):
+        used = c0 + lanes < count
+        part = tl.load(ROW_PARTS + row * max_parts + c0 + lanes, mask=used, other=0).to(tl.int64)
+        off = part * stride_op + head * stride_oh + t * stride_ot
         lse = tl.load(LSE_PART + off // D, mask=used, other=float("-inf"))
         m_new = tl.maximum(m, tl.max(lse, 0))
         m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
         w = tl.exp2(lse - m_safe)
-        part = tl.load(
-            O_PART + off[:, None] + d[None, :], mask=used[:, None] & (lse > float("-inf"))[:, None], other=0.0
-        )
+        o = tl.load(O_PART + off[:, None] + d[None, :], mask=(used & (lse > float("-inf")))[:, None], other=0.0)
         scale_old = tl.exp2(m - m_safe)
-        acc = acc * scale_old + tl.sum(w[:, None] * part, 0)
+        acc = acc * scale_old + tl.sum(w[:, None] * o, 0)
         l_sum = l_sum * scale_old + tl.sum(w, 0)
         m = m_new
     out = acc / tl.where(l_sum > 0, l_sum, 1.0)
     tl.store(OUT + row * stride_r + t * stride_t + head * stride_h + d, out.to(OUT.dtype.element_ty))
+
+
+MERGE_CHUNK = 32  # partials merged per iteration
 
 
 def upload(values: list, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
@@ -191,10 +193,9 @@ class TritonPlan:
     ent_row: torch.Tensor
     ent_delta: torch.Tensor
     ent_qstart: torch.Tensor
-    ent_nsplit: torch.Tensor
     length: torch.Tensor
     tables: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None  # [layers, blocks]: K ptrs, V ptrs, capacity
-    row_entries: torch.Tensor
+    row_parts: torch.Tensor  # [rows, width]: each row's partials (entry * n_splits + split), used ones first
     row_count: torch.Tensor
     n_entries: int
     n_splits: int
@@ -235,18 +236,19 @@ def plan_arrays(rows: list[RowView], q_len: int, groups: int, keep_empty: bool =
             is_own = position == len(row.blocks) - 1
             qstart = row.own.length - (q_len - row.n_new) if is_own else NOT_OWN
             per_block[index[id(block)]].append((r, own_offset - offset, qstart))
-    arrays = {name: [] for name in ("ent_start", "ent_count", "ent_row", "ent_delta", "ent_qstart", "ent_nsplit")}
-    row_entries: list[list[int]] = [[] for _ in rows]
+    arrays = {name: [] for name in ("ent_start", "ent_count", "ent_row", "ent_delta", "ent_qstart")}
+    used_splits, all_splits = [], []  # per entry
     for block, entries in zip(blocks, per_block):
         arrays["ent_start"].append(len(arrays["ent_row"]))
         arrays["ent_count"].append(len(entries))
         for r, delta, qstart in entries:
-            row_entries[r].append(len(arrays["ent_row"]))
             arrays["ent_row"].append(r)
             arrays["ent_delta"].append(delta)
             arrays["ent_qstart"].append(qstart)
-            arrays["ent_nsplit"].append(triton.cdiv(block.visible_length, settings.split))
+            used_splits.append(triton.cdiv(block.visible_length, settings.split))
+            all_splits.append(triton.cdiv(block.capacity(0) if by_capacity else block.visible_length, settings.split))
     splits = [triton.cdiv(b.capacity(0) if by_capacity else b.visible_length, settings.split) for b in blocks]
+    n_splits = max(splits, default=1) or 1
     # blocks are launched in groups of equal query-tile width, so a block seen by many view entries (a
     # repeated separator) does not widen the tile of every other block
     buckets: dict[int, int] = {}
@@ -257,12 +259,17 @@ def plan_arrays(rows: list[RowView], q_len: int, groups: int, keep_empty: bool =
         arrays.setdefault(f"work_block_{tile}", []).extend([b] * splits[b])
         arrays.setdefault(f"work_split_{tile}", []).extend(range(splits[b]))
     arrays["length"] = [b.visible_length for b in blocks]
-    width = max(1, max(len(e) for e in row_entries))
-    arrays["row_entries"] = [e + [0] * (width - len(e)) for e in row_entries]
-    arrays["row_count"] = [len(e) for e in row_entries]
-    sizes = dict(
-        n_entries=len(arrays["ent_row"]), n_splits=max(splits, default=1) or 1, buckets=sorted(buckets.items())
-    )
+    # each row's partial slots: the used ones (in order) then padding, so the merge reads a dense prefix;
+    # the width is fixed by capacity when the shapes must not change from step to step
+    parts: list[list[int]] = [[] for _ in rows]
+    widths = [0] * len(rows)
+    for e, r in enumerate(arrays["ent_row"]):
+        parts[r].extend(e * n_splits + s for s in range(used_splits[e]))
+        widths[r] += all_splits[e]
+    width = max([1, *widths])
+    arrays["row_parts"] = [p + [0] * (width - len(p)) for p in parts]
+    arrays["row_count"] = [len(p) for p in parts]
+    sizes = dict(n_entries=len(arrays["ent_row"]), n_splits=n_splits, buckets=sorted(buckets.items()))
     return blocks, arrays, sizes
 
 
@@ -343,8 +350,8 @@ def _launch(query, plan, out, layer, rope, scaling, heads, groups, kv_heads, q_l
             num_warps=settings.num_warps, num_stages=settings.num_stages if device.type == "cuda" else 1,
         )  # fmt: skip
     _merge_kernel[(n_rows, heads, q_len)](
-        o_part, lse_part, o_part.stride(0), o_part.stride(1), o_part.stride(2), o_part.stride(3),
-        plan.row_entries, plan.row_count, plan.ent_nsplit, plan.row_entries.shape[1],
+        o_part, lse_part, o_part.stride(1), o_part.stride(2), o_part.stride(3),
+        plan.row_parts, plan.row_count, plan.row_parts.shape[1],
         out, out.stride(0), out.stride(1), out.stride(2),
-        D=dim, SPLITS=triton.next_power_of_2(plan.n_splits),
+        D=dim, CHUNK=MERGE_CHUNK,
     )  # fmt: skip
