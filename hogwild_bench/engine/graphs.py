@@ -96,7 +96,7 @@ class DecodeGraph:
         self.lm.rope._freqs(device)  # the frequencies must exist before capture
 
         def forward():
-            self.cache.forward_state[("triton_plan", device)] = self.plan
+            self.cache.forward_state[("triton_plan", device)] = self.plan.for_new_forward()
             if self.lm.decoder is not None:
                 return self.lm.decoder(self.cache, self.input_ids, self.positions).float()
             out = self.lm.model(

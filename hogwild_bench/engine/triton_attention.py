@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 import triton
@@ -44,8 +44,8 @@ def _block_attention_kernel(
     Q, stride_qr, stride_qh, stride_qt,
     K_PTRS, V_PTRS, CAPACITY, LENGTH,
     WORK_BLOCK, WORK_SPLIT,
-    ENT_START, ENT_COUNT, ENT_ROW, ENT_DELTA, ENT_QSTART,
-    INV_FREQ,
+    ENT_START, ENT_COUNT, ENT_ROW, ENT_QSTART,
+    ENT_COS, ENT_SIN,
     O_PART, LSE_PART, stride_oe, stride_os, stride_oh, stride_ot,
     scale_log2, T,
     G: tl.constexpr, D: tl.constexpr, HALF: tl.constexpr,
@@ -78,7 +78,6 @@ def _block_attention_kernel(
     valid = entry < ent_count
     gentry = ent_start + tl.where(valid, entry, 0)
     worker = tl.load(ENT_ROW + gentry)
-    delta = tl.load(ENT_DELTA + gentry).to(tl.float32)
     qstart = tl.load(ENT_QSTART + gentry)
     head = kv_head * G + group
     d = tl.arange(0, D)
@@ -87,9 +86,11 @@ def _block_attention_kernel(
     q_off = worker[:, None] * stride_qr + head[:, None] * stride_qh + t[:, None] * stride_qt
     q = tl.load(Q + q_off + d[None, :], mask=valid[:, None], other=0.0).to(tl.float32)
     q_sw = tl.load(Q + q_off + swapped[None, :], mask=valid[:, None], other=0.0).to(tl.float32)
-    freq = tl.load(INV_FREQ + (d % HALF))
-    angle = delta[:, None] * freq[None, :]
-    q = (q * tl.cos(angle) + sign[None, :] * q_sw * tl.sin(angle)).to(dtype)
+    # cos/sin of each entry's RoPE delta come from a per-forward table: computing them here (accurate sin/cos
+    # of angles up to ~1e5 rad) cost more than reading the keys for small blocks seen by many entries
+    cos = tl.load(ENT_COS + gentry[:, None] * D + d[None, :])
+    sin = tl.load(ENT_SIN + gentry[:, None] * D + d[None, :])
+    q = (q * cos + sign[None, :] * q_sw * sin).to(dtype)
     # own block: causal in local positions; other blocks carry a huge qstart, so every key is visible
     q_pos = qstart + t
 
@@ -199,6 +200,18 @@ class TritonPlan:
     row_count: torch.Tensor
     n_entries: int
     n_splits: int
+    _rotation: tuple[torch.Tensor, torch.Tensor] | None = None
+
+    def rotation(self, rope: RotaryShift) -> tuple[torch.Tensor, torch.Tensor]:
+        """``[n_entries, D]`` float32 cos/sin of each entry's RoPE delta: computed on the device by the first
+        layer of a forward (inside a captured graph, from the refreshed deltas), read by every layer."""
+        if self._rotation is None:
+            self._rotation = tuple(t.contiguous() for t in rope.cos_sin(self.ent_delta, self.ent_delta.device))
+        return self._rotation
+
+    def for_new_forward(self) -> TritonPlan:
+        """The same tables, rotations not yet computed (a captured forward must compute them itself)."""
+        return replace(self, _rotation=None)
 
     @classmethod
     def build(cls, rows: list[RowView], q_len: int, groups: int, device: torch.device) -> TritonPlan:
@@ -215,6 +228,10 @@ class TritonPlan:
         fields = {k: v for k, v in tensors.items() if not k.startswith("work_") and k != "own_pos"}
         return cls(blocks=blocks, work=work, tables=tables, n_entries=sizes["n_entries"],
                    n_splits=sizes["n_splits"], **fields)  # fmt: skip
+
+
+def _cdiv(a: int, b: int) -> int:
+    return -(-a // b)  # triton.cdiv is a jit-able function: ~5 us a call from Python
 
 
 def plan_arrays(rows: list[RowView], q_len: int, groups: int, keep_empty: bool = False, by_capacity: bool = False):
@@ -237,25 +254,27 @@ def plan_arrays(rows: list[RowView], q_len: int, groups: int, keep_empty: bool =
             qstart = row.own.length - (q_len - row.n_new) if is_own else NOT_OWN
             per_block[index[id(block)]].append((r, own_offset - offset, qstart))
     arrays = {name: [] for name in ("ent_start", "ent_count", "ent_row", "ent_delta", "ent_qstart")}
+    split = settings.split
+    splits = [_cdiv(b.capacity(0) if by_capacity else b.visible_length, split) for b in blocks]
     used_splits, all_splits = [], []  # per entry
-    for block, entries in zip(blocks, per_block):
+    for block, entries, block_splits in zip(blocks, per_block, splits):
+        used = _cdiv(block.visible_length, split)
         arrays["ent_start"].append(len(arrays["ent_row"]))
         arrays["ent_count"].append(len(entries))
         for r, delta, qstart in entries:
             arrays["ent_row"].append(r)
             arrays["ent_delta"].append(delta)
             arrays["ent_qstart"].append(qstart)
-            used_splits.append(triton.cdiv(block.visible_length, settings.split))
-            all_splits.append(triton.cdiv(block.capacity(0) if by_capacity else block.visible_length, settings.split))
-    splits = [triton.cdiv(b.capacity(0) if by_capacity else b.visible_length, settings.split) for b in blocks]
+            used_splits.append(used)
+            all_splits.append(block_splits)
     n_splits = max(splits, default=1) or 1
     # blocks are launched in groups of equal query-tile width, so a block seen by many view entries (a
     # repeated separator) does not widen the tile of every other block
     buckets: dict[int, int] = {}
     for b, count in enumerate(arrays["ent_count"]):
         rows_b = count * groups * q_len
-        tile = min(MAX_BLOCK_M, max(16, triton.next_power_of_2(rows_b)))
-        buckets[tile] = max(buckets.get(tile, 0), triton.cdiv(rows_b, tile))
+        tile = min(MAX_BLOCK_M, max(16, 1 << (rows_b - 1).bit_length()))
+        buckets[tile] = max(buckets.get(tile, 0), _cdiv(rows_b, tile))
         arrays.setdefault(f"work_block_{tile}", []).extend([b] * splits[b])
         arrays.setdefault(f"work_split_{tile}", []).extend(range(splits[b]))
     arrays["length"] = [b.visible_length for b in blocks]
@@ -341,8 +360,7 @@ def _launch(query, plan, out, layer, rope, scaling, heads, groups, kv_heads, q_l
             query, query.stride(0), query.stride(1), query.stride(2),
             k_ptrs, v_ptrs, capacity, plan.length,
             work_block, work_split,
-            plan.ent_start, plan.ent_count, plan.ent_row, plan.ent_delta, plan.ent_qstart,
-            rope._freqs(device),
+            plan.ent_start, plan.ent_count, plan.ent_row, plan.ent_qstart, *plan.rotation(rope),
             o_part, lse_part, o_part.stride(0), o_part.stride(1), o_part.stride(2), o_part.stride(3),
             scaling * 1.4426950408889634, q_len,
             G=groups, D=dim, HALF=dim // 2, SPLIT_SIZE=settings.split, BLOCK_M=block_m, BLOCK_N=settings.block_n,
