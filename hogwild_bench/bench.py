@@ -324,6 +324,7 @@ def main(argv=None) -> None:
                             row[f"{method}_over_hf"] = row[f"{method}_ms"] / hf
                 rows.append(row)
                 print(json.dumps({k: round(v, 3) if isinstance(v, float) else v for k, v in row.items()}), flush=True)
+                write_results(args, gpu, weight_bytes, bandwidth, kv_bytes_per_token, rows, [])  # kept if cut off
 
     e2e = []
     if args.e2e_budget:
@@ -334,13 +335,16 @@ def main(argv=None) -> None:
             if n in args.workers:
                 e2e.append(end_to_end(engine, tokenizer, attention, n, args.e2e_budget))
                 print(json.dumps(e2e[-1]), flush=True)
+    write_results(args, gpu, weight_bytes, bandwidth, kv_bytes_per_token, rows, e2e)
+    print(f"wrote {args.out}")
 
+
+def write_results(args, gpu, weight_bytes, bandwidth, kv_bytes_per_token, rows, e2e) -> None:
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     meta = {"gpu": gpu, "torch": torch.__version__, "weight_bytes": weight_bytes, "bandwidth_bytes_per_s": bandwidth,
             "kv_bytes_per_token": kv_bytes_per_token, "args": vars(args)}  # fmt: skip
     out.write_text(json.dumps({"meta": meta, "decode": rows, "end_to_end": e2e}, indent=1))
-    print(f"wrote {out}")
 
 
 if __name__ == "__main__":
