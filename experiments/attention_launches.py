@@ -4,7 +4,7 @@
 
 Same scenario as `tune_attention.py` (the bench's 16k shared context, one new token per worker). For each
 layout and N it lists, in launch order, every kernel of one `attend_rows_triton` call (the block-attention
-launches, one per query-tile width, then the merge) with its grid and median device time over 30 calls, so
+launch, then the merge) with its grid and median device time over 30 calls, so
 the N- and layout-dependent part of the attention can be attributed to a launch.
 """
 
@@ -37,7 +37,7 @@ def launches(layout: str, n: int, context: int) -> dict:
         torch.cuda.synchronize()
     kernels = [e for e in prof.events() if e.device_type == torch.autograd.DeviceType.CUDA and "kernel" in e.name]
     per_call = len(kernels) // CALLS
-    grids = [((w.numel(), 4, tiles), block_m) for block_m, tiles, w, _ in plan.work if w.numel()]
+    grids = [((plan.work_block.numel(), 4), plan.block_m)]
     rows = []
     for i in range(per_call):
         times = [kernels[c * per_call + i].device_time for c in range(CALLS)]

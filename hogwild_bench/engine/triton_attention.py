@@ -43,7 +43,7 @@ NOT_OWN = 1 << 30  # query start for blocks other than the writer's own: nothing
 def _block_attention_kernel(
     Q, stride_qr, stride_qh, stride_qt,
     K_PTRS, V_PTRS, CAPACITY, LENGTH,
-    WORK_BLOCK, WORK_SPLIT,
+    WORK_BLOCK, WORK_SPLIT, WORK_TILE,
     ENT_START, ENT_COUNT, ENT_ROW, ENT_QSTART,
     ENT_COS, ENT_SIN,
     O_PART, LSE_PART, stride_oe, stride_os, stride_oh, stride_ot,
@@ -53,15 +53,13 @@ def _block_attention_kernel(
 ):  # fmt: skip
     work = tl.program_id(0)
     kv_head = tl.program_id(1)
-    tile = tl.program_id(2)
     block = tl.load(WORK_BLOCK + work)
     split = tl.load(WORK_SPLIT + work)
+    tile = tl.load(WORK_TILE + work)
     length = tl.load(LENGTH + block)
     capacity = tl.load(CAPACITY + block).to(tl.int64)
     ent_start = tl.load(ENT_START + block)
     ent_count = tl.load(ENT_COUNT + block)
-    if tile * BLOCK_M >= ent_count * G * T:  # this block has fewer query rows than the widest one
-        return
     if split * SPLIT_SIZE >= length:  # grids sized by capacity (CUDA graphs) have idle splits
         return
     dtype = Q.dtype.element_ty
@@ -188,7 +186,10 @@ class TritonPlan:
     """Per-forward metadata shared by all layers (device tensors)."""
 
     blocks: list
-    work: tuple  # per query-tile width: (BLOCK_M, tiles per block, work_block, work_split)
+    block_m: int  # query rows per program
+    work_block: torch.Tensor  # one program per (block, split, query tile) per KV head
+    work_split: torch.Tensor
+    work_tile: torch.Tensor
     ent_start: torch.Tensor
     ent_count: torch.Tensor
     ent_row: torch.Tensor
@@ -221,12 +222,8 @@ class TritonPlan:
 
     @classmethod
     def assemble(cls, blocks, tensors: dict, sizes: dict, tables) -> TritonPlan:
-        work = tuple(
-            (width, tiles, tensors[f"work_block_{width}"], tensors[f"work_split_{width}"])
-            for width, tiles in sizes["buckets"]
-        )
-        fields = {k: v for k, v in tensors.items() if not k.startswith("work_") and k != "own_pos"}
-        return cls(blocks=blocks, work=work, tables=tables, n_entries=sizes["n_entries"],
+        fields = {k: v for k, v in tensors.items() if k != "own_pos"}
+        return cls(blocks=blocks, tables=tables, block_m=sizes["block_m"], n_entries=sizes["n_entries"],
                    n_splits=sizes["n_splits"], **fields)  # fmt: skip
 
 
@@ -268,15 +265,19 @@ def plan_arrays(rows: list[RowView], q_len: int, groups: int, keep_empty: bool =
             used_splits.append(used)
             all_splits.append(block_splits)
     n_splits = max(splits, default=1) or 1
-    # blocks are launched in groups of equal query-tile width, so a block seen by many view entries (a
-    # repeated separator) does not widen the tile of every other block
-    buckets: dict[int, int] = {}
-    for b, count in enumerate(arrays["ent_count"]):
-        rows_b = count * groups * q_len
-        tile = min(MAX_BLOCK_M, max(16, 1 << (rows_b - 1).bit_length()))
-        buckets[tile] = max(buckets.get(tile, 0), _cdiv(rows_b, tile))
-        arrays.setdefault(f"work_block_{tile}", []).extend([b] * splits[b])
-        arrays.setdefault(f"work_split_{tile}", []).extend(range(splits[b]))
+    # One launch. The query tile fits the rows of the block with the most splits (the long context, read by
+    # most programs); a block seen by more view entries (a repeated separator) gets one program per tile.
+    rows_per_block = [count * groups * q_len for count in arrays["ent_count"]]
+    widest = max(range(len(blocks)), key=lambda b: (splits[b], rows_per_block[b]), default=None)
+    block_m = min(MAX_BLOCK_M, max(16, 1 << (rows_per_block[widest] - 1).bit_length())) if blocks else 16
+    for name in ("work_block", "work_split", "work_tile"):
+        arrays[name] = []
+    for b, rows_b in enumerate(rows_per_block):
+        for split_index in range(splits[b]):
+            for tile in range(_cdiv(rows_b, block_m)):
+                arrays["work_block"].append(b)
+                arrays["work_split"].append(split_index)
+                arrays["work_tile"].append(tile)
     arrays["length"] = [b.visible_length for b in blocks]
     # each row's partial slots: the used ones (in order) then padding, so the merge reads a dense prefix;
     # the width is fixed by capacity when the shapes must not change from step to step
@@ -288,7 +289,7 @@ def plan_arrays(rows: list[RowView], q_len: int, groups: int, keep_empty: bool =
     width = max([1, *widths])
     arrays["row_parts"] = [p + [0] * (width - len(p)) for p in parts]
     arrays["row_count"] = [len(p) for p in parts]
-    sizes = dict(n_entries=len(arrays["ent_row"]), n_splits=n_splits, buckets=sorted(buckets.items()))
+    sizes = dict(n_entries=len(arrays["ent_row"]), n_splits=n_splits, block_m=block_m)
     return blocks, arrays, sizes
 
 
@@ -353,17 +354,15 @@ def _launch(query, plan, out, layer, rope, scaling, heads, groups, kv_heads, q_l
         out.fill_(float("nan"))
         o_part.fill_(float("nan"))
         lse_part.fill_(float("nan"))
-    for block_m, tiles, work_block, work_split in plan.work:
-        if work_block.numel() == 0:
-            continue
-        _block_attention_kernel[(work_block.numel(), kv_heads, tiles)](
+    if plan.work_block.numel():
+        _block_attention_kernel[(plan.work_block.numel(), kv_heads)](
             query, query.stride(0), query.stride(1), query.stride(2),
             k_ptrs, v_ptrs, capacity, plan.length,
-            work_block, work_split,
+            plan.work_block, plan.work_split, plan.work_tile,
             plan.ent_start, plan.ent_count, plan.ent_row, plan.ent_qstart, *plan.rotation(rope),
             o_part, lse_part, o_part.stride(0), o_part.stride(1), o_part.stride(2), o_part.stride(3),
             scaling * 1.4426950408889634, q_len,
-            G=groups, D=dim, HALF=dim // 2, SPLIT_SIZE=settings.split, BLOCK_M=block_m, BLOCK_N=settings.block_n,
+            G=groups, D=dim, HALF=dim // 2, SPLIT_SIZE=settings.split, BLOCK_M=plan.block_m, BLOCK_N=settings.block_n,
             PRECISION="ieee" if query.dtype == torch.float32 else "tf32",
             num_warps=settings.num_warps, num_stages=settings.num_stages if device.type == "cuda" else 1,
         )  # fmt: skip
