@@ -136,7 +136,9 @@ def run(cfg) -> Path:
 
 def _run_todo(cfg: RunConfig, store: ResultStore, todo: list, run_dir: Path) -> None:
     model, tokenizer = load_model(cfg.model)
-    lm = HogwildLM(model, attention=_value(cfg.model.attention), cuda_graphs=cfg.model.cuda_graphs)
+    devices = {p.device for p in model.parameters()}
+    compile = cfg.model.compile and len(devices) == 1 and next(iter(devices)).type == "cuda"
+    lm = HogwildLM(model, attention=_value(cfg.model.attention), cuda_graphs=cfg.model.cuda_graphs, compile=compile)
     protocol = build_protocol(_value(cfg.protocol.name), ProtocolContext(lm, tokenizer, cfg))
     config_dict = OmegaConf.to_container(OmegaConf.structured(cfg), resolve=True, enum_to_str=True)
     tracker = make_tracker(cfg.logger, cfg.store.run_name, config_dict, run_dir, (cfg.shard.index, cfg.shard.count))
