@@ -16,8 +16,7 @@ import statistics
 from pathlib import Path
 
 import torch
-from torch.profiler import ProfilerActivity, profile
-from tune_attention import scenario
+from tune_attention import kernels_per_call, scenario
 
 from hogwild_bench.engine import triton_attention as ta
 
@@ -28,22 +27,12 @@ def launches(layout: str, n: int, context: int) -> dict:
     cache, query, rope = scenario(layout, n, context)
     plan = ta.TritonPlan.build(cache.rows, 1, 7, query.device)
     call = lambda: ta.attend_rows_triton(query, cache.rows, 0, rope, 128**-0.5, plan)  # noqa: E731
-    for _ in range(10):
-        call()
-    torch.cuda.synchronize()
-    with profile(activities=[ProfilerActivity.CUDA]) as prof:
-        for _ in range(CALLS):
-            call()
-        torch.cuda.synchronize()
-    kernels = [e for e in prof.events() if e.device_type == torch.autograd.DeviceType.CUDA and "kernel" in e.name]
-    per_call = len(kernels) // CALLS
-    grids = [((plan.work_block.numel(), 4), plan.block_m)]
+    calls = kernels_per_call(call, CALLS, warmup=10)
     rows = []
-    for i in range(per_call):
-        times = [kernels[c * per_call + i].device_time for c in range(CALLS)]
-        name = kernels[i].name
-        meta = {"grid": grids[i][0], "block_m": grids[i][1]} if i < len(grids) else {}
-        rows.append({"kernel": name, **meta, "us": statistics.median(times)})
+    for i, kernel in enumerate(calls[0]):
+        # the first launch is the block attention (grid: work items x KV heads), then the merge
+        meta = {"grid": (plan.work_block.numel(), 4), "block_m": plan.block_m} if i == 0 else {}
+        rows.append({"kernel": kernel.name, **meta, "us": statistics.median(c[i].device_time for c in calls)})
     return {"layout": layout, "workers": n, "context": context, "n_entries": plan.n_entries,
             "n_blocks": len(plan.blocks), "launches": rows, "total_us": sum(r["us"] for r in rows)}  # fmt: skip
 

@@ -43,9 +43,10 @@ def scenario(layout: str, n: int, context: int):
     return cache, query, rope
 
 
-def device_ms(call, calls: int = 20) -> float:
-    """Median over ``calls`` of the summed device time of the kernels one ``call()`` launches."""
-    for _ in range(5):
+def kernels_per_call(call, calls: int, warmup: int) -> list[list]:
+    """The profiler's kernel events of each of ``calls`` calls of ``call()`` (after ``warmup`` calls), in
+    launch order: ``[call][launch]``."""
+    for _ in range(warmup):
         call()
     torch.cuda.synchronize()
     with profile(activities=[ProfilerActivity.CUDA]) as prof:
@@ -54,7 +55,12 @@ def device_ms(call, calls: int = 20) -> float:
         torch.cuda.synchronize()
     kernels = [e for e in prof.events() if e.device_type == torch.autograd.DeviceType.CUDA and "kernel" in e.name]
     per_call = len(kernels) // calls
-    sums = [sum(k.device_time for k in kernels[c * per_call : (c + 1) * per_call]) for c in range(calls)]
+    return [kernels[c * per_call : (c + 1) * per_call] for c in range(calls)]
+
+
+def device_ms(call, calls: int = 20) -> float:
+    """Median over ``calls`` of the summed device time of the kernels one ``call()`` launches."""
+    sums = [sum(k.device_time for k in launched) for launched in kernels_per_call(call, calls, warmup=5)]
     return statistics.median(sums) / 1e3
 
 

@@ -73,8 +73,8 @@ class ModelConfig:
     device_map: str | None = "auto"
     attention: Attention = Attention.auto
     cuda_graphs: bool = True  # replay decode steps from CUDA graphs (Triton path on CUDA)
-    # torch.compile the decode forwards (model on one CUDA device only): ~15-20 % faster steps on a 7B model,
-    # after one compilation (~1 min) per number of rows; experiments/README.md has the measurements
+    # torch.compile the decode forwards (model on one CUDA device only): 9-26 % (median 16 %) faster steps on a
+    # 7B-shaped model, after one compilation per number of rows; experiments/README.md has the measurements
     compile: bool = True
     system_as_user: bool = False
     think_prefix: str | None = "auto"

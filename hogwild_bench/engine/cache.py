@@ -42,6 +42,13 @@ class BlockBackedCache(Cache):
     def __len__(self) -> int:
         return self.num_layers
 
+    # the model's own masks see only the new tokens: what each row attends to is the engine's business
+    def get_seq_length(self, layer_idx: int = 0) -> int:
+        return 0
+
+    def get_mask_sizes(self, query_length: int, layer_idx: int = 0) -> tuple[int, int]:
+        return query_length, 0
+
 
 class HogwildCache(BlockBackedCache):
     """Named KV blocks plus the per-forward plan (which worker sees which blocks, writes where).
@@ -159,13 +166,6 @@ class HogwildCache(BlockBackedCache):
             return attend_rows_triton(query, self.rows, layer, self.rope, scaling, plan)
         path = ATTENTION_PATHS[self.attention]
         return torch.stack([path(query[b], row, layer, self.rope, scaling) for b, row in enumerate(self.rows)])
-
-    # -- transformers.Cache surface that the model code may consult -------------------------------
-    def get_seq_length(self, layer_idx: int = 0) -> int:
-        return 0
-
-    def get_mask_sizes(self, query_length: int, layer_idx: int = 0) -> tuple[int, int]:
-        return query_length, 0
 
     def __repr__(self) -> str:
         return f"HogwildCache({', '.join(f'{n}={b.length}' for n, b in self.blocks.items())})"

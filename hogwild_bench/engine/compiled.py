@@ -57,17 +57,12 @@ class StandInCache(BlockBackedCache):
     def update(self, key_states: torch.Tensor, value_states: torch.Tensor, layer_idx: int, *args, **kwargs):
         return key_states, value_states
 
-    def get_seq_length(self, layer_idx: int = 0) -> int:
-        return 0
-
-    def get_mask_sizes(self, query_length: int, layer_idx: int = 0) -> tuple[int, int]:
-        return query_length, 0
-
 
 class CompiledDecoder:
     """``torch.compile`` of a model for decode forwards (one new token per row) over a `HogwildCache`.
 
-    Compiled on first use (tens of seconds for a 7B model on a GPU); one compilation per number of rows.
+    Compiled on first use (Inductor generates kernels for the whole model: slow, once); one compilation per
+    number of rows.
     """
 
     def __init__(self, model: torch.nn.Module, backend: str = "inductor"):

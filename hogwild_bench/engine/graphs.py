@@ -56,9 +56,7 @@ class DecodeGraph:
     def _host_tables(self):
         config = self.lm.model.config
         groups = config.num_attention_heads // config.num_key_value_heads
-        blocks, arrays, sizes = plan_arrays(self.cache.rows, 1, groups, keep_empty=True, by_capacity=True)
-        arrays["own_pos"] = [row.own.length for row in self.cache.rows]
-        return blocks, arrays, sizes
+        return plan_arrays(self.cache.rows, 1, groups, keep_empty=True, by_capacity=True)
 
     def _packed(self, arrays: dict, tokens: list[int]) -> tuple[list[int], list[int]]:
         """Every table in one int32 list (capture order), token ids and positions in one int64 list."""
@@ -133,7 +131,7 @@ class DecodeGraph:
     def append(self, layer: int, keys: torch.Tensor, values: torch.Tensor) -> None:
         """`HogwildCache.store_new` while capturing: device-side append at the own blocks' positions."""
         k_ptrs, v_ptrs, capacity = (table[layer] for table in self.own_tables)
-        append_rows(keys, values, k_ptrs, v_ptrs, capacity, self.static["own_pos"])
+        append_rows(keys, values, k_ptrs, v_ptrs, capacity, self.positions)  # the new token's own-block position
 
     def step(self, tokens: list[int]) -> torch.Tensor:
         """Write one token per row and return float32 logits ``[rows, V]``."""

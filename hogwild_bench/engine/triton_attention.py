@@ -222,9 +222,8 @@ class TritonPlan:
 
     @classmethod
     def assemble(cls, blocks, tensors: dict, sizes: dict, tables) -> TritonPlan:
-        fields = {k: v for k, v in tensors.items() if k != "own_pos"}
         return cls(blocks=blocks, tables=tables, block_m=sizes["block_m"], n_entries=sizes["n_entries"],
-                   n_splits=sizes["n_splits"], **fields)  # fmt: skip
+                   n_splits=sizes["n_splits"], **tensors)  # fmt: skip
 
 
 def _cdiv(a: int, b: int) -> int:
