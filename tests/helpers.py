@@ -79,6 +79,9 @@ class TeeCache:
         self.engine.clear(name)
         self.replay.clear(name)
 
+    def reserve(self, names, tokens, like):
+        self.engine.reserve(names, tokens, like=like)  # storage only: the replay keeps plain lists
+
     def tokens(self, names):
         ours, theirs = self.engine.tokens(names), self.replay.tokens(names)
         assert ours == theirs, f"token bookkeeping diverged for {names}"

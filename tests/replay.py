@@ -89,6 +89,7 @@ class ReplayCache(Cache):
 
 def rotate(x: torch.Tensor, positions: torch.Tensor, inv_freq: torch.Tensor) -> torch.Tensor:
     """RoPE (rotate-half convention) of ``x[..., T, D]`` at integer ``positions[T]``, in float64."""
+    positions, inv_freq = positions.to(x.device), inv_freq.to(x.device)
     angles = positions.double()[:, None] * inv_freq.double()[None, :]
     cos, sin = torch.cat([angles, angles], -1).cos(), torch.cat([angles, angles], -1).sin()
     x = x.double()
@@ -111,17 +112,17 @@ def replay_attention(module, query, key, value, attention_mask, scaling=None, re
         k = torch.stack(keys, dim=1)  # [Hkv, L, D]
         v = torch.stack(values, dim=1)
         total = k.shape[1]
-        own = torch.tensor(own_flags)
+        own = torch.tensor(own_flags, device=k.device)
         # the new tokens are the last len(new) of the view (own block is last)
-        q_pos = torch.arange(total - len(new), total)
+        q_pos = torch.arange(total - len(new), total, device=k.device)
         k_rot = rotate(k, torch.arange(total), module.rotary_inv_freq)
         q_rot = rotate(query[b, :, q_len - len(new) :], q_pos, module.rotary_inv_freq)
         groups = heads // k.shape[0]
         k_rot, v = k_rot.repeat_interleave(groups, 0), v.double().repeat_interleave(groups, 0)
-        key_pos = torch.arange(total)
+        key_pos = torch.arange(total, device=k.device)
         visible = (~own[None, :]) | (key_pos[None, :] <= q_pos[:, None])
         out = F.scaled_dot_product_attention(q_rot[None], k_rot[None], v[None], attn_mask=visible, scale=scaling)[0]
-        padded = torch.zeros(heads, q_len, dim, dtype=torch.float64)
+        padded = torch.zeros(heads, q_len, dim, dtype=torch.float64, device=k.device)
         padded[:, q_len - len(new) :] = out
         outputs.append(padded.transpose(0, 1))
     return torch.stack(outputs).to(query.dtype), None
@@ -153,6 +154,7 @@ class ReplayLM:
         previous = self.model.config._attn_implementation
         self.model.set_attn_implementation("hogwild_replay")
         try:
+            input_ids = input_ids.to(self.model.get_input_embeddings().weight.device)
             out = self.model(
                 input_ids=input_ids,
                 position_ids=torch.zeros_like(input_ids),

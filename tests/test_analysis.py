@@ -5,7 +5,7 @@ import os
 import pytest
 from conftest import ROOT, compose_config, tiny_run_overrides
 
-from analysis import accuracy_vs_budget, load_runs, plot_accuracy_vs_budget, wilson_interval
+from hogwild_bench.analysis import accuracy_vs_budget, load_runs, plot_accuracy_vs_budget, wilson_interval
 from hogwild_bench.runner import run
 
 

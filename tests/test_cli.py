@@ -5,7 +5,7 @@ import sys
 
 from conftest import ROOT, compose_config, tiny_run_overrides
 
-from analysis import load_runs
+from hogwild_bench.analysis import load_runs
 from hogwild_bench.runner import run
 
 

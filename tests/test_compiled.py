@@ -11,6 +11,7 @@ from conftest import FAMILIES, LAYOUTS
 from helpers import RecordingLM
 from torch._dynamo.utils import counters
 
+from hogwild_bench.answers import BOXED_FINISHER
 from hogwild_bench.engine import GenerationOptions, HogwildGenerator, HogwildLM, SamplingParams, Write
 from hogwild_bench.engine.compiled import CompiledDecoder
 
@@ -19,7 +20,7 @@ def _generate(lm, tokenizer, layout):
     recorder = RecordingLM(lm)
     options = GenerationOptions(n_workers=3, layout=layout, budgets=(20,), collab_interval=8, early_stop=False,
                                 sampling=SamplingParams(temperature=0.7, seed=3))  # fmt: skip
-    result = HogwildGenerator(recorder, tokenizer, options, boundary=lambda s: len(s) >= 10).generate("1+1?")
+    result = HogwildGenerator(recorder, tokenizer, options, finisher=BOXED_FINISHER, boundary=lambda s: len(s) >= 10).generate("1+1?")
     return recorder.records, result.snapshots[20]
 
 

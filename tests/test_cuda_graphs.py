@@ -5,6 +5,7 @@ import torch
 from conftest import LAYOUTS
 from helpers import RecordingLM
 
+from hogwild_bench.answers import BOXED_FINISHER
 from hogwild_bench.engine import GenerationOptions, HogwildGenerator, HogwildLM, SamplingParams
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a GPU")
@@ -27,7 +28,7 @@ def test_graph_replay_matches_eager(models, tokenizer, layout, dtype, compile):
             recorder = RecordingLM(lm)
             options = GenerationOptions(n_workers=3, layout=layout, budgets=(24, 48), collab_interval=16,
                                         early_stop=False, sampling=SamplingParams(temperature=0.7, seed=1))  # fmt: skip
-            result = HogwildGenerator(recorder, tokenizer, options, boundary=lambda s: len(s) >= 12).generate("2+2?")
+            result = HogwildGenerator(recorder, tokenizer, options, finisher=BOXED_FINISHER, boundary=lambda s: len(s) >= 12).generate("2+2?")
             runs.append((recorder.records, result.snapshots[48], recorder.caches[-1]))
     finally:
         model.to("cpu", torch.float32)
@@ -48,7 +49,7 @@ def test_compiled_graph_steps_match_uncompiled_eager_in_float32(models, tokenize
             recorder = RecordingLM(HogwildLM(model, attention="triton", cuda_graphs=graphs, compile=compile))
             options = GenerationOptions(n_workers=2, layout="combined", budgets=(32,), collab_interval=16,
                                         early_stop=False, sampling=SamplingParams(temperature=0.0))  # fmt: skip
-            result = HogwildGenerator(recorder, tokenizer, options, boundary=lambda s: len(s) >= 12).generate("2+2?")
+            result = HogwildGenerator(recorder, tokenizer, options, finisher=BOXED_FINISHER, boundary=lambda s: len(s) >= 12).generate("2+2?")
             runs.append((recorder.records, result.snapshots[32]))
     finally:
         model.to("cpu")

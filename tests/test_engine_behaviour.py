@@ -6,13 +6,9 @@ import torch
 from helpers import RecordingLM
 from transformers import GPT2Config, LlamaConfig, MistralConfig, Qwen2Config
 
+from hogwild_bench.answers import BOXED_FINISHER, last_boxed, stop_on_boxed
 from hogwild_bench.engine.blocks import KVBlock
-from hogwild_bench.engine.generation import (
-    GenerationOptions,
-    HogwildGenerator,
-    ParagraphBoundary,
-    closed_boxed_answer,
-)
+from hogwild_bench.engine.generation import GenerationOptions, HogwildGenerator, ParagraphBoundary
 from hogwild_bench.engine.layouts import get_layout
 from hogwild_bench.engine.model import HogwildLM
 from hogwild_bench.engine.prompts import PromptFormat
@@ -97,26 +93,36 @@ def test_early_stop_when_a_worker_writes_a_final_boxed_answer(models, tokenizer)
         budgets=(8, 16),
         first_steps=["**Alice [1]:** So the answer is \\boxed{4}.", "**Bob [1]:** Hi, I'm Bob."],
     )
-    result = HogwildGenerator(HogwildLM(models("llama")), tokenizer, options).generate("2+2?")
+    hooks = {"stop": stop_on_boxed(tokenizer), "finisher": BOXED_FINISHER}
+    result = HogwildGenerator(HogwildLM(models("llama")), tokenizer, options, **hooks).generate("2+2?")
     assert result.finished_early and result.tokens_per_worker == 1
     for budget in (8, 16):
         snap = result.snapshots[budget]
-        assert snap.finished_early and snap.answer == "4" and snap.tokens_per_worker == 1
+        assert snap.finished_early and snap.answered_by == 0 and snap.tokens_per_worker == 1
+        assert snap.answer is None and last_boxed(snap.response) == "4"  # no finisher: the worker answered
 
 
-def test_finisher_leaves_generation_state_untouched(models, tokenizer):
+def test_without_hooks_the_engine_runs_to_the_budget_and_forces_no_answer(models, tokenizer):
+    opening = ["So the answer is \\boxed{4}."]
+    options = GenerationOptions(n_workers=1, layout="contiguous", budgets=(6,), first_steps=opening)
+    result = HogwildGenerator(HogwildLM(models("llama")), tokenizer, options).generate("2+2?")
+    snap = result.snapshots[6]
+    assert not result.finished_early and snap.tokens_per_worker == 6
+    assert snap.answer is None and snap.response == tokenizer.decode(snap.worker_tokens[0])
+
+
+def test_finisher_answer_ends_the_response_and_does_not_change_later_budgets(models, tokenizer):
     lm = HogwildLM(models("mistral"))
     options = GenerationOptions(n_workers=2, layout="combined", budgets=(5, 10), early_stop=False)
-    gen = HogwildGenerator(lm, tokenizer, options, boundary=every(6))
-    result = gen.generate("2+2?")
-    assert "finisher" not in result.snapshots[10].blocks
-    assert result.snapshots[10].response.endswith("\\boxed{" + result.snapshots[10].answer + "}")
-
-
-def test_closed_boxed_answer_takes_the_last_balanced_box():
-    assert closed_boxed_answer("x \\boxed{1} then \\boxed{\\frac{1}{2}} done") == "\\frac{1}{2}"
-    assert closed_boxed_answer("\\boxed{3} and \\boxed{\\frac{1}{") == "3"
-    assert closed_boxed_answer("no box") is None
+    with_finisher = HogwildGenerator(lm, tokenizer, options, boundary=every(6), finisher=BOXED_FINISHER)
+    result = with_finisher.generate("2+2?")
+    snap = result.snapshots[10]
+    assert "finisher" not in snap.blocks
+    assert snap.response.endswith(BOXED_FINISHER.suffix + snap.answer + "}")
+    # the finisher at budget 5 ran mid-generation: the state at 10 equals a run that never finished at 5
+    plain = HogwildGenerator(lm, tokenizer, GenerationOptions(n_workers=2, layout="combined", budgets=(10,),
+                                                              early_stop=False), boundary=every(6)).generate("2+2?")
+    assert plain.snapshots[10].blocks == snap.blocks and plain.snapshots[10].worker_tokens == snap.worker_tokens
 
 
 def test_paragraph_boundary_needs_sentence_end_then_blank_line():

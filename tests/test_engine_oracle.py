@@ -7,6 +7,7 @@ import torch
 from conftest import FAMILIES, LAYOUTS
 from helpers import RecordingLM, plain_logits
 
+from hogwild_bench.answers import BOXED_FINISHER
 from hogwild_bench.engine.generation import GenerationOptions, HogwildGenerator
 from hogwild_bench.engine.layouts import HISTORY, PROMPT, Combined, get_layout, step_block
 from hogwild_bench.engine.model import HogwildLM, Write
@@ -30,9 +31,8 @@ def test_oracle_single_worker_generation_matches_plain_model(models, tokenizer, 
     options = GenerationOptions(
         n_workers=1, layout=exact_layout(layout), budgets=(40,), collab_interval=10, early_stop=False
     )
-    result = HogwildGenerator(recorder, tokenizer, options, boundary=lambda step: len(step) >= 14).generate(
-        "What is 17 + 25?"
-    )
+    gen = HogwildGenerator(recorder, tokenizer, options, finisher=BOXED_FINISHER, boundary=lambda s: len(s) >= 14)
+    result = gen.generate("What is 17 + 25?")
     snapshot = result.snapshots[40]
     assert snapshot.steps_per_worker[0] >= 3, "the scenario must include step commits"
     view = options.layout.view(0, 1)

@@ -8,6 +8,7 @@ from conftest import FAMILIES, LAYOUTS
 from helpers import TeeLM
 from replay import ReplayLM
 
+from hogwild_bench.answers import BOXED_FINISHER
 from hogwild_bench.engine.generation import GenerationOptions, HogwildGenerator
 from hogwild_bench.engine.model import HogwildLM
 from hogwild_bench.engine.sampling import SamplingParams
@@ -34,6 +35,7 @@ def test_replay_concurrent_generation(models, tokenizer, family, layout, n_worke
         budgets=(STEPS // 2, STEPS),
         collab_interval=37,
         early_stop=False,
+        worker_eos="forbid",  # a fixed-length scenario (workers that end their turn: test_engine_eos.py)
         sampling=SamplingParams(temperature=1.0, seed=7),
     )
     decisions = []
@@ -42,7 +44,8 @@ def test_replay_concurrent_generation(models, tokenizer, family, layout, n_worke
         decisions.append(staggered_boundary(step_tokens))
         return decisions[-1]
 
-    result = HogwildGenerator(tee, tokenizer, options, boundary=boundary).generate("What is 2^{10}?")
+    gen = HogwildGenerator(tee, tokenizer, options, finisher=BOXED_FINISHER, boundary=boundary)
+    result = gen.generate("What is 2^{10}?")
     final = result.snapshots[STEPS]
     assert final.tokens_per_worker == STEPS
     assert tee.forwards >= STEPS

@@ -3,7 +3,7 @@
 import pytest
 from conftest import compose_config, tiny_run_overrides
 
-from analysis import load_runs
+from hogwild_bench.analysis import load_runs
 from hogwild_bench.config import ConfigError, validate
 from hogwild_bench.engine import HogwildLM, SamplingParams
 from hogwild_bench.engine.thinker_writer import ParagraphGate, ThinkerWriterGenerator, ThinkerWriterOptions

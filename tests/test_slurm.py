@@ -6,7 +6,7 @@ import sys
 
 from conftest import ROOT, tiny_run_overrides
 
-from analysis import load_runs
+from hogwild_bench.analysis import load_runs
 
 
 def submit(*args):

@@ -3,7 +3,7 @@
 import pytest
 from conftest import compose_config, tiny_run_overrides
 
-from analysis import load_runs
+from hogwild_bench.analysis import load_runs
 from hogwild_bench.runner import run
 
 

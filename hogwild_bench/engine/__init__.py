@@ -6,18 +6,23 @@ Plain torch (+ an optional Triton kernel); knows nothing of Hydra, W&B or datase
     lm = HogwildLM(model)                                   # any supported transformers causal LM
     gen = HogwildGenerator(lm, tokenizer, GenerationOptions(n_workers=2, layout="combined", budgets=[512]))
     result = gen.generate("What is 17 + 25?")
-    print(result.snapshots[512].answer)
+    print(result.snapshots[512].response)
+
+(``stop=`` / ``finisher=`` hooks end a generation on a final answer and force one at each budget:
+`hogwild_bench.answers` has the ``\\boxed{}`` ones.)
 """
 
 from hogwild_bench.engine.blocks import KVBlock
 from hogwild_bench.engine.cache import HogwildCache
 from hogwild_bench.engine.generation import (
+    Finisher,
     GenerationOptions,
     GenerationResult,
     HogwildGenerator,
     ParagraphBoundary,
     Snapshot,
-    closed_boxed_answer,
+    StopRule,
+    end_of_turn_ids,
 )
 from hogwild_bench.engine.layouts import LAYOUTS, Combined, Contiguous, Interleaved, Isolated, Layout, get_layout
 from hogwild_bench.engine.model import HogwildLM, Write
@@ -27,7 +32,7 @@ from hogwild_bench.engine.sampling import SamplingParams
 
 __all__ = [
     "KVBlock", "HogwildCache", "GenerationOptions", "GenerationResult", "HogwildGenerator", "ParagraphBoundary",
-    "Snapshot", "closed_boxed_answer", "LAYOUTS", "Combined", "Contiguous", "Interleaved", "Isolated", "Layout",
+    "Snapshot", "Finisher", "StopRule", "end_of_turn_ids", "LAYOUTS", "Combined", "Contiguous", "Interleaved", "Isolated", "Layout",
     "get_layout",
     "HogwildLM", "Write", "PromptFormat", "RotaryShift", "UnsupportedModelError", "check_model_supported",
     "SamplingParams",

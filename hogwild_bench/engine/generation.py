@@ -3,8 +3,15 @@
 One batched forward per step: every worker feeds what it has not yet written (its last sampled token,
 plus a step prefix when it starts a new step) into its own block, attending over its layout view. When a
 worker's step ends (a paragraph break after a sentence end), the step moves to the shared history
-without recomputation. Budget snapshots capture the state at each tokens-per-worker budget of one run,
-and an s1-style finisher asks for a short ``\\boxed{`` answer at each.
+without recomputation. Budget snapshots capture the state at each tokens-per-worker budget of one run.
+
+The loop is task-agnostic: what counts as a final answer (``stop``) and how an answer is forced at a
+budget (``finisher``) are hooks the caller passes in (`hogwild_bench.answers` has the math ones).
+
+A worker that samples an end-of-turn token (EOS, ``<|im_end|>``, ...) is *done*: it writes nothing more,
+its text stays visible (its unfinished step is committed to the history), and the generation ends when
+every worker is done or one worker's text satisfies ``stop``. ``worker_eos="forbid"`` instead masks those
+tokens, as the paper's setup does (models then tend to spell the token out as text).
 """
 
 from __future__ import annotations
@@ -13,6 +20,7 @@ import re
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Protocol
 
 import torch
 
@@ -23,7 +31,25 @@ from hogwild_bench.engine.sampling import Sampler, SamplingParams
 
 FINISHER = "finisher"
 HEADER_PREFILL_MODES = ("standalone", "in_context")
+WORKER_EOS_MODES = ("done", "forbid")
+END_OF_TURN_TOKENS = ("<|im_end|>", "<|eot_id|>", "<|end_of_text|>", "<|endoftext|>", "<end_of_turn>", "</s>")
 _SENTENCE_THEN_PARAGRAPH = re.compile(r"[.!?][)\]*\"'$`]*[ \t]*\n\n$")
+
+StopRule = Callable[[Sequence[int]], bool]  # a worker's tokens so far -> it has written its final answer
+
+
+class Finisher(Protocol):
+    """Forces an answer at a budget: ``suffix`` is appended after the finisher view, then tokens are decoded
+    greedily until ``done(text)``; ``answer(text)`` reads the answer and ``completed_response`` the full
+    response it completes."""
+
+    suffix: str
+
+    def done(self, text: str) -> bool: ...
+
+    def answer(self, text: str) -> str: ...
+
+    def completed_response(self, body: str, answer: str) -> str: ...
 
 
 class ParagraphBoundary:
@@ -37,23 +63,17 @@ class ParagraphBoundary:
         return bool(_SENTENCE_THEN_PARAGRAPH.search(tail))
 
 
-def closed_boxed_answer(text: str) -> str | None:
-    """The content of the last complete ``\\boxed{...}`` in ``text`` (balanced braces), or None."""
-    start = text.rfind("\\boxed{")
-    while start != -1:
-        depth, i = 1, start + len("\\boxed{")
-        while i < len(text) and depth:
-            depth += {"{": 1, "}": -1}.get(text[i], 0)
-            i += 1
-        if depth == 0:
-            return text[start + len("\\boxed{") : i - 1]
-        start = text.rfind("\\boxed{", 0, start)
-    return None
+def end_of_turn_ids(tokenizer) -> set[int]:
+    """The tokenizer's EOS and the end-of-turn tokens of common chat templates that it knows."""
+    ids = {tokenizer.eos_token_id} if tokenizer.eos_token_id is not None else set()
+    vocab = tokenizer.get_vocab()
+    ids |= {vocab[t] for t in END_OF_TURN_TOKENS if t in vocab}
+    return ids
 
 
 @dataclass
 class Snapshot:
-    """The full state at one tokens-per-worker budget, plus the finisher's answer."""
+    """The full state at one tokens-per-worker budget, plus the finisher's answer (None: no finisher ran)."""
 
     budget: int
     tokens_per_worker: int
@@ -62,9 +82,11 @@ class Snapshot:
     worker_tokens: list[list[int]]
     steps_per_worker: list[int]
     response: str
-    answer: str
+    answer: str | None
     wall_seconds: float
-    worker_answers: list[str] = field(default_factory=list)  # per_worker mode: each worker's own answer
+    worker_responses: list[str] = field(default_factory=list)  # per_worker mode: each worker's own response
+    answered_by: int | None = None  # the first worker whose text satisfied ``stop``
+    worker_ends: list[tuple[str, int] | None] = field(default_factory=list)  # ("eos"|"answer", at token) or None
 
     @property
     def total_tokens(self) -> int:
@@ -82,7 +104,7 @@ class GenerationResult:
 
 @dataclass
 class GenerationOptions:
-    """Everything that shapes one Hogwild! generation apart from the model and the problem."""
+    """Everything that shapes one Hogwild! generation apart from the model, the problem and the hooks."""
 
     n_workers: int = 2
     layout: str | Layout = "combined"
@@ -93,6 +115,7 @@ class GenerationOptions:
     early_stop: bool = True
     finisher_max_tokens: int = 16
     forbid_special_tokens: bool = True
+    worker_eos: str = "done"
     first_steps: Sequence[str] | None = None
     per_worker: bool = False  # workers stop on their own final answer, each is finished from its own view
 
@@ -105,14 +128,45 @@ class GenerationOptions:
             raise ValueError(
                 f"unknown header_prefill {self.header_prefill!r}; valid: {', '.join(HEADER_PREFILL_MODES)}"
             )
+        if self.worker_eos not in WORKER_EOS_MODES:
+            raise ValueError(f"unknown worker_eos {self.worker_eos!r}; valid: {', '.join(WORKER_EOS_MODES)}")
+        if self.finisher_max_tokens < 1:
+            raise ValueError(f"finisher_max_tokens must be >= 1, got {self.finisher_max_tokens}")
         self.budgets = tuple(sorted({int(b) for b in self.budgets}))
         self.layout = get_layout(self.layout)
+
+
+class ReservingCache(Protocol):
+    """What the loop needs from a cache beyond forwards: storage for the whole budget up front."""
+
+    def reserve(self, names: Sequence[str], tokens: int, like: str) -> None: ...
+
+
+@dataclass
+class LoopState:
+    """Per-generation state of the decoding loop."""
+
+    started: float
+    worker_tokens: list[list[int]]
+    step_tokens: list[list[int]]
+    pending: list[list[int]]
+    steps: list[int]
+    since_collab: list[int]
+    ends: list[tuple[str, int] | None]  # why and when each worker stopped writing
+    answered_by: int | None = None
+    sampled: int = 0
+    finished: bool = False
+
+    def done(self, worker: int) -> bool:
+        return self.ends[worker] is not None
 
 
 class HogwildGenerator:
     """Runs Hogwild! generation for one problem at a time.
 
-    ``boundary`` decides when a worker's step ends (default: `ParagraphBoundary`); ``on_forward`` is called
+    ``boundary`` decides when a worker's step ends (default: `ParagraphBoundary`); ``stop`` says when a
+    worker has written its final answer (None: run to the last budget); ``finisher`` forces an answer at
+    each budget that ends without one (None: the response is the text as written); ``on_forward`` is called
     after every forward with ``(writes, logits)`` (used by tests and progress displays).
     """
 
@@ -124,6 +178,8 @@ class HogwildGenerator:
         prompt_format: PromptFormat | None = None,
         boundary: Callable[[Sequence[int]], bool] | None = None,
         on_forward: Callable | None = None,
+        stop: StopRule | None = None,
+        finisher: Finisher | None = None,
     ):
         self.lm, self.tokenizer = lm, tokenizer
         self.options = options or GenerationOptions()
@@ -131,7 +187,11 @@ class HogwildGenerator:
         self.fmt = prompt_format or PromptFormat(tokenizer, self.options.n_workers, layout=self.layout.name)
         self.boundary = boundary or ParagraphBoundary(tokenizer)
         self.on_forward = on_forward
-        self._special = list(tokenizer.all_special_ids) if self.options.forbid_special_tokens else []
+        self.stop, self.finisher = stop, finisher
+        special = set(tokenizer.all_special_ids) if self.options.forbid_special_tokens else set()
+        self.eos_ids = end_of_turn_ids(tokenizer) if self.options.worker_eos == "done" else set()
+        self._forbidden = sorted(special - self.eos_ids)  # while writing: a worker may end its turn
+        self._finisher_forbidden = sorted(special | self.eos_ids)  # a forced answer must be written out
 
     # -- setup -------------------------------------------------------------------------------------
     def _prefill_constants(self, cache) -> None:
@@ -146,11 +206,9 @@ class HogwildGenerator:
                 context = view0[: view0.index(name)] if name in view0 else [PROMPT]
             self.lm.prefill(cache, name, ids, context=context)
 
-    def _reserve(self, cache, n: int, views) -> None:
+    def _reserve(self, cache: ReservingCache, n: int) -> None:
         """Storage for the whole budget up front (step prefixes and prompts add ~25%); beyond it, blocks
         still grow by doubling."""
-        if not hasattr(cache, "reserve"):
-            return
         per_worker = int(1.25 * self.options.budgets[-1]) + 256
         steps = [step_block(i) for i in range(n)]
         if self.layout.has_history:  # a step block holds one step at a time; the history holds them all
@@ -166,16 +224,14 @@ class HogwildGenerator:
             self.on_forward(writes, logits)
         return logits
 
-    # -- the loop ----------------------------------------------------------------------------------
-    def generate(self, problem: str) -> GenerationResult:
-        opts, n = self.options, self.options.n_workers
-        started = time.perf_counter()
-        sampler = Sampler(opts.sampling, self._special)
-        cache = self.lm.new_cache()
-        views = self.layout.views(n)
+    def _start(self, cache, problem: str) -> tuple[str, LoopState]:
+        """Prefill the prompt and constant blocks; the state holds each worker's opening text, not yet written."""
+        n = self.options.n_workers
         prompt = self.fmt.prompt_text(problem, has_history=self.layout.has_history)
         prompt_ids = self.fmt.encode(prompt)
-        first_steps = opts.first_steps if opts.first_steps is not None else [self.fmt.first_step(i) for i in range(n)]
+        first_steps = self.options.first_steps
+        if first_steps is None:
+            first_steps = [self.fmt.first_step(i) for i in range(n)]
         if len(first_steps) != n:
             raise ValueError(f"first_steps has {len(first_steps)} texts for {n} workers")
         pending = [self.fmt.encode(text) for text in first_steps]
@@ -185,123 +241,141 @@ class HogwildGenerator:
                 raise ValueError("first steps must be all non-empty, or all empty for one worker / isolated workers")
             # workers with no opening text start from the prompt's last token, each in its own block
             prompt_ids, pending = prompt_ids[:-1], [prompt_ids[-1:] for _ in range(n)]
-        step_tokens = [list(p) for p in pending]
         self.lm.prefill(cache, PROMPT, prompt_ids)
-        self._reserve(cache, n, views)
+        self._reserve(cache, n)
         self._prefill_constants(cache)
-        steps = [1] * n
-        since_collab = [0] * n
-        stopped = [False] * n  # per_worker mode: workers that wrote their final answer
-        sampled, finished = 0, False
-        snapshots: dict[int, Snapshot] = {}
-        max_budget = opts.budgets[-1]
+        state = LoopState(
+            started=time.perf_counter(), worker_tokens=worker_tokens, step_tokens=[list(p) for p in pending],
+            pending=pending, steps=[1] * n, since_collab=[0] * n, ends=[None] * n,
+        )  # fmt: skip
+        return prompt, state
 
+    # -- the loop ----------------------------------------------------------------------------------
+    def generate(self, problem: str) -> GenerationResult:
+        opts, n = self.options, self.options.n_workers
+        sampler = Sampler(opts.sampling, self._forbidden)
+        cache = self.lm.new_cache()
+        views = self.layout.views(n)
+        prompt, state = self._start(cache, problem)
+        snapshots: dict[int, Snapshot] = {}
         while True:
-            rows = [i for i in range(n) if pending[i]]
-            row_logits = self._forward(cache, [Write(views[i], pending[i]) for i in rows])
-            logits = {i: row_logits[k] for k, i in enumerate(rows)}
-            pending = [[] for _ in range(n)]
-            due = [b for b in opts.budgets if b == sampled or (finished and b > sampled)]
-            for budget in due:
-                snapshots[budget] = self._snapshot(
-                    cache, budget, sampled, finished, worker_tokens, steps, started, stopped
-                )
-            if finished or sampled >= max_budget:
+            rows = [i for i in range(n) if state.pending[i]]
+            logits = {}
+            if rows:  # none when the last active workers just ended their turn
+                row_logits = self._forward(cache, [Write(views[i], state.pending[i]) for i in rows])
+                logits = {i: row_logits[k] for k, i in enumerate(rows)}
+            state.pending = [[] for _ in range(n)]
+            for budget in opts.budgets:
+                if budget == state.sampled or (state.finished and budget > state.sampled):
+                    snapshots[budget] = self._snapshot(cache, budget, state)
+            if state.finished or state.sampled >= opts.budgets[-1]:
                 break
-            active = [i for i in range(n) if not stopped[i]]
+            active = [i for i in range(n) if not state.done(i)]
             new_tokens = sampler(torch.stack([logits[i] for i in active]))
-            sampled += 1
+            state.sampled += 1
             for i, token in zip(active, new_tokens):
-                worker_tokens[i].append(token)
-                step_tokens[i].append(token)
-                since_collab[i] += 1
-                pending[i] = [token]
-                if self.boundary(step_tokens[i]):
-                    # the token that ended the step leads the next one, as it is not yet in the cache
-                    if self.layout.has_history:
-                        cache.commit(step_block(i), HISTORY)
-                    steps[i] += 1
-                    start = self.fmt.step_prefix(i, steps[i])
-                    if opts.collab_interval and since_collab[i] >= opts.collab_interval:
-                        start += self.fmt.collab_prompt
-                        since_collab[i] = 0
-                    extra = self.fmt.encode(start)
-                    pending[i] = [token, *extra]
-                    worker_tokens[i].extend(extra)
-                    step_tokens[i] = list(pending[i])
-                    if self.layout.has_history and opts.header_prefill == "in_context":
-                        self._prefill_constants(cache)
-                if opts.per_worker and opts.early_stop and self._wrote_final_answer(worker_tokens[i]):
-                    stopped[i] = True
-            if opts.early_stop:
-                if opts.per_worker:
-                    finished = all(stopped)
-                elif any(self._wrote_final_answer(t) for t in worker_tokens):
-                    finished = True
+                self._take(cache, state, i, token)
+            state.finished = all(state.done(i) for i in range(n)) or (
+                state.answered_by is not None and not opts.per_worker
+            )
         return GenerationResult(
             snapshots=snapshots,
             prompt=prompt,
-            finished_early=finished,
-            tokens_per_worker=sampled,
-            wall_seconds=time.perf_counter() - started,
+            finished_early=state.finished,
+            tokens_per_worker=state.sampled,
+            wall_seconds=time.perf_counter() - state.started,
         )
 
-    def _wrote_final_answer(self, tokens: list[int]) -> bool:
-        return closed_boxed_answer(self.tokenizer.decode(tokens[-64:])) is not None
+    def _take(self, cache, state: LoopState, i: int, token: int) -> None:
+        """Worker ``i`` sampled ``token``: end its turn, or queue the token (and a new step's prefix)."""
+        opts = self.options
+        if token in self.eos_ids:  # the worker is done; what it wrote stays visible to the others
+            state.ends[i] = ("eos", state.sampled)
+            if self.layout.has_history and len(state.step_tokens[i]) > 0:
+                cache.commit(step_block(i), HISTORY)
+            return
+        state.worker_tokens[i].append(token)
+        state.step_tokens[i].append(token)
+        state.since_collab[i] += 1
+        state.pending[i] = [token]
+        if self.boundary(state.step_tokens[i]):
+            # the token that ended the step leads the next one, as it is not yet in the cache
+            if self.layout.has_history:
+                cache.commit(step_block(i), HISTORY)
+            state.steps[i] += 1
+            start = self.fmt.step_prefix(i, state.steps[i])
+            if opts.collab_interval and state.since_collab[i] >= opts.collab_interval:
+                start += self.fmt.collab_prompt
+                state.since_collab[i] = 0
+            extra = self.fmt.encode(start)
+            state.pending[i] = [token, *extra]
+            state.worker_tokens[i].extend(extra)
+            state.step_tokens[i] = list(state.pending[i])
+            if self.layout.has_history and opts.header_prefill == "in_context":
+                self._prefill_constants(cache)
+        if opts.early_stop and self.stop is not None and self.stop(state.worker_tokens[i]):
+            if state.answered_by is None:
+                state.answered_by = i
+            if opts.per_worker:
+                state.ends[i] = ("answer", state.sampled)
 
     # -- snapshots and the finisher ----------------------------------------------------------------
-    def _snapshot(self, cache, budget, sampled, finished, worker_tokens, steps, started, stopped) -> Snapshot:
+    def _respond(self, cache, view: Sequence[str], answered: bool) -> tuple[str, str | None]:
+        """The text of ``view`` after the prompt, completed by the finisher unless it already holds an answer."""
+        body = self.tokenizer.decode(cache.tokens(list(view[1:])))
+        if answered or self.finisher is None:
+            return body, None
+        answer = self.finish(cache, view)
+        return self.finisher.completed_response(body, answer), answer
+
+    def _snapshot(self, cache, budget: int, state: LoopState) -> Snapshot:
         n = self.options.n_workers
-        view = self.layout.finisher_view(n)
-        body = self.tokenizer.decode(cache.tokens(view[1:]))
-        own_answers = [closed_boxed_answer(self.tokenizer.decode(t)) for t in worker_tokens]
-        if finished and not self.options.per_worker:
-            answer = next(a for a in own_answers if a is not None)
-            response = body
-        else:
-            answer = own_answers[0] if stopped[0] else self.finish(cache, view)
-            response = body if stopped[0] else body + self.fmt.finisher_suffix + answer + "}"
-        worker_answers = []
-        if self.options.per_worker:  # each worker's own answer, from its own view
+        worker_responses = []
+        if self.options.per_worker:  # each worker's own response, from its own view
             for i in range(n):
-                worker_answers.append(own_answers[i] if stopped[i] else self.finish(cache, self.layout.view(i, n)))
+                ended = state.ends[i]
+                worker_responses.append(self._respond(cache, self.layout.view(i, n), ended is not None and
+                                                      ended[0] == "answer")[0])  # fmt: skip
+            response, answer = worker_responses[0], None
+        else:
+            response, answer = self._respond(cache, self.layout.finisher_view(n), state.answered_by is not None)
         return Snapshot(
             budget=budget,
-            tokens_per_worker=sampled,
-            finished_early=finished,
+            tokens_per_worker=state.sampled,
+            finished_early=state.finished,
             blocks={name: list(block.token_ids) for name, block in cache.blocks.items() if name != FINISHER},
-            worker_tokens=[list(t) for t in worker_tokens],
-            steps_per_worker=list(steps),
+            worker_tokens=[list(t) for t in state.worker_tokens],
+            steps_per_worker=list(state.steps),
             response=response,
             answer=answer,
-            wall_seconds=time.perf_counter() - started,
-            worker_answers=worker_answers,
+            wall_seconds=time.perf_counter() - state.started,
+            worker_responses=worker_responses,
+            answered_by=state.answered_by,
+            worker_ends=list(state.ends),
         )
 
     def finish(self, cache, view: Sequence[str]) -> str:
-        """s1-style finisher after ``view`` (see `finish_boxed`); the generation goes on unchanged."""
-        return finish_boxed(
-            self.lm, cache, view, self.fmt.encode(self.fmt.finisher_suffix), self.tokenizer,
-            self.options.finisher_max_tokens, self._special, forward=self._forward,
+        """Run ``self.finisher`` after ``view`` (see `run_finisher`); the generation goes on unchanged."""
+        return run_finisher(
+            self.lm, cache, view, self.finisher, self.tokenizer, self.options.finisher_max_tokens,
+            self._finisher_forbidden, forward=self._forward,
         )  # fmt: skip
 
 
-def finish_boxed(lm, cache, view, suffix_ids, tokenizer, max_tokens: int, forbidden, forward=None) -> str:
-    """Append the forcing suffix (ending in ``\\boxed{``) after ``view`` and greedily decode the box content.
+def run_finisher(lm, cache, view, finisher: Finisher, tokenizer, max_tokens: int, forbidden, forward=None) -> str:
+    """Append ``finisher.suffix`` after ``view`` and greedily decode until the finisher is satisfied.
 
     Runs in a scratch block that is emptied afterwards, so the cache is left as it was."""
     forward = forward or lm.forward
     cache.clear(FINISHER)
     context = [*view, FINISHER]
-    logits = lm.prefill(cache, FINISHER, suffix_ids, context=view)
+    logits = lm.prefill(cache, FINISHER, tokenizer.encode(finisher.suffix, add_special_tokens=False), context=view)
     greedy = Sampler(SamplingParams(), forbidden)
     out: list[int] = []
     for _ in range(max_tokens):
         out.append(greedy(logits[None])[0])
-        if closed_boxed_answer("\\boxed{" + tokenizer.decode(out)) is not None:
+        if finisher.done(tokenizer.decode(out)):
             break
         logits = forward(cache, [Write(context, out[-1:])])[0]
     cache.clear(FINISHER)
-    text = tokenizer.decode(out)
-    closed = closed_boxed_answer("\\boxed{" + text)
-    return closed if closed is not None else text
+    return finisher.answer(tokenizer.decode(out))

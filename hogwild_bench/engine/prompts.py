@@ -12,8 +12,7 @@ from dataclasses import dataclass
 WORKER_NAMES = ("Alice", "Bob", "Carol", "Dave", "Eve", "Frank", "Grace", "Heidi", "Ivan", "Judy", "Mallory", "Niaj")
 
 SOLO_SYSTEM_PROMPT = (
-    "Solve the problem below. Think step by step, check your work, and write the final answer once, "
-    "as \\boxed{{answer}}."
+    "Solve the problem below. Think step by step, check your work, and put the final answer inside \\boxed{{}}."
 )
 
 TEAM_SYSTEM_PROMPT = """\
@@ -30,7 +29,7 @@ repeat it: take a different part, or check their result.
 - Split the work early and say who does what. Follow the plan, and say so plainly when you change it.
 - Keep steps short and concrete, so the others can use them quickly.
 - Point out mistakes you see in anyone's work, including your own.
-- When the group has an answer you trust, write it once as \\boxed{{answer}}."""
+- When the group has an answer you trust, write it once, inside \\boxed{{}}."""
 
 LAYOUT_NOTES = {
     "contiguous": "Each of you writes in your own section; the others' sections are shown above yours.",
@@ -42,7 +41,6 @@ LAYOUT_NOTES = {
 
 HISTORY_HEADER = "### Past steps\n\n"
 COLLAB_PROMPT = "Quick check: am I doing redundant work? (yes/no): "
-FINISHER_SUFFIX = "\n\nTime is up: I will stop here and give the final answer now.\n\n**Final Answer:** \\boxed{"
 
 
 @dataclass
@@ -61,7 +59,6 @@ class PromptFormat:
     system_as_user: bool = False
     think_prefix: str | None = "auto"
     collab_prompt: str = COLLAB_PROMPT
-    finisher_suffix: str = FINISHER_SUFFIX
     step_labels: bool = True
 
     def __post_init__(self):

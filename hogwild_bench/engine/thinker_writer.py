@@ -19,9 +19,8 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from hogwild_bench.engine.generation import closed_boxed_answer, finish_boxed
+from hogwild_bench.engine.generation import Finisher, StopRule, run_finisher
 from hogwild_bench.engine.model import HogwildLM, Write
-from hogwild_bench.engine.prompts import FINISHER_SUFFIX
 from hogwild_bench.engine.sampling import Sampler, SamplingParams
 
 THINKER_GATE = "[CONTROL] Have I thought enough to resume writing a response? (yes/no):"
@@ -35,7 +34,7 @@ THINKER_SYSTEM = (
 WRITER_SYSTEM = (
     "You are the Writer. Above your answer you can see your own private thoughts as they unfold. Turn what "
     "they establish into a clear, correct answer for the user; do not solve beyond them, and follow them when "
-    "they change. End with the final answer as \\boxed{answer}."
+    "they change. End with the final answer inside \\boxed{}."
 )
 THINKER_OPENING = "Thinking it through.\n\n"
 WRITER_OPENING = "Answer.\n\n"
@@ -100,16 +99,25 @@ class StreamsSnapshot:
     writer_tokens: int
     thinker_tokens: int
     gates: list[Gate]
-    answer: str
+    answer: str | None  # the finisher's answer; None when the Writer answered on its own (or no finisher)
     response: str
     wall_seconds: float
 
 
 class ThinkerWriterGenerator:
+    """``stop`` (on the Writer's tokens) and ``finisher`` are the task's hooks, as for `HogwildGenerator`."""
+
     def __init__(
-        self, lm: HogwildLM, tokenizer, options: ThinkerWriterOptions | None = None, gate: ParagraphGate | None = None
+        self,
+        lm: HogwildLM,
+        tokenizer,
+        options: ThinkerWriterOptions | None = None,
+        gate: ParagraphGate | None = None,
+        stop: StopRule | None = None,
+        finisher: Finisher | None = None,
     ):
         self.lm, self.tokenizer = lm, tokenizer
+        self.stop, self.finisher = stop, finisher
         self.options = options or ThinkerWriterOptions()
         self.gate = gate or ParagraphGate(tokenizer, self.options.gate_min_tokens)
         self._special = list(tokenizer.all_special_ids) if self.options.forbid_special_tokens else []
@@ -178,17 +186,18 @@ class ThinkerWriterGenerator:
                 gates.append(Gate(asker, steps, decision))
                 if decision == "yes":
                     state = "both" if asker == "thinker" else "thinker"
-            if opts.early_stop and closed_boxed_answer(self.tokenizer.decode(visible["writer"])) is not None:
+            if opts.early_stop and self.stop is not None and self.stop(visible["writer"]):
                 finished = True
         return snapshots
 
     def _snapshot(self, cache, budget, steps, finished, visible, gates, started) -> StreamsSnapshot:
         writer_text = self.tokenizer.decode(visible["writer"])
-        answer = closed_boxed_answer(writer_text)
-        response = writer_text
-        if answer is None:
-            answer = self._finish(cache)
-            response = writer_text + FINISHER_SUFFIX + answer + "}"
+        answer, response = None, writer_text
+        answered = self.stop is not None and self.stop(visible["writer"])
+        if not answered and self.finisher is not None:
+            answer = run_finisher(self.lm, cache, VIEWS["writer"], self.finisher, self.tokenizer,
+                                  self.options.finisher_max_tokens, self._special)  # fmt: skip
+            response = self.finisher.completed_response(writer_text, answer)
         return StreamsSnapshot(
             budget=budget,
             steps=steps,
@@ -202,9 +211,3 @@ class ThinkerWriterGenerator:
             response=response,
             wall_seconds=time.perf_counter() - started,
         )
-
-    def _finish(self, cache) -> str:
-        """The s1-style finisher on the Writer's view."""
-        suffix = self._encode(FINISHER_SUFFIX)
-        return finish_boxed(self.lm, cache, VIEWS["writer"], suffix, self.tokenizer,
-                            self.options.finisher_max_tokens, self._special)  # fmt: skip

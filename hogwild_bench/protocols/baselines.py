@@ -10,10 +10,11 @@ from __future__ import annotations
 
 from dataclasses import asdict
 
-from hogwild_bench.engine import HogwildGenerator, Isolated
+from hogwild_bench.answers import last_boxed
+from hogwild_bench.engine import Isolated
 from hogwild_bench.engine.thinker_writer import ThinkerWriterGenerator, ThinkerWriterOptions
 from hogwild_bench.protocols.base import BudgetOutcome, GridPoint, Protocol, register_protocol
-from hogwild_bench.protocols.hogwild import generation_options, prompt_format
+from hogwild_bench.protocols.hogwild import answer_hooks, generation_options, generator, prompt_format
 from hogwild_bench.voting import majority_vote
 
 
@@ -25,10 +26,11 @@ class IndependentProtocol(Protocol):
             self.ctx.cfg, n, Isolated(), collab_interval=None, first_steps=[""] * n, per_worker=True
         )
         fmt = prompt_format(self.ctx, 1, "contiguous", step_labels=False)
-        result = HogwildGenerator(self.ctx.lm, self.ctx.tokenizer, options, prompt_format=fmt).generate(problem)
+        result = generator(self.ctx, options, fmt).generate(problem)
         outcomes = []
         for budget, snap in sorted(result.snapshots.items()):
-            vote = majority_vote(snap.worker_answers, self.ctx.cfg.scoring.timeout_seconds)
+            answers = [last_boxed(r) for r in snap.worker_responses]
+            vote = majority_vote(answers, self.ctx.cfg.scoring.timeout_seconds)
             winner = vote.winner if vote.winner is not None else ""
             texts = [self.ctx.tokenizer.decode(t) for t in snap.worker_tokens]
             outcomes.append(
@@ -39,7 +41,8 @@ class IndependentProtocol(Protocol):
                     wall_seconds=snap.wall_seconds,
                     response=f"Majority vote of {n} independent workers: \\boxed{{{winner}}}",
                     finished_early=snap.finished_early,
-                    extra={"worker_answers": snap.worker_answers, "vote_counts": vote.counts, "worker_texts": texts},
+                    extra={"worker_answers": answers, "vote_counts": vote.counts, "worker_texts": texts,
+                           "worker_ends": snap.worker_ends},  # fmt: skip
                 )
             )
         return outcomes
@@ -56,7 +59,9 @@ class ThinkerWriterProtocol(Protocol):
             early_stop=g.early_stop,
             finisher_max_tokens=g.finisher_max_tokens,
         )
-        snapshots = ThinkerWriterGenerator(self.ctx.lm, self.ctx.tokenizer, options).generate(problem)
+        snapshots = ThinkerWriterGenerator(self.ctx.lm, self.ctx.tokenizer, options, **answer_hooks(self.ctx)).generate(
+            problem
+        )
         return [
             BudgetOutcome(
                 budget=budget,

@@ -2,24 +2,43 @@
 
 from __future__ import annotations
 
-from hogwild_bench.engine import GenerationOptions, HogwildGenerator, PromptFormat, SamplingParams
+from hogwild_bench.answers import BOXED_FINISHER, stop_on_boxed
+from hogwild_bench.engine import Combined, GenerationOptions, HogwildGenerator, PromptFormat, SamplingParams, get_layout
 from hogwild_bench.protocols.base import BudgetOutcome, GridPoint, Protocol, register_protocol
 
 
-def generation_options(cfg, workers: int, layout: str, **overrides) -> GenerationOptions:
+def layout_of(cfg, name: str):
+    """The named layout; ``layout.headers=false`` gives combined plain blank lines instead of its headers."""
+    if name == "combined" and not cfg.layout.headers:
+        return Combined(others_header="\n\n", separator="\n\n", own_header="")
+    return get_layout(name)
+
+
+def generation_options(cfg, workers: int, layout, **overrides) -> GenerationOptions:
     g = cfg.generation
     options = dict(
         n_workers=workers,
-        layout=layout,
+        layout=layout_of(cfg, layout) if isinstance(layout, str) else layout,
         budgets=list(g.budgets),
         sampling=SamplingParams(temperature=g.temperature, top_p=g.top_p, seed=g.seed),
         collab_interval=g.collab_interval or None,
         header_prefill=str(getattr(g.header_prefill, "value", g.header_prefill)),
         early_stop=g.early_stop,
         finisher_max_tokens=g.finisher_max_tokens,
+        worker_eos=str(getattr(g.worker_eos, "value", g.worker_eos)),
     )
     options.update(overrides)
     return GenerationOptions(**options)
+
+
+def answer_hooks(ctx) -> dict:
+    """The math task's hooks for the engine: stop once the problem's answers are boxed (all parts of a
+    multi-problem task), and the boxed finisher at budgets that end without one."""
+    return {"stop": stop_on_boxed(ctx.tokenizer, count=ctx.cfg.dataset.group_size), "finisher": BOXED_FINISHER}
+
+
+def generator(ctx, options: GenerationOptions, fmt: PromptFormat) -> HogwildGenerator:
+    return HogwildGenerator(ctx.lm, ctx.tokenizer, options, prompt_format=fmt, **answer_hooks(ctx))
 
 
 def prompt_format(ctx, workers: int, layout: str, **overrides) -> PromptFormat:
@@ -29,7 +48,7 @@ def prompt_format(ctx, workers: int, layout: str, **overrides) -> PromptFormat:
     )
 
 
-def outcomes(result) -> list[BudgetOutcome]:
+def outcomes(result, tokenizer) -> list[BudgetOutcome]:
     return [
         BudgetOutcome(
             budget=budget,
@@ -38,7 +57,13 @@ def outcomes(result) -> list[BudgetOutcome]:
             wall_seconds=snap.wall_seconds,
             response=snap.response,
             finished_early=snap.finished_early,
-            extra={"finisher_answer": snap.answer, "steps_per_worker": snap.steps_per_worker},
+            extra={
+                "finisher_answer": snap.answer,
+                "steps_per_worker": snap.steps_per_worker,
+                "answered_by": snap.answered_by,
+                "worker_ends": snap.worker_ends,
+                "worker_texts": [tokenizer.decode(t) for t in snap.worker_tokens],
+            },
         )
         for budget, snap in sorted(result.snapshots.items())
     ]
@@ -48,8 +73,8 @@ def outcomes(result) -> list[BudgetOutcome]:
 class HogwildProtocol(Protocol):
     def run(self, problem: str, point: GridPoint) -> list[BudgetOutcome]:
         options = generation_options(self.ctx.cfg, point.workers, point.layout)
-        fmt = prompt_format(self.ctx, point.workers, point.layout)
-        return outcomes(HogwildGenerator(self.ctx.lm, self.ctx.tokenizer, options, prompt_format=fmt).generate(problem))
+        fmt = prompt_format(self.ctx, point.workers, point.layout, step_labels=self.ctx.cfg.generation.step_labels)
+        return outcomes(generator(self.ctx, options, fmt).generate(problem), self.ctx.tokenizer)
 
 
 @register_protocol("single")
@@ -60,4 +85,4 @@ class SingleProtocol(Protocol):
     def run(self, problem: str, point: GridPoint) -> list[BudgetOutcome]:
         options = generation_options(self.ctx.cfg, 1, "contiguous", collab_interval=None, first_steps=[""])
         fmt = prompt_format(self.ctx, 1, "contiguous", step_labels=False)
-        return outcomes(HogwildGenerator(self.ctx.lm, self.ctx.tokenizer, options, prompt_format=fmt).generate(problem))
+        return outcomes(generator(self.ctx, options, fmt).generate(problem), self.ctx.tokenizer)

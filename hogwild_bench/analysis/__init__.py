@@ -1,12 +1,12 @@
 """Analysis of stored runs with pandas: load records, accuracy per budget with confidence intervals, plots.
 
-from analysis import load_runs, accuracy_vs_budget, plot_accuracy_vs_budget
+from hogwild_bench.analysis import load_runs, accuracy_vs_budget, plot_accuracy_vs_budget
 df = load_runs("runs/limo_sweep-*")
 table = accuracy_vs_budget(df, by=["model", "workers", "layout"])
 """
 
-from analysis.accuracy import accuracy_vs_budget, wilson_interval
-from analysis.load import load_runs
-from analysis.plot import plot_accuracy_vs_budget
+from hogwild_bench.analysis.accuracy import accuracy_vs_budget, wilson_interval
+from hogwild_bench.analysis.load import load_runs
+from hogwild_bench.analysis.plot import plot_accuracy_vs_budget
 
 __all__ = ["load_runs", "accuracy_vs_budget", "wilson_interval", "plot_accuracy_vs_budget"]

@@ -11,8 +11,8 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from analysis.accuracy import accuracy_vs_budget  # noqa: E402
-from analysis.load import load_runs  # noqa: E402
+from hogwild_bench.analysis.accuracy import accuracy_vs_budget  # noqa: E402
+from hogwild_bench.analysis.load import load_runs  # noqa: E402
 
 
 def plot_accuracy_vs_budget(

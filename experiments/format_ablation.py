@@ -1,0 +1,106 @@
+"""Format ablation on a real model: which parts of the Hogwild! format cost a small instruct model accuracy.
+
+Each variant is an ordinary run of the framework (``hogwild_bench.runner.run``; its records land in
+``--root``, resumable: a second call continues where a first one stopped), then summarised into one JSON
+row: accuracy with a 95 % Wilson interval, how many generations stopped on their own answer, the share
+flagged degenerate and the mean compression ratio (`hogwild_bench.metrics`). The JSON is rewritten after
+every variant, so a call cut off by its time limit still returns what finished.
+
+    python experiments/format_ablation.py --limit 100 --budget 512 --out results/format_ablation_h100.json \\
+        --variants single,n2_combined_forbid,n2_combined
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from hydra import compose, initialize_config_dir  # noqa: E402
+
+from hogwild_bench.analysis.accuracy import wilson_interval  # noqa: E402
+from hogwild_bench.config import register_configs  # noqa: E402
+from hogwild_bench.runner import run, run_dir_of  # noqa: E402
+from hogwild_bench.store import ResultStore  # noqa: E402
+
+N2 = ["protocol=hogwild", "protocol.workers=2"]
+VARIANTS: dict[str, list[str]] = {
+    # one worker, plain chain of thought (the `single` protocol)
+    "single": ["protocol=single", "protocol.workers=1"],
+    # one worker in the Hogwild! format: combined layout's headers, step labels, collaboration prompt
+    "n1_combined": ["protocol=hogwild", "protocol.workers=1", "layout=combined"],
+    "n1_combined_forbid": ["protocol=hogwild", "protocol.workers=1", "layout=combined",
+                           "generation.worker_eos=forbid"],  # fmt: skip
+    # two workers: the collapsed setting (end-of-turn tokens forbidden), then one change at a time
+    "n2_combined_forbid": [*N2, "layout=combined", "generation.worker_eos=forbid"],
+    "n2_combined": [*N2, "layout=combined"],
+    "n2_combined_no_headers": [*N2, "layout=combined", "layout.headers=false"],
+    "n2_combined_no_labels": [*N2, "layout=combined", "generation.step_labels=false"],
+    "n2_combined_no_collab": [*N2, "layout=combined", "generation.collab_interval=null"],
+    "n2_combined_in_context": [*N2, "layout=combined", "generation.header_prefill=in_context"],
+    "n2_contiguous": [*N2, "layout=contiguous"],
+    "n2_interleaved": [*N2, "layout=interleaved"],
+}
+
+
+def summarise(name: str, overrides: list[str], run_dir: Path, seconds: float) -> dict:
+    records = [r for r in ResultStore(run_dir).records() if r.get("status") == "ok"]
+    hits = sum(bool(r["correct"]) for r in records)
+    low, high = wilson_interval(hits, len(records))
+    ratios = [max(r["worker_compression"]) for r in records]
+    return {
+        "variant": name,
+        "overrides": overrides,
+        "n": len(records),
+        "accuracy": hits / len(records) if records else None,
+        "ci95": [low, high],
+        "stopped_on_answer": sum(r.get("answered_by") is not None for r in records),
+        "ended_by_eos": sum(any(e and e[0] == "eos" for e in r.get("worker_ends") or []) for r in records),
+        "degenerate": sum(bool(r["degenerate"]) for r in records),
+        "mean_max_compression": sum(ratios) / len(ratios) if ratios else None,
+        "mean_tokens_per_worker": sum(r["tokens_per_worker"] for r in records) / len(records) if records else None,
+        "placeholder_answers": sum(bool(r.get("placeholder_answer")) for r in records),
+        "seconds": round(seconds, 1),
+        "run_dir": str(run_dir),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--model", default="qwen25_coder_15b_instruct")
+    parser.add_argument("--dataset", default="gsm8k")
+    parser.add_argument("--limit", type=int, default=100)
+    parser.add_argument("--budget", type=int, default=512)
+    parser.add_argument("--variants", default=",".join(VARIANTS))
+    parser.add_argument("--root", default="/tmp/ablation")
+    parser.add_argument("--out", default="format_ablation.json")
+    args = parser.parse_args()
+    out = Path(args.out)
+    rows = json.loads(out.read_text())["rows"] if out.exists() else []
+    register_configs()
+    for name in args.variants.split(","):
+        if name not in VARIANTS:
+            raise SystemExit(f"unknown variant {name!r}; valid: {', '.join(VARIANTS)}")
+        overrides = [f"model={args.model}", f"dataset={args.dataset}", f"dataset.limit={args.limit}",
+                     f"generation.budgets=[{args.budget}]", "generation.collab_interval=512",
+                     f"store.root={args.root}", f"store.run_name=ablation-{name}", "progress=false", "plot=false",
+                     *VARIANTS[name]]  # fmt: skip
+        with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+            cfg = compose("config", overrides=overrides)
+        started = time.perf_counter()
+        run(cfg)
+        row = summarise(name, VARIANTS[name], run_dir_of(cfg), time.perf_counter() - started)
+        rows = [r for r in rows if r["variant"] != name] + [row]
+        out.write_text(json.dumps({"model": args.model, "dataset": args.dataset, "limit": args.limit,
+                                   "budget": args.budget, "rows": rows}, indent=1))  # fmt: skip
+        print(json.dumps({k: row[k] for k in ("variant", "n", "accuracy", "ci95", "degenerate", "seconds")}),
+              flush=True)  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()
