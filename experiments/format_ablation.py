@@ -6,7 +6,7 @@ row: accuracy with a 95 % Wilson interval, how many generations stopped on their
 flagged degenerate and the mean compression ratio (`hogwild_bench.metrics`). The JSON is rewritten after
 every variant, so a call cut off by its time limit still returns what finished.
 
-    python experiments/format_ablation.py --limit 100 --budget 512 --out results/format_ablation_h100.json \\
+    python experiments/format_ablation.py --limit 100 --budgets 128,256,512 --out results/format_ablation_h100.json \\
         --variants single,n2_combined_forbid,n2_combined
 """
 
@@ -49,7 +49,15 @@ VARIANTS: dict[str, list[str]] = {
 
 
 def summarise(name: str, overrides: list[str], run_dir: Path, seconds: float) -> dict:
-    records = [r for r in ResultStore(run_dir).records() if r.get("status") == "ok"]
+    """The row at the largest budget, plus accuracy (and interval) at every budget of the same generations."""
+    every = [r for r in ResultStore(run_dir).records() if r.get("status") == "ok"]
+    budgets = sorted({r["budget"] for r in every})
+    curve = {}
+    for budget in budgets:
+        at = [r for r in every if r["budget"] == budget]
+        hits = sum(bool(r["correct"]) for r in at)
+        curve[budget] = {"n": len(at), "accuracy": hits / len(at), "ci95": list(wilson_interval(hits, len(at)))}
+    records = [r for r in every if r["budget"] == budgets[-1]]
     hits = sum(bool(r["correct"]) for r in records)
     low, high = wilson_interval(hits, len(records))
     ratios = [max(r["worker_compression"]) for r in records]
@@ -66,6 +74,7 @@ def summarise(name: str, overrides: list[str], run_dir: Path, seconds: float) ->
         "mean_tokens_per_worker": sum(r["tokens_per_worker"] for r in records) / len(records) if records else None,
         "placeholder_answers": sum(bool(r.get("placeholder_answer")) for r in records),
         "seconds": round(seconds, 1),
+        "by_budget": curve,
         "run_dir": str(run_dir),
     }
 
@@ -75,7 +84,7 @@ def main() -> None:
     parser.add_argument("--model", default="qwen25_coder_15b_instruct")
     parser.add_argument("--dataset", default="gsm8k")
     parser.add_argument("--limit", type=int, default=100)
-    parser.add_argument("--budget", type=int, default=512)
+    parser.add_argument("--budgets", default="128,256,512")
     parser.add_argument("--variants", default=",".join(VARIANTS))
     parser.add_argument("--root", default="/tmp/ablation")
     parser.add_argument("--out", default="format_ablation.json")
@@ -87,7 +96,7 @@ def main() -> None:
         if name not in VARIANTS:
             raise SystemExit(f"unknown variant {name!r}; valid: {', '.join(VARIANTS)}")
         overrides = [f"model={args.model}", f"dataset={args.dataset}", f"dataset.limit={args.limit}",
-                     f"generation.budgets=[{args.budget}]", "generation.collab_interval=512",
+                     f"generation.budgets=[{args.budgets}]", "generation.collab_interval=512",
                      f"store.root={args.root}", f"store.run_name=ablation-{name}", "progress=false", "plot=false",
                      *VARIANTS[name]]  # fmt: skip
         with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
@@ -97,7 +106,7 @@ def main() -> None:
         row = summarise(name, VARIANTS[name], run_dir_of(cfg), time.perf_counter() - started)
         rows = [r for r in rows if r["variant"] != name] + [row]
         out.write_text(json.dumps({"model": args.model, "dataset": args.dataset, "limit": args.limit,
-                                   "budget": args.budget, "rows": rows}, indent=1))  # fmt: skip
+                                   "budgets": args.budgets, "rows": rows}, indent=1))  # fmt: skip
         print(json.dumps({k: row[k] for k in ("variant", "n", "accuracy", "ci95", "degenerate", "seconds")}),
               flush=True)  # fmt: skip
 

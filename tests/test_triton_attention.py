@@ -90,6 +90,30 @@ def test_kernel_full_shapes(n_rows, ratio, dtype):
               device="cuda", seed=seed, tol=1e-2)  # fmt: skip
 
 
+# the registry's real models: Qwen2.5-Coder-1.5B (12 heads / 2 KV, head_dim 128), -0.5B (14 / 2, head_dim 64),
+# SmolLM2-135M (9 / 3, head_dim 64)
+REAL_SHAPES = [(12, 2, 128), (14, 2, 64), (9, 3, 64)]
+
+
+@pytest.mark.skipif(not (ON_GPU and os.environ.get("HOGWILD_TRITON_FULL")), reason="full shapes: GPU only")
+@pytest.mark.parametrize("heads,kv_heads,dim", REAL_SHAPES)
+@pytest.mark.parametrize("n_rows", [1, 2, 4])
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
+def test_kernel_real_model_shapes(heads, kv_heads, dim, n_rows, dtype):
+    tol = 1e-2 if dtype == torch.bfloat16 else 5e-3  # float32 dots run as tf32-free ieee; the merge adds a little
+    for seed, lengths in enumerate([(211, 1500, 37), (4000, 0, 1), (5, 9, 300)]):
+        check(n_rows, heads, kv_heads, dim, lengths, q_len=1 if seed != 2 else 4, dtype=dtype, device="cuda",
+              seed=seed, tol=tol)  # fmt: skip
+
+
+@pytest.mark.parametrize("heads,kv_heads,dim", REAL_SHAPES)
+def test_kernel_real_model_head_layouts_tiny(heads, kv_heads, dim):
+    """The real models' GQA ratios (6, 7, 3) and head sizes at tiny lengths: under the interpreter in CI."""
+    device = "cuda" if ON_GPU else "cpu"
+    check(2, heads, kv_heads, dim, (13, 21, 5), q_len=2, dtype=torch.float32, device=device, seed=3,
+          tol=1e-4 if not ON_GPU else 5e-3)  # fmt: skip
+
+
 def test_generation_with_triton_backend_matches_torch_backend(models, tokenizer):
     from helpers import RecordingLM
 
