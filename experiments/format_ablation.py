@@ -99,7 +99,7 @@ def main() -> None:
                      f"generation.budgets=[{args.budgets}]", "generation.collab_interval=512",
                      f"store.root={args.root}", f"store.run_name=ablation-{name}", "progress=false", "plot=false",
                      *VARIANTS[name]]  # fmt: skip
-        with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+        with initialize_config_dir(config_dir=str(ROOT / "hogwild_bench" / "conf"), version_base="1.3"):
             cfg = compose("config", overrides=overrides)
         started = time.perf_counter()
         run(cfg)
