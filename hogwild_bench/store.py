@@ -2,9 +2,10 @@
 
 Each shard appends to its own ``records.shard<i>of<n>.jsonl``; every record is one line, flushed and
 fsynced before the next, so a kill -9 leaves at most one truncated last line, which readers skip and the
-next writer terminates before appending. Resume reads every records file in the directory. A record's key holds its problem's content hash and the
-run's settings hash (`hogwild_bench.versions`); ``settings.json`` beside the records holds the settings, and
-a run directory refuses a config whose settings differ (naming the keys), unless ``store.force``.
+next writer terminates before appending. Resume reads every records file in the directory. A record's key
+holds its problem's content hash and the run's settings hash (`hogwild_bench.versions`); ``settings.json``
+beside the records holds the settings, and a run directory refuses a config whose settings differ
+(naming the keys), unless ``store.force``.
 """
 
 from __future__ import annotations

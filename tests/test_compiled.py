@@ -20,7 +20,8 @@ def _generate(lm, tokenizer, layout):
     recorder = RecordingLM(lm)
     options = GenerationOptions(n_workers=3, layout=layout, budgets=(20,), collab_interval=8, early_stop=False,
                                 sampling=SamplingParams(temperature=0.7, seed=3))  # fmt: skip
-    result = HogwildGenerator(recorder, tokenizer, options, finisher=BOXED_FINISHER, boundary=lambda s: len(s) >= 10).generate("1+1?")
+    gen = HogwildGenerator(recorder, tokenizer, options, finisher=BOXED_FINISHER, boundary=lambda s: len(s) >= 10)
+    result = gen.generate("1+1?")
     return recorder.records, result.snapshots[20]
 
 

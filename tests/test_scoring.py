@@ -35,3 +35,40 @@ def test_extracted_answer_is_the_last_box():
 def test_pathological_expression_is_bounded_and_wrong_not_a_crash():
     score = score_answer("\\boxed{" + "9^" * 40 + "9}", "1", timeout_seconds=1)
     assert score.correct is False
+
+
+def test_box_extraction_is_linear_on_pathological_responses():
+    import time
+
+    from hogwild_bench.answers import last_boxed
+
+    nasty = "\\boxed{" * 50_000 + "1"
+    started = time.perf_counter()
+    assert last_boxed(nasty) is None
+    assert score_answer(nasty, "1").extracted is None
+    assert time.perf_counter() - started < 5
+
+
+def test_nested_and_last_boxes():
+    from hogwild_bench.answers import last_boxed, top_level_boxed
+
+    assert last_boxed("x \\boxed{1} then \\boxed{\\frac{1}{2}} done") == "\\frac{1}{2}"
+    assert last_boxed("\\boxed{3} and \\boxed{\\frac{1}{") == "3"
+    assert last_boxed("\\boxed{\\boxed{7}}") == "7"
+    assert top_level_boxed("\\boxed{\\boxed{7}} and \\boxed{8}") == ["\\boxed{7}", "8"]
+    assert last_boxed("no box") is None
+
+
+def test_a_placeholder_copied_from_the_prompt_is_recorded_as_such():
+    score = score_answer("**Final Answer:** \\boxed{answer}", "answer")
+    assert score.placeholder and not score.correct and score.extracted == "answer"
+    assert not score_answer("\\boxed{42}", "42").placeholder
+
+
+def test_multi_problem_tasks_score_each_part_in_order():
+    from hogwild_bench.scoring import score_parts
+
+    score = score_parts("first \\boxed{18} then \\boxed{3} and \\boxed{7}", ["18", "3", "70000"])
+    assert score.parts_correct == [True, True, False] and not score.correct and score.partial == 2 / 3
+    assert score_parts("\\boxed{1}\\boxed{2}", ["1", "2"]).correct
+    assert score_parts("\\boxed{1}", ["1", "2"]).parts_correct == [True, False]

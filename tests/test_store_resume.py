@@ -1,6 +1,5 @@
 """Store and resume: crash-safe appends, no lost or duplicated records, failures recorded and retried."""
 
-import json
 import os
 import signal
 import subprocess

@@ -32,7 +32,8 @@ from hogwild_bench.engine.sampling import SamplingParams
 
 __all__ = [
     "KVBlock", "HogwildCache", "GenerationOptions", "GenerationResult", "HogwildGenerator", "ParagraphBoundary",
-    "Snapshot", "Finisher", "StopRule", "end_of_turn_ids", "LAYOUTS", "Combined", "Contiguous", "Interleaved", "Isolated", "Layout",
+    "Snapshot", "Finisher", "StopRule", "end_of_turn_ids",
+    "LAYOUTS", "Combined", "Contiguous", "Interleaved", "Isolated", "Layout",
     "get_layout",
     "HogwildLM", "Write", "PromptFormat", "RotaryShift", "UnsupportedModelError", "check_model_supported",
     "SamplingParams",
