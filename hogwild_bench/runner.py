@@ -49,9 +49,10 @@ def run_dir_of(cfg: RunConfig) -> Path:
     return Path(cfg.store.root) / cfg.store.run_name
 
 
-def _key(cfg: RunConfig, problem: Problem, point: GridPoint, budget: int) -> tuple:
+def _key(cfg: RunConfig, problem: Problem, point: GridPoint, budget: int, digest: str) -> tuple:
+    """A record's identity; ``digest`` is the run's `settings_hash` (computed once per run)."""
     return (problem.id, problem.content_hash, _value(cfg.protocol.name), point.layout, point.workers,
-            cfg.generation.seed, budget, settings_hash(cfg))  # fmt: skip
+            cfg.generation.seed, budget, digest)  # fmt: skip
 
 
 def _model_id(cfg: RunConfig) -> str:
@@ -60,7 +61,7 @@ def _model_id(cfg: RunConfig) -> str:
     return cfg.model.hf_id or f"tiny-random-{cfg.model.tiny_family}"
 
 
-def _base_record(cfg: RunConfig, problem: Problem, point: GridPoint, budget: int) -> dict:
+def _base_record(cfg: RunConfig, problem: Problem, point: GridPoint, budget: int, digest: str) -> dict:
     return {
         "run_id": cfg.store.run_name,
         "exp_name": cfg.exp_name,
@@ -71,7 +72,7 @@ def _base_record(cfg: RunConfig, problem: Problem, point: GridPoint, budget: int
         "problem_id": problem.id,
         "problem_hash": problem.content_hash,
         "problem": problem.problem,
-        "settings_hash": settings_hash(cfg),
+        "settings_hash": digest,
         "prompt_version": prompt_version(),
         "code_version": code_version(),
         "protocol": _value(cfg.protocol.name),
@@ -86,14 +87,14 @@ def _base_record(cfg: RunConfig, problem: Problem, point: GridPoint, budget: int
     }
 
 
-def scored_record(cfg: RunConfig, problem: Problem, point: GridPoint, outcome: BudgetOutcome) -> dict:
+def scored_record(cfg: RunConfig, problem: Problem, point: GridPoint, outcome: BudgetOutcome, digest: str) -> dict:
     if problem.sub_answers:
         score = score_parts(outcome.response, problem.sub_answers, cfg.scoring.timeout_seconds)
     else:
         score = score_answer(outcome.response, problem.answer, cfg.scoring.timeout_seconds)
     texts = outcome.extra.get("worker_texts") or [outcome.response]
     return {
-        **_base_record(cfg, problem, point, outcome.budget),
+        **_base_record(cfg, problem, point, outcome.budget, digest),
         "status": "ok",
         "tokens_per_worker": outcome.tokens_per_worker,
         "total_tokens": outcome.total_tokens,
@@ -111,9 +112,11 @@ def scored_record(cfg: RunConfig, problem: Problem, point: GridPoint, outcome: B
     }
 
 
-def failed_record(cfg: RunConfig, problem: Problem, point: GridPoint, budget: int, error: BaseException) -> dict:
+def failed_record(
+    cfg: RunConfig, problem: Problem, point: GridPoint, budget: int, error: BaseException, digest: str
+) -> dict:
     return {
-        **_base_record(cfg, problem, point, budget),
+        **_base_record(cfg, problem, point, budget, digest),
         "status": "failed",
         "correct": False,
         "error": f"{type(error).__name__}: {error}",
@@ -142,22 +145,23 @@ def run(cfg) -> Path:
     store = ResultStore(run_dir, cfg.shard.index, cfg.shard.count)
     store.save_config(cfg, force=cfg.store.force)
     points, budgets = grid_points(cfg), sorted(set(cfg.generation.budgets))
+    digest = settings_hash(cfg)
     done = store.completed()
     failed = set() if cfg.store.retry_failed else store.failed()  # read once, not per problem
     todo = []
     for problem in problems:
         for point in points:
-            missing = [b for b in budgets if _key(cfg, problem, point, b) not in done]
-            if missing and not all(_key(cfg, problem, point, b) in failed for b in missing):
+            missing = [b for b in budgets if _key(cfg, problem, point, b, digest) not in done]
+            if missing and not all(_key(cfg, problem, point, b, digest) in failed for b in missing):
                 todo.append((problem, point, missing))
     log.info("%s: %d problems x %d points in this shard, %d to run", run_dir, len(problems), len(points), len(todo))
     if todo:
-        _run_todo(cfg, store, todo, run_dir)
+        _run_todo(cfg, store, todo, run_dir, digest)
     _summarise(cfg, store, run_dir)
     return run_dir
 
 
-def _run_todo(cfg: RunConfig, store: ResultStore, todo: list, run_dir: Path) -> None:
+def _run_todo(cfg: RunConfig, store: ResultStore, todo: list, run_dir: Path, digest: str) -> None:
     model, tokenizer = load_model(cfg.model)
     devices = {p.device for p in model.parameters()}
     compile = cfg.model.compile and len(devices) == 1 and next(iter(devices)).type == "cuda"
@@ -171,11 +175,11 @@ def _run_todo(cfg: RunConfig, store: ResultStore, todo: list, run_dir: Path) -> 
         for done, (problem, point, missing) in enumerate(bar, start=1):
             try:
                 outcomes = protocol.run(problem.problem, point)
-                records = [scored_record(cfg, problem, point, o) for o in outcomes if o.budget in missing]
+                records = [scored_record(cfg, problem, point, o, digest) for o in outcomes if o.budget in missing]
                 hits.append(bool(records[-1]["correct"]) if records else False)
             except Exception as error:  # one bad problem must not cost the run
                 log.error("problem %s (%s) failed: %s", problem.id, point.label, error)
-                records = [failed_record(cfg, problem, point, b, error) for b in missing]
+                records = [failed_record(cfg, problem, point, b, error, digest) for b in missing]
                 _release_memory()
             store.append(records)
             accuracy = sum(hits) / len(hits) if hits else None
