@@ -12,6 +12,7 @@ from pathlib import Path
 
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
+from hogwild_bench.answers import BOXED_FINISHER
 from hogwild_bench.engine import prompts
 from hogwild_bench.engine.layouts import Combined
 
@@ -25,7 +26,7 @@ VOCAB_SIZE = 1024
 
 def corpus() -> list[str]:
     texts = [prompts.SOLO_SYSTEM_PROMPT, prompts.TEAM_SYSTEM_PROMPT, *prompts.LAYOUT_NOTES.values()]
-    texts += [prompts.HISTORY_HEADER, prompts.COLLAB_PROMPT, prompts.FINISHER_SUFFIX]
+    texts += [prompts.HISTORY_HEADER, prompts.COLLAB_PROMPT, BOXED_FINISHER.suffix]
     texts += list(Combined().constants.values())
     texts += [f"**{name} [{i}]:** Hi, I'm {name}." for name in prompts.WORKER_NAMES for i in range(1, 10)]
     sample = HERE.parent / "data" / "sample_math.jsonl"
