@@ -25,6 +25,9 @@ def main(cfg) -> None:
         # a problem with the input, not a bug: say what it is, without a traceback
         print(f"hogwild_bench: {type(error).__name__}: {error}", file=sys.stderr)
         sys.exit(2)
+    except KeyboardInterrupt:
+        print("hogwild_bench: interrupted; stored records are kept, run the same command to resume", file=sys.stderr)
+        sys.exit(130)
 
 
 if __name__ == "__main__":

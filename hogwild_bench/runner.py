@@ -15,7 +15,7 @@ from pathlib import Path
 from omegaconf import OmegaConf
 from tqdm.auto import tqdm
 
-from hogwild_bench.config import ProtocolName, RunConfig, validate
+from hogwild_bench.config import Attention, ConfigError, ProtocolName, RunConfig, validate
 from hogwild_bench.engine import HogwildLM
 from hogwild_bench.loading import load_model
 from hogwild_bench.metrics import repetition
@@ -137,9 +137,25 @@ def accuracy_curves(records: list[dict]) -> dict[str, list[tuple[int, float]]]:
     return curves
 
 
+def check_runnable_here(cfg: RunConfig) -> None:
+    """Settings valid in general but impossible on this machine, refused before any work starts."""
+    import os
+
+    import torch
+
+    if cfg.model.attention == Attention.triton and not torch.cuda.is_available() and not os.environ.get(
+        "TRITON_INTERPRET"
+    ):
+        raise ConfigError(
+            "model.attention=triton needs a CUDA GPU (or TRITON_INTERPRET=1 for tiny tests); this machine has none. "
+            "Use model.attention=auto (query_rotation on CPU) or key_rotation"
+        )
+
+
 def run(cfg) -> Path:
     """Run (or resume) the job described by ``cfg``; returns the run directory."""
     cfg = validate(cfg)
+    check_runnable_here(cfg)
     problems = shard(load_problems(cfg.dataset), cfg.shard.index, cfg.shard.count)
     run_dir = run_dir_of(cfg)
     store = ResultStore(run_dir, cfg.shard.index, cfg.shard.count)

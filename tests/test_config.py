@@ -68,6 +68,10 @@ def test_bad_enum_value_lists_the_valid_ones():
         (["dataset=local"], "needs dataset.path"),
         (["generation.top_p=0"], "generation.top_p must be in (0, 1]"),
         (["protocol.workers=0"], "workers must be between 1 and 12"),
+        (["generation.finisher_max_tokens=-3"], "generation.finisher_max_tokens must be >= 1, got -3"),
+        (["scoring.timeout_seconds=-1"], "scoring.timeout_seconds must be >= 1, got -1"),
+        (["dataset=gsm8k", "dataset.levels=[1]"], "dataset.levels needs dataset.level_field"),
+        (["model.hf_id=x"], "set exactly one weight source of model.hf_id, model.tiny_family or model.registry"),
     ],
 )
 def test_validation_names_the_key_and_the_valid_range(overrides, message):
@@ -97,3 +101,15 @@ def test_submitit_launcher_config_composes():
     cfg = compose_config(["+exp=limo_sweep", "hydra/launcher=slurm_gpu"], hydra_config=True)
     assert cfg.hydra.launcher.gpus_per_node == 1
     assert "submitit" in cfg.hydra.launcher._target_
+
+
+def test_triton_attention_on_a_machine_without_cuda_is_refused_before_any_work(tmp_path, monkeypatch):
+    import torch
+
+    from hogwild_bench.runner import run
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    with pytest.raises(ConfigError, match="model.attention=triton needs a CUDA GPU"):
+        run(compose_config(["model.attention=triton", f"store.root={tmp_path}"]))
+    assert not any(tmp_path.iterdir()), "nothing is written"
