@@ -69,8 +69,17 @@ def test_inductor_decode_matches_eager_and_sdpa_fallback_is_untouched(models):
         )
         torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-4)
     assert caches[1].lengths() == caches[0].lengths() == {"prompt": 20, "step1": 4, "step0": 4}
-    with torch.no_grad():  # outside a Hogwild forward the model is the stock model (SDPA)
-        model(torch.tensor([[1, 2, 3]]))
+    # outside a Hogwild forward the model is the stock model: the same logits as with plain SDPA
+    ids = torch.tensor([[1, 2, 3, 4, 5]])
+    with torch.no_grad():
+        through_hogwild = model(ids).logits
+    model.set_attn_implementation("sdpa")
+    try:
+        with torch.no_grad():
+            plain = model(ids).logits
+    finally:
+        model.set_attn_implementation("hogwild")
+    torch.testing.assert_close(through_hogwild, plain, atol=1e-5, rtol=0)
 
 
 def test_attend_op_outside_a_forward_is_refused():

@@ -30,7 +30,10 @@ def test_protocol_end_to_end_through_the_runner(tmp_path, overrides, point):
         assert all(len(a) == 3 for a in df["worker_answers"]) and df["vote_counts"].notna().all()
         assert all(r.startswith("Majority vote of 3 independent workers: \\boxed{") for r in df["response"])
     if "thinker_writer" in overrides[0]:
-        assert df["thinker_text"].str.len().gt(0).all() and "gates" in df
+        assert df["thinker_text"].str.len().gt(0).all()
+        for gates, budget in zip(df["gates"], df["budget"]):  # every gate names its stream, step and decision
+            assert all(g["stream"] in ("thinker", "writer") and g["decision"] in ("yes", "no") for g in gates)
+            assert all(1 <= g["step"] <= budget for g in gates)
 
 
 def test_independent_needs_sampling_and_thinker_writer_two_streams():
