@@ -29,7 +29,7 @@ def scenario(layout: str, n: int, context: int):
     rope = RotaryShift(1.0 / (1e6 ** (torch.arange(0, 128, 2).float() / 128)))
     cache = HogwildCache(1, rope, "triton")
     for name, length in layout_lengths(layout, n, context).items():
-        block = cache.block(name)
+        block = cache.writable(name)
         block.start_write([0] * length)
         k = torch.randn(4, length, 128, dtype=torch.bfloat16, device="cuda")
         block.write(0, k, torch.randn_like(k))

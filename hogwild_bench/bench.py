@@ -92,7 +92,7 @@ def layout_lengths(layout: str, n: int, context: int) -> dict[str, int]:
 
 def fill_cache(cache, lengths: dict[str, int], kv_heads: int, head_dim: int, layers: int) -> None:
     for name, length in lengths.items():
-        block = cache.block(name)
+        block = cache.writable(name)
         block.start_write([0] * length)
         for layer in range(layers):
             shape = (kv_heads, length, head_dim)

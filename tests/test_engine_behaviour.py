@@ -210,3 +210,18 @@ def test_prompt_format_names_workers_and_uses_the_chat_template():
     assert "<|im_start|>system" not in folded and "Alice and Bob" in folded
     with pytest.raises(ValueError, match="n_workers"):
         PromptFormat(tiny_tokenizer(), n_workers=0)
+
+
+def test_reading_an_unknown_block_raises_with_the_known_names(models):
+    from hogwild_bench.engine.cache import UnknownBlockError
+    from hogwild_bench.engine.model import Write
+
+    lm = HogwildLM(models("llama"))
+    cache = lm.new_cache()
+    lm.prefill(cache, "prompt", [5, 6, 7])
+    with pytest.raises(UnknownBlockError, match=r"no block 'histroy' in this cache; known blocks: alice, prompt"):
+        lm.forward(cache, [Write(["prompt", "histroy", "alice"], [8])])
+    assert cache.lengths() == {"prompt": 3, "alice": 0}, "the failed forward wrote nothing"
+    # the written block is created, and a block written by one row can be read by another in the same forward
+    lm.forward(cache, [Write(["prompt", "alice"], [8]), Write(["prompt", "alice", "bob"], [9])])
+    assert cache.lengths() == {"prompt": 3, "alice": 1, "bob": 1}

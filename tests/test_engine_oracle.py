@@ -85,6 +85,8 @@ def test_oracle_workers_writing_in_turn_match_plain_model(models, tokenizer, fam
     spec = exact_layout(layout)
     views = spec.views(n_workers)
     lm.prefill(cache, PROMPT, tokenizer.encode("<|im_start|>user\nCount with me.<|im_end|>\n"))
+    for name in {name for view in views for name in view} - {PROMPT}:
+        cache.clear(name)  # declared empty: a view may only name blocks that exist
     # contiguous keeps every worker's whole output in place, so only one round is order-consistent
     rounds = 1 if layout == "contiguous" else 2
     checked = 0
@@ -154,6 +156,7 @@ def test_oracle_supported_rope_types(tokenizer, rope):
     lm = HogwildLM(model)
     cache = lm.new_cache()
     lm.prefill(cache, PROMPT, tokenizer.encode("Compute 12 times 13, step by step."))
+    cache.clear(HISTORY)  # declared empty: a view may only name blocks that exist
     views = get_layout("interleaved").views(2)
     for worker in (0, 1, 0):
         logits = lm.forward(cache, [Write(views[worker], tokenizer.encode(f"**W{worker}:** twelve"))])[0]

@@ -20,6 +20,13 @@ from hogwild_bench.engine.rope import RotaryShift
 ATTENTION_BACKENDS = ("query_rotation", "key_rotation", "triton")
 
 
+class UnknownBlockError(KeyError):
+    """A view names a block that no write, clear, reserve or commit created."""
+
+    def __str__(self) -> str:
+        return str(self.args[0])
+
+
 class BlockBackedCache(Cache):
     """The `transformers.Cache` surface shared by caches whose storage is `KVBlock`s rather than cache layers:
     nothing to compile, no sliding layers, one entry per model layer."""
@@ -74,14 +81,23 @@ class HogwildCache(BlockBackedCache):
 
     # -- blocks ----------------------------------------------------------------------------------
     def block(self, name: str) -> KVBlock:
-        """The block called ``name``, created empty on first use."""
+        """The block called ``name``. Reading a block nothing created is an error (a misspelled name in a view
+        would otherwise attend to an empty block): blocks come into being by being written, cleared,
+        reserved or committed into."""
+        if name not in self.blocks:
+            known = ", ".join(sorted(self.blocks)) or "none yet"
+            raise UnknownBlockError(f"no block {name!r} in this cache; known blocks: {known}")
+        return self.blocks[name]
+
+    def writable(self, name: str) -> KVBlock:
+        """The block called ``name``, created empty if new (the block a write, clear or commit targets)."""
         if name not in self.blocks:
             self.blocks[name] = KVBlock(name, self.num_layers)
         return self.blocks[name]
 
     def commit(self, source: str, target: str) -> None:
         """Move ``source``'s tokens to the end of ``target`` (RoPE shift only) and empty ``source``."""
-        self.block(target).extend_from(self.block(source), self.rope)
+        self.writable(target).extend_from(self.block(source), self.rope)
         self.block(source).clear()
 
     def reserve(self, names: Sequence[str], tokens: int, like: str) -> None:
@@ -89,13 +105,13 @@ class HogwildCache(BlockBackedCache):
         block ``like``), so that no append reallocates -- and no decode graph is re-captured -- until then."""
         template = self.block(like)
         for name in names:
-            block = self.block(name)
+            block = self.writable(name)
             for layer in range(self.num_layers):
                 if template.keys[layer] is not None:
                     block._reserve(layer, tokens, template.keys[layer])
 
     def clear(self, name: str) -> None:
-        self.block(name).clear()
+        self.writable(name).clear()
 
     def tokens(self, names: Sequence[str]) -> list[int]:
         """The flattened token ids of a view: what the plain model would read."""
@@ -108,6 +124,8 @@ class HogwildCache(BlockBackedCache):
     def begin_forward(self, views: Sequence[Sequence[str]], new_tokens: Sequence[Sequence[int]]) -> None:
         """Declare the forward about to run: row b sees ``views[b]`` and appends ``new_tokens[b]`` to
         ``views[b][-1]``. Every row's new tokens are visible to every row that has that block in view."""
+        for view in views:  # written blocks first: a row may read a block another row creates in this forward
+            self.writable(view[-1])
         self.begin_forward_blocks([[self.block(name) for name in view] for view in views], new_tokens)
 
     def begin_forward_blocks(self, views: Sequence[Sequence[KVBlock]], new_tokens: Sequence[Sequence[int]]) -> None:

@@ -122,7 +122,7 @@ class HogwildLM:
         input_ids = torch.zeros(len(writes), q_len, dtype=torch.long)
         positions = torch.zeros(len(writes), q_len, dtype=torch.long)
         for b, w in enumerate(writes):
-            n, start = len(w.tokens), cache.block(w.view[-1]).length
+            n, start = len(w.tokens), cache.writable(w.view[-1]).length
             input_ids[b, q_len - n :] = torch.tensor(list(w.tokens), dtype=torch.long)
             positions[b, q_len - n :] = torch.arange(start, start + n)
         cache.begin_forward([w.view for w in writes], [w.tokens for w in writes])
@@ -152,7 +152,8 @@ class HogwildLM:
             and cache.attention == "triton"
             and self.device.type == "cuda"
             and all(len(w.tokens) == 1 for w in writes)
-            and cache.block(writes[0].view[0]).length > 0  # something to copy storage shapes from
+            and writes[0].view[0] in cache.blocks
+            and cache.blocks[writes[0].view[0]].length > 0  # something to copy storage shapes from
         )
 
     def prefill(
