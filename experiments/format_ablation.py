@@ -34,8 +34,12 @@ VARIANTS: dict[str, list[str]] = {
     "single": ["protocol=single", "protocol.workers=1"],
     # one worker in the Hogwild! format: combined layout's headers, step labels, collaboration prompt
     "n1_combined": ["protocol=hogwild", "protocol.workers=1", "layout=combined"],
-    "n1_combined_forbid": ["protocol=hogwild", "protocol.workers=1", "layout=combined",
-                           "generation.worker_eos=forbid"],  # fmt: skip
+    "n1_combined_forbid": [
+        "protocol=hogwild",
+        "protocol.workers=1",
+        "layout=combined",
+        "generation.worker_eos=forbid",
+    ],  # fmt: skip
     # two workers: the collapsed setting (end-of-turn tokens forbidden), then one change at a time
     "n2_combined_forbid": [*N2, "layout=combined", "generation.worker_eos=forbid"],
     "n2_combined": [*N2, "layout=combined"],

@@ -143,8 +143,10 @@ def check_runnable_here(cfg: RunConfig) -> None:
 
     import torch
 
-    if cfg.model.attention == Attention.triton and not torch.cuda.is_available() and not os.environ.get(
-        "TRITON_INTERPRET"
+    if (
+        cfg.model.attention == Attention.triton
+        and not torch.cuda.is_available()
+        and not os.environ.get("TRITON_INTERPRET")
     ):
         raise ConfigError(
             "model.attention=triton needs a CUDA GPU (or TRITON_INTERPRET=1 for tiny tests); this machine has none. "

@@ -28,8 +28,9 @@ def test_graph_replay_matches_eager(models, tokenizer, layout, dtype, compile):
             recorder = RecordingLM(lm)
             options = GenerationOptions(n_workers=3, layout=layout, budgets=(24, 48), collab_interval=16,
                                         early_stop=False, sampling=SamplingParams(temperature=0.7, seed=1))  # fmt: skip
-            gen = HogwildGenerator(recorder, tokenizer, options, finisher=BOXED_FINISHER,
-                                   boundary=lambda s: len(s) >= 12)
+            gen = HogwildGenerator(
+                recorder, tokenizer, options, finisher=BOXED_FINISHER, boundary=lambda s: len(s) >= 12
+            )
             result = gen.generate("2+2?")
             runs.append((recorder.records, result.snapshots[48], recorder.caches[-1]))
     finally:
@@ -51,8 +52,9 @@ def test_compiled_graph_steps_match_uncompiled_eager_in_float32(models, tokenize
             recorder = RecordingLM(HogwildLM(model, attention="triton", cuda_graphs=graphs, compile=compile))
             options = GenerationOptions(n_workers=2, layout="combined", budgets=(32,), collab_interval=16,
                                         early_stop=False, sampling=SamplingParams(temperature=0.0))  # fmt: skip
-            gen = HogwildGenerator(recorder, tokenizer, options, finisher=BOXED_FINISHER,
-                                   boundary=lambda s: len(s) >= 12)
+            gen = HogwildGenerator(
+                recorder, tokenizer, options, finisher=BOXED_FINISHER, boundary=lambda s: len(s) >= 12
+            )
             result = gen.generate("2+2?")
             runs.append((recorder.records, result.snapshots[32]))
     finally:

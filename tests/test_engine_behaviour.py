@@ -120,8 +120,12 @@ def test_finisher_answer_ends_the_response_and_does_not_change_later_budgets(mod
     assert "finisher" not in snap.blocks
     assert snap.response.endswith(BOXED_FINISHER.suffix + snap.answer + "}")
     # the finisher at budget 5 ran mid-generation: the state at 10 equals a run that never finished at 5
-    plain = HogwildGenerator(lm, tokenizer, GenerationOptions(n_workers=2, layout="combined", budgets=(10,),
-                                                              early_stop=False), boundary=every(6)).generate("2+2?")
+    plain = HogwildGenerator(
+        lm,
+        tokenizer,
+        GenerationOptions(n_workers=2, layout="combined", budgets=(10,), early_stop=False),
+        boundary=every(6),
+    ).generate("2+2?")
     assert plain.snapshots[10].blocks == snap.blocks and plain.snapshots[10].worker_tokens == snap.worker_tokens
 
 

@@ -126,8 +126,9 @@ def test_generation_with_triton_backend_matches_torch_backend(models, tokenizer)
         recorder = RecordingLM(HogwildLM(model, attention=backend))
         options = GenerationOptions(n_workers=2, layout="combined", budgets=(4,), collab_interval=2, early_stop=False,
                                     finisher_max_tokens=1)  # fmt: skip
-        result = HogwildGenerator(recorder, tokenizer, options, finisher=BOXED_FINISHER,
-                                  boundary=lambda s: len(s) >= 3).generate("1+1?")
+        result = HogwildGenerator(
+            recorder, tokenizer, options, finisher=BOXED_FINISHER, boundary=lambda s: len(s) >= 3
+        ).generate("1+1?")
         runs.append((recorder.records, result.snapshots[4]))
     model.to("cpu")
     (ref, ref_snap), (got, got_snap) = runs

@@ -41,8 +41,12 @@ class IndependentProtocol(Protocol):
                     wall_seconds=snap.wall_seconds,
                     response=f"Majority vote of {n} independent workers: \\boxed{{{winner}}}",
                     finished_early=snap.finished_early,
-                    extra={"worker_answers": answers, "vote_counts": vote.counts, "worker_texts": texts,
-                           "worker_ends": snap.worker_ends},  # fmt: skip
+                    extra={
+                        "worker_answers": answers,
+                        "vote_counts": vote.counts,
+                        "worker_texts": texts,
+                        "worker_ends": snap.worker_ends,
+                    },  # fmt: skip
                 )
             )
         return outcomes
