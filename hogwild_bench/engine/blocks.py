@@ -16,6 +16,14 @@ from hogwild_bench.engine.rope import RotaryShift
 MIN_CAPACITY = 64
 
 
+def storage_tokens(tokens: int) -> int:
+    """Capacity a block allocates to hold ``tokens`` (storage grows by doubling from `MIN_CAPACITY`)."""
+    capacity = MIN_CAPACITY
+    while capacity < tokens:
+        capacity *= 2
+    return capacity
+
+
 class KVBlock:
     """Per-layer key/value storage for one block of tokens.
 

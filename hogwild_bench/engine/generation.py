@@ -18,17 +18,19 @@ from __future__ import annotations
 
 import re
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Generator, Sequence
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Protocol, TypeVar
 
 import torch
 
+from hogwild_bench.engine.blocks import storage_tokens
 from hogwild_bench.engine.layouts import HISTORY, PROMPT, Isolated, Layout, get_layout, step_block
 from hogwild_bench.engine.model import HogwildLM, Write
 from hogwild_bench.engine.prompts import PromptFormat
 from hogwild_bench.engine.sampling import Sampler, SamplingParams
 
+T = TypeVar("T")
 FINISHER = "finisher"
 HEADER_PREFILL_MODES = ("standalone", "in_context")
 WORKER_EOS_MODES = ("done", "forbid")
@@ -36,6 +38,9 @@ END_OF_TURN_TOKENS = ("<|im_end|>", "<|eot_id|>", "<|end_of_text|>", "<|endoftex
 _SENTENCE_THEN_PARAGRAPH = re.compile(r"[.!?][)\]*\"'$`]*[ \t]*\n\n$")
 
 StopRule = Callable[[Sequence[int]], bool]  # a worker's tokens so far -> it has written its final answer
+# A generation written as a coroutine: it yields the rows of each forward it needs and is sent their
+# last-token logits ``[rows, V]``; it returns its result. `drive` runs one alone; `engine.batch` runs many.
+Steps = Generator[list[Write], torch.Tensor, T]
 
 
 class Finisher(Protocol):
@@ -194,37 +199,53 @@ class HogwildGenerator:
         self._finisher_forbidden = sorted(special | self.eos_ids)  # a forced answer must be written out
 
     # -- setup -------------------------------------------------------------------------------------
-    def _prefill_constants(self, cache) -> None:
+    def _prefill_constants(self, cache) -> Steps[None]:
         view0 = self.layout.view(0, self.options.n_workers)
         for name, text in self.layout.constants.items():
             ids = self.fmt.encode(text)
             cache.clear(name)
             if not ids:
                 continue
-            context = None
             if self.options.header_prefill == "in_context":
                 context = view0[: view0.index(name)] if name in view0 else [PROMPT]
-            self.lm.prefill(cache, name, ids, context=context)
+                yield from self._forward([Write([*context, name], ids)])
+            else:
+                yield from self._forward([Write([name], ids)])
+
+    def reserved_tokens(self, prompt_tokens: int) -> dict[str, int]:
+        """The tokens `_reserve` preallocates per block (the prompt block holds ``prompt_tokens``): what a
+        generation is expected to hold at its last budget (admission control sizes batches by it)."""
+        n, layout = self.options.n_workers, self.layout
+        per_worker = int(1.25 * self.options.budgets[-1]) + 256
+        sizes = {PROMPT: prompt_tokens, FINISHER: 64 + self.options.finisher_max_tokens}
+        for i in range(n):
+            sizes[step_block(i)] = min(per_worker, 1024) if layout.has_history else per_worker
+        if layout.has_history:
+            sizes[HISTORY] = n * per_worker
+        sizes.update({name: len(self.fmt.encode(text)) for name, text in layout.constants.items()})
+        return sizes
+
+    def worst_case_tokens(self, problem: str) -> int:
+        """Token slots of storage this generation allocates up to its last budget (capacity rounding included)."""
+        prompt = self.fmt.prompt_text(problem, has_history=self.layout.has_history)
+        sizes = self.reserved_tokens(len(self.fmt.encode(prompt)))
+        return sum(storage_tokens(size) for size in sizes.values() if size)
 
     def _reserve(self, cache: ReservingCache, n: int) -> None:
         """Storage for the whole budget up front (step prefixes and prompts add ~25%); beyond it, blocks
         still grow by doubling."""
-        per_worker = int(1.25 * self.options.budgets[-1]) + 256
-        steps = [step_block(i) for i in range(n)]
-        if self.layout.has_history:  # a step block holds one step at a time; the history holds them all
-            cache.reserve(steps, min(per_worker, 1024), like=PROMPT)
-            cache.reserve([HISTORY], n * per_worker, like=PROMPT)
-        else:
-            cache.reserve(steps, per_worker, like=PROMPT)
-        cache.reserve([FINISHER], 64 + self.options.finisher_max_tokens, like=PROMPT)
+        sizes = self.reserved_tokens(0)
+        for name in [*(step_block(i) for i in range(n)), HISTORY, FINISHER]:
+            if name in sizes:
+                cache.reserve([name], sizes[name], like=PROMPT)
 
-    def _forward(self, cache, writes: list[Write]):
-        logits = self.lm.forward(cache, writes)
+    def _forward(self, writes: list[Write]) -> Steps[torch.Tensor]:
+        logits = yield writes
         if self.on_forward is not None:
             self.on_forward(writes, logits)
         return logits
 
-    def _start(self, cache, problem: str) -> tuple[str, LoopState]:
+    def _start(self, cache, problem: str) -> Steps[tuple[str, LoopState]]:
         """Prefill the prompt and constant blocks; the state holds each worker's opening text, not yet written."""
         n = self.options.n_workers
         prompt = self.fmt.prompt_text(problem, has_history=self.layout.has_history)
@@ -241,9 +262,9 @@ class HogwildGenerator:
                 raise ValueError("first steps must be all non-empty, or all empty for one worker / isolated workers")
             # workers with no opening text start from the prompt's last token, each in its own block
             prompt_ids, pending = prompt_ids[:-1], [prompt_ids[-1:] for _ in range(n)]
-        self.lm.prefill(cache, PROMPT, prompt_ids)
+        yield from self._forward([Write([PROMPT], prompt_ids)])
         self._reserve(cache, n)
-        self._prefill_constants(cache)
+        yield from self._prefill_constants(cache)
         state = LoopState(
             started=time.perf_counter(), worker_tokens=worker_tokens, step_tokens=[list(p) for p in pending],
             pending=pending, steps=[1] * n, since_collab=[0] * n, ends=[None] * n,
@@ -252,29 +273,35 @@ class HogwildGenerator:
 
     # -- the loop ----------------------------------------------------------------------------------
     def generate(self, problem: str) -> GenerationResult:
+        """Generate for ``problem`` alone, on a new cache."""
+        cache = self.lm.new_cache()
+        return drive(self.steps(cache, problem), self.lm, cache)
+
+    def steps(self, cache, problem: str) -> Steps[GenerationResult]:
+        """The generation as a coroutine over ``cache`` (a fresh `HogwildCache`, or a namespace of a shared
+        one): yields each forward's rows, is sent their logits, returns the result."""
         opts, n = self.options, self.options.n_workers
         sampler = Sampler(opts.sampling, self._forbidden)
-        cache = self.lm.new_cache()
         views = self.layout.views(n)
-        prompt, state = self._start(cache, problem)
+        prompt, state = yield from self._start(cache, problem)
         snapshots: dict[int, Snapshot] = {}
         while True:
             rows = [i for i in range(n) if state.pending[i]]
             logits = {}
             if rows:  # none when the last active workers just ended their turn
-                row_logits = self._forward(cache, [Write(views[i], state.pending[i]) for i in rows])
+                row_logits = yield from self._forward([Write(views[i], state.pending[i]) for i in rows])
                 logits = {i: row_logits[k] for k, i in enumerate(rows)}
             state.pending = [[] for _ in range(n)]
             for budget in opts.budgets:
                 if budget == state.sampled or (state.finished and budget > state.sampled):
-                    snapshots[budget] = self._snapshot(cache, budget, state)
+                    snapshots[budget] = yield from self._snapshot(cache, budget, state)
             if state.finished or state.sampled >= opts.budgets[-1]:
                 break
             active = [i for i in range(n) if not state.done(i)]
             new_tokens = sampler(torch.stack([logits[i] for i in active]))
             state.sampled += 1
             for i, token in zip(active, new_tokens):
-                self._take(cache, state, i, token)
+                yield from self._take(cache, state, i, token)
             state.finished = all(state.done(i) for i in range(n)) or (
                 state.answered_by is not None and not opts.per_worker
             )
@@ -286,7 +313,7 @@ class HogwildGenerator:
             wall_seconds=time.perf_counter() - state.started,
         )
 
-    def _take(self, cache, state: LoopState, i: int, token: int) -> None:
+    def _take(self, cache, state: LoopState, i: int, token: int) -> Steps[None]:
         """Worker ``i`` sampled ``token``: end its turn, or queue the token (and a new step's prefix)."""
         opts = self.options
         if token in self.eos_ids:  # the worker is done; what it wrote stays visible to the others
@@ -312,7 +339,7 @@ class HogwildGenerator:
             state.worker_tokens[i].extend(extra)
             state.step_tokens[i] = list(state.pending[i])
             if self.layout.has_history and opts.header_prefill == "in_context":
-                self._prefill_constants(cache)
+                yield from self._prefill_constants(cache)
         if opts.early_stop and self.stop is not None and self.stop(state.worker_tokens[i]):
             if state.answered_by is None:
                 state.answered_by = i
@@ -320,25 +347,26 @@ class HogwildGenerator:
                 state.ends[i] = ("answer", state.sampled)
 
     # -- snapshots and the finisher ----------------------------------------------------------------
-    def _respond(self, cache, view: Sequence[str], answered: bool) -> tuple[str, str | None]:
+    def _respond(self, cache, view: Sequence[str], answered: bool) -> Steps[tuple[str, str | None]]:
         """The text of ``view`` after the prompt, completed by the finisher unless it already holds an answer."""
         body = self.tokenizer.decode(cache.tokens(list(view[1:])))
         if answered or self.finisher is None:
             return body, None
-        answer = self.finish(cache, view)
+        answer = yield from self._finish(cache, view)
         return self.finisher.completed_response(body, answer), answer
 
-    def _snapshot(self, cache, budget: int, state: LoopState) -> Snapshot:
+    def _snapshot(self, cache, budget: int, state: LoopState) -> Steps[Snapshot]:
         n = self.options.n_workers
         worker_responses = []
         if self.options.per_worker:  # each worker's own response, from its own view
             for i in range(n):
                 ended = state.ends[i]
-                worker_responses.append(self._respond(cache, self.layout.view(i, n), ended is not None and
-                                                      ended[0] == "answer")[0])  # fmt: skip
+                answered = ended is not None and ended[0] == "answer"
+                worker_responses.append((yield from self._respond(cache, self.layout.view(i, n), answered))[0])
             response, answer = worker_responses[0], None
         else:
-            response, answer = self._respond(cache, self.layout.finisher_view(n), state.answered_by is not None)
+            finisher_view = self.layout.finisher_view(n)
+            response, answer = yield from self._respond(cache, finisher_view, state.answered_by is not None)
         return Snapshot(
             budget=budget,
             tokens_per_worker=state.sampled,
@@ -354,28 +382,52 @@ class HogwildGenerator:
             worker_ends=list(state.ends),
         )
 
-    def finish(self, cache, view: Sequence[str]) -> str:
-        """Run ``self.finisher`` after ``view`` (see `run_finisher`); the generation goes on unchanged."""
-        return run_finisher(
-            self.lm, cache, view, self.finisher, self.tokenizer, self.options.finisher_max_tokens,
-            self._finisher_forbidden, forward=self._forward,
+    def _finish(self, cache, view: Sequence[str]) -> Steps[str]:
+        return finisher_steps(
+            cache, view, self.finisher, self.tokenizer, self.options.finisher_max_tokens, self._finisher_forbidden,
+            forward=self._forward,
         )  # fmt: skip
 
+    def finish(self, cache, view: Sequence[str]) -> str:
+        """Run ``self.finisher`` after ``view`` (see `run_finisher`); the generation goes on unchanged."""
+        return drive(self._finish(cache, view), self.lm, cache)
 
-def run_finisher(lm, cache, view, finisher: Finisher, tokenizer, max_tokens: int, forbidden, forward=None) -> str:
+
+def _plain_forward(writes: list[Write]) -> Steps[torch.Tensor]:
+    return (yield writes)
+
+
+def finisher_steps(
+    cache, view, finisher: Finisher, tokenizer, max_tokens: int, forbidden, forward=_plain_forward
+) -> Steps[str]:
     """Append ``finisher.suffix`` after ``view`` and greedily decode until the finisher is satisfied.
 
     Runs in a scratch block that is emptied afterwards, so the cache is left as it was."""
-    forward = forward or lm.forward
     cache.clear(FINISHER)
     context = [*view, FINISHER]
-    logits = lm.prefill(cache, FINISHER, tokenizer.encode(finisher.suffix, add_special_tokens=False), context=view)
+    suffix = tokenizer.encode(finisher.suffix, add_special_tokens=False)
+    logits = (yield from forward([Write(context, suffix)]))[0]
     greedy = Sampler(SamplingParams(), forbidden)
     out: list[int] = []
     for _ in range(max_tokens):
         out.append(greedy(logits[None])[0])
         if finisher.done(tokenizer.decode(out)):
             break
-        logits = forward(cache, [Write(context, out[-1:])])[0]
+        logits = (yield from forward([Write(context, out[-1:])]))[0]
     cache.clear(FINISHER)
     return finisher.answer(tokenizer.decode(out))
+
+
+def run_finisher(lm, cache, view, finisher: Finisher, tokenizer, max_tokens: int, forbidden) -> str:
+    """`finisher_steps` run alone on ``cache``."""
+    return drive(finisher_steps(cache, view, finisher, tokenizer, max_tokens, forbidden), lm, cache)
+
+
+def drive(steps: Steps[T], lm: HogwildLM, cache) -> T:
+    """Run a generation coroutine by itself: each forward it asks for runs on ``cache`` as asked."""
+    try:
+        writes = next(steps)
+        while True:
+            writes = steps.send(lm.forward(cache, writes))
+    except StopIteration as done:
+        return done.value

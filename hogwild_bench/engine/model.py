@@ -101,17 +101,28 @@ class HogwildLM:
         # decode forwards (graph captures included) run the torch.compile'd model: its small kernels fused
         self.decoder = CompiledDecoder(model) if compile else None
 
+    @property
+    def kv_bytes_per_token(self) -> int:
+        """Bytes of cached keys and values one token takes over all layers."""
+        config = self.model.config
+        head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+        dtype = self.model.get_input_embeddings().weight.dtype
+        return 2 * self.num_layers * config.num_key_value_heads * head_dim * dtype.itemsize
+
     def new_cache(self, attention: str | None = None) -> HogwildCache:
         return HogwildCache(self.num_layers, self.rope, attention or self.attention)
 
     @torch.inference_mode()
-    def forward(self, cache: HogwildCache, writes: Sequence[Write], all_logits: bool = False) -> torch.Tensor:
+    def forward(
+        self, cache: HogwildCache, writes: Sequence[Write], all_logits: bool = False, cuda_graphs: bool = True
+    ) -> torch.Tensor:
         """Run one batched forward; returns float32 logits ``[rows, V]`` (last token) or ``[rows, T, V]``.
 
         Rows are left-padded to the longest; row b's real tokens sit at block-local positions
-        ``len(view[-1]) ...`` of its own block.
+        ``len(view[-1]) ...`` of its own block. ``cuda_graphs=False`` runs this forward eagerly even where
+        a decode graph could replay it (views that change every few steps would re-capture each time).
         """
-        if self._use_graph(cache, writes, all_logits):
+        if cuda_graphs and self._use_graph(cache, writes, all_logits):
             views = tuple(tuple(w.view) for w in writes)
             if views not in cache.decode_graphs:
                 from hogwild_bench.engine.graphs import DecodeGraph

@@ -1,0 +1,275 @@
+"""Many generations in one forward (continuous batching).
+
+Decoding is bound by reading the weights, so a step that carries 64 rows costs little more than one that
+carries 2. `ContinuousBatcher` runs generation coroutines (`HogwildGenerator.steps`) side by side: each
+gets a `CacheNamespace` -- its own blocks inside one shared `HogwildCache`, under a name prefix -- so rows
+of different generations never see each other, and every step merges all of their rows into one forward.
+A generation that finishes frees its rows and blocks, and the next queued one is admitted and prefilled.
+
+Admission control: a generation is admitted only when its rows fit ``max_rows`` and its worst case KV
+storage (all of its blocks at the sizes it reserves for its last budget) fits what the earlier admitted
+ones have not claimed of ``kv_budget_bytes``; one that cannot fit even alone finishes with an error
+rather than risking an out-of-memory failure mid-step.
+
+Independence: a generation's tokens depend only on its own inputs -- its own sampler and seed, its own
+blocks. Merging rows changes only the batch shape of the matrix products (on GPUs, rounding may differ
+with it; on CPU float32 greedy tokens match the unbatched engine exactly in the tests).
+"""
+
+from __future__ import annotations
+
+import itertools
+import time
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from hogwild_bench.engine.blocks import KVBlock
+from hogwild_bench.engine.cache import HogwildCache
+from hogwild_bench.engine.generation import Steps
+from hogwild_bench.engine.model import HogwildLM, Write
+
+PREFILL_TOKENS = 32  # a request with a row this long (a prompt) runs in its own forward, not the decode step
+
+
+class CacheNamespace:
+    """One generation's blocks inside a shared `HogwildCache`: block ``name`` is stored as ``prefix + name``.
+
+    Offers what a generation coroutine uses of a cache (blocks, commits, clears, reservations, token ids)."""
+
+    def __init__(self, cache: HogwildCache, prefix: str):
+        self.cache, self.prefix = cache, prefix
+
+    def qualify(self, writes: Sequence[Write]) -> list[Write]:
+        return [Write([self.prefix + name for name in w.view], w.tokens) for w in writes]
+
+    def block(self, name: str) -> KVBlock:
+        return self.cache.block(self.prefix + name)
+
+    def writable(self, name: str) -> KVBlock:
+        return self.cache.writable(self.prefix + name)
+
+    def commit(self, source: str, target: str) -> None:
+        self.cache.commit(self.prefix + source, self.prefix + target)
+
+    def reserve(self, names: Sequence[str], tokens: int, like: str) -> None:
+        self.cache.reserve([self.prefix + n for n in names], tokens, like=self.prefix + like)
+
+    def clear(self, name: str) -> None:
+        self.cache.clear(self.prefix + name)
+
+    def tokens(self, names: Sequence[str]) -> list[int]:
+        return self.cache.tokens([self.prefix + n for n in names])
+
+    @property
+    def blocks(self) -> dict[str, KVBlock]:
+        n = len(self.prefix)
+        return {name[n:]: block for name, block in self.cache.blocks.items() if name.startswith(self.prefix)}
+
+    def storage_bytes(self) -> int:
+        """Bytes of K/V storage allocated to this generation's blocks (storage only grows: its peak)."""
+        return sum(
+            store[layer].numel() * store[layer].element_size()
+            for block in self.blocks.values()
+            for store in (block.keys, block.values)
+            for layer in range(block.num_layers)
+            if store[layer] is not None
+        )
+
+    def drop(self) -> None:
+        """Forget this generation's blocks (and any decode graph that reads them)."""
+        for name in [name for name in self.cache.blocks if name.startswith(self.prefix)]:
+            del self.cache.blocks[name]
+        self.cache.decode_graphs = {
+            views: graph
+            for views, graph in self.cache.decode_graphs.items()
+            if not any(name.startswith(self.prefix) for view in views for name in view)
+        }
+
+
+@dataclass
+class BatchJob:
+    """One generation to run: ``start(cache)`` builds its coroutine over its namespace; ``rows`` is the most
+    rows one of its forwards carries (its workers); ``kv_tokens`` its worst-case stored tokens."""
+
+    key: Any
+    start: Callable[[CacheNamespace], Steps[Any]]
+    rows: int
+    kv_tokens: int
+
+
+@dataclass
+class JobCost:
+    """What one generation cost inside the batch."""
+
+    forwards: int = 0  # forwards it took part in (decode steps, prefills and finisher steps)
+    seconds: float = 0.0  # admission to completion
+    peak_kv_bytes: int = 0
+
+
+@dataclass
+class Finished:
+    """A generation that left the batch: its result, or the error that ended it."""
+
+    key: Any
+    result: Any = None
+    error: BaseException | None = None
+    cost: JobCost = field(default_factory=JobCost)
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+
+class AdmissionError(RuntimeError):
+    """A generation that cannot run even alone within the batch's row or memory limits."""
+
+
+@dataclass
+class _Running:
+    job: BatchJob
+    namespace: CacheNamespace
+    steps: Steps[Any]
+    writes: list[Write]
+    started: float
+    cost: JobCost = field(default_factory=JobCost)
+
+
+class ContinuousBatcher:
+    """Runs `BatchJob`s with at most ``max_rows`` rows per forward and ``kv_budget_bytes`` of reserved KV
+    storage (None: no memory limit), yielding each `Finished` as soon as it completes.
+
+    ``on_step(rows, seconds)`` is called after every merged forward (progress displays)."""
+
+    def __init__(
+        self,
+        lm: HogwildLM,
+        max_rows: int,
+        kv_budget_bytes: int | None = None,
+        cuda_graphs: bool = False,
+        on_step: Callable[[int, float], None] | None = None,
+    ):
+        if max_rows < 1:
+            raise ValueError(f"max_rows must be >= 1, got {max_rows}")
+        self.lm, self.max_rows, self.kv_budget = lm, max_rows, kv_budget_bytes
+        self.cuda_graphs, self.on_step = cuda_graphs, on_step
+        self.cache = lm.new_cache()
+        self.running: dict[int, _Running] = {}
+        self.reserved_bytes = 0
+        self._ids = itertools.count()
+
+    @property
+    def rows_in_flight(self) -> int:
+        return sum(r.job.rows for r in self.running.values())
+
+    def job_bytes(self, job: BatchJob) -> int:
+        return job.kv_tokens * self.lm.kv_bytes_per_token
+
+    def _fits(self, job: BatchJob) -> bool:
+        rows_ok = self.rows_in_flight + job.rows <= self.max_rows
+        return rows_ok and (self.kv_budget is None or self.reserved_bytes + self.job_bytes(job) <= self.kv_budget)
+
+    def _too_big(self, job: BatchJob) -> str | None:
+        if job.rows > self.max_rows:
+            return f"needs {job.rows} rows per step, batch.max_rows is {self.max_rows}"
+        if self.kv_budget is not None and self.job_bytes(job) > self.kv_budget:
+            need, have = self.job_bytes(job) / 2**30, self.kv_budget / 2**30
+            return (
+                f"needs up to {need:.2f} GiB of KV storage, the batch has {have:.2f} GiB "
+                "(raise batch.kv_memory_fraction or lower the budgets)"
+            )
+        return None
+
+    def run(self, jobs: Iterable[BatchJob]) -> Iterator[Finished]:
+        queue = iter(jobs)
+        waiting: deque[BatchJob] = deque()
+        exhausted = False
+        while True:
+            # admit in queue order while the next one fits (a job never overtakes an earlier one)
+            while True:
+                if not waiting and not exhausted:
+                    nxt = next(queue, None)
+                    exhausted = nxt is None
+                    if nxt is not None:
+                        waiting.append(nxt)
+                if not waiting:
+                    break
+                job = waiting[0]
+                reason = self._too_big(job)
+                if reason is not None:
+                    waiting.popleft()
+                    yield Finished(job.key, error=AdmissionError(reason))
+                    continue
+                if not self._fits(job):
+                    break
+                waiting.popleft()
+                done = self._admit(job)
+                if done is not None:
+                    yield done
+            if not self.running:
+                if not waiting and exhausted:
+                    return
+                continue
+            yield from self._step()
+
+    def _admit(self, job: BatchJob) -> Finished | None:
+        namespace = CacheNamespace(self.cache, f"g{next(self._ids)}/")
+        running = _Running(job, namespace, None, [], time.perf_counter())  # type: ignore[arg-type]
+        try:
+            running.steps = job.start(namespace)
+            running.writes = next(running.steps)
+        except StopIteration as stop:
+            namespace.drop()
+            return Finished(job.key, result=stop.value, cost=running.cost)
+        except Exception as error:
+            namespace.drop()
+            return Finished(job.key, error=error, cost=running.cost)
+        self.running[id(running)] = running
+        self.reserved_bytes += self.job_bytes(job)
+        return None
+
+    def _groups(self) -> list[list[_Running]]:
+        """Prompt prefills each in forwards of their own (a long row would pad every decode row to its
+        length), everything else in one merged forward."""
+        long, short = [], []
+        for running in self.running.values():
+            (long if max(len(w.tokens) for w in running.writes) > PREFILL_TOKENS else short).append(running)
+        return [[r] for r in long] + ([short] if short else [])
+
+    def _step(self) -> Iterator[Finished]:
+        for group in self._groups():
+            writes = [w for r in group for w in r.namespace.qualify(r.writes)]
+            started = time.perf_counter()
+            try:
+                logits = self.lm.forward(self.cache, writes, cuda_graphs=self.cuda_graphs)
+            except Exception as error:  # e.g. out of memory: every generation in this forward fails
+                for running in group:
+                    yield self._retire(running, error=error)
+                if torch.cuda.is_available():
+                    torch.cuda.empty_cache()
+                continue
+            if self.on_step is not None:
+                self.on_step(len(writes), time.perf_counter() - started)
+            offset = 0
+            for running in group:
+                rows = len(running.writes)
+                running.cost.forwards += 1
+                try:
+                    running.writes = running.steps.send(logits[offset : offset + rows])
+                except StopIteration as stop:
+                    yield self._retire(running, result=stop.value)
+                except Exception as error:
+                    yield self._retire(running, error=error)
+                offset += rows
+
+    def _retire(self, running: _Running, result: Any = None, error: BaseException | None = None) -> Finished:
+        cost = running.cost
+        cost.seconds = time.perf_counter() - running.started
+        cost.peak_kv_bytes = running.namespace.storage_bytes()
+        running.namespace.drop()
+        del self.running[id(running)]
+        self.reserved_bytes -= self.job_bytes(running.job)
+        return Finished(running.job.key, result=result, error=error, cost=cost)

@@ -1,0 +1,132 @@
+"""Continuous batching: many generations in one forward give exactly what each gives alone."""
+
+import dataclasses
+
+import pytest
+import torch
+
+from hogwild_bench.answers import BOXED_FINISHER, stop_on_boxed
+from hogwild_bench.engine import GenerationOptions, HogwildGenerator, HogwildLM, Isolated, PromptFormat, SamplingParams
+from hogwild_bench.engine.batch import AdmissionError, BatchJob, ContinuousBatcher
+
+
+def every(n):
+    return lambda step: len(step) >= n
+
+
+LONG_PROBLEM = "Compute the sum of the first twenty positive odd integers, then divide it by four. " * 3
+
+# (problem, options, generator keyword arguments): different worker counts, layouts, prompt lengths,
+# early stops, finisher runs mid-generation, sampling with a seed, per-worker stops, in-context headers
+MIXED = [
+    ("2+2?", dict(n_workers=2, layout="combined", budgets=(5, 10), early_stop=False), dict(finisher=True)),
+    ("What is 3! + 4!?", dict(n_workers=3, layout="interleaved", budgets=(8,), collab_interval=4), {}),
+    ("2+2?", dict(n_workers=1, layout="contiguous", budgets=(6, 9), first_steps=["So \\boxed{4}."]), dict(stop=True)),
+    (LONG_PROBLEM, dict(n_workers=2, layout="contiguous", budgets=(7,), sampling=SamplingParams(0.8, 0.9, 3)), {}),
+    (
+        "1/2 + 1/3?",
+        dict(n_workers=2, layout=Isolated(), budgets=(4, 8), first_steps=["", ""], per_worker=True,
+             sampling=SamplingParams(temperature=0.7, seed=5)),
+        dict(finisher=True),
+    ),  # fmt: skip
+    ("Is 91 prime?", dict(n_workers=2, layout="combined", budgets=(9,), header_prefill="in_context"), {}),
+]
+
+
+def make_generator(lm, tokenizer, options: dict, hooks: dict) -> HogwildGenerator:
+    extra = {"boundary": every(4)}
+    if isinstance(options["layout"], Isolated):  # as the independent protocol formats it
+        extra["prompt_format"] = PromptFormat(tokenizer, 1, layout="contiguous", step_labels=False)
+    if hooks.get("finisher"):
+        extra["finisher"] = BOXED_FINISHER
+    if hooks.get("stop"):
+        extra["stop"] = stop_on_boxed(tokenizer)
+    return HogwildGenerator(lm, tokenizer, GenerationOptions(**options), **extra)
+
+
+def comparable(result) -> dict:
+    """A generation result without its timings."""
+    return {
+        budget: {k: v for k, v in dataclasses.asdict(snap).items() if k != "wall_seconds"}
+        for budget, snap in result.snapshots.items()
+    } | {"tokens_per_worker": result.tokens_per_worker, "finished_early": result.finished_early}
+
+
+def jobs_for(lm, tokenizer, order):
+    for index in order:
+        problem, options, hooks = MIXED[index]
+        gen = make_generator(lm, tokenizer, options, hooks)
+        yield BatchJob(
+            key=index,
+            start=lambda cache, gen=gen, problem=problem: gen.steps(cache, problem),
+            rows=gen.options.n_workers,
+            kv_tokens=gen.worst_case_tokens(problem),
+        )
+
+
+@pytest.fixture(scope="module")
+def alone(models, tokenizer):
+    lm = HogwildLM(models("qwen2"))
+    return lm, {i: comparable(make_generator(lm, tokenizer, o, h).generate(p)) for i, (p, o, h) in enumerate(MIXED)}
+
+
+@pytest.mark.parametrize("max_rows,order", [(64, [0, 1, 2, 3, 4, 5]), (4, [5, 3, 1, 0, 4, 2])])
+def test_batched_generations_equal_each_generation_run_alone(alone, tokenizer, max_rows, order):
+    lm, expected = alone
+    steps = []
+    batcher = ContinuousBatcher(lm, max_rows=max_rows, on_step=lambda rows, seconds: steps.append(rows))
+    finished = list(batcher.run(jobs_for(lm, tokenizer, order)))
+    assert [f.error for f in finished] == [None] * len(MIXED)
+    assert sorted(f.key for f in finished) == sorted(order)
+    for f in finished:
+        assert comparable(f.result) == expected[f.key], f"generation {f.key} changed when batched"
+        assert f.cost.forwards > 0 and f.cost.peak_kv_bytes > 0 and f.cost.seconds > 0
+    assert max(steps) <= max_rows
+    assert max(steps) > 3  # rows of several generations really shared forwards
+    assert batcher.cache.blocks == {} and batcher.reserved_bytes == 0  # finished generations free everything
+
+
+def test_a_generation_that_fails_does_not_stop_the_others(alone, tokenizer):
+    lm, expected = alone
+
+    def broken(cache):
+        yield from make_generator(lm, tokenizer, *MIXED[1][1:]).steps(cache, "2+2?")
+        raise RuntimeError("scoring hook exploded")
+
+    jobs = list(jobs_for(lm, tokenizer, [0, 2]))
+    jobs.insert(1, BatchJob(key="broken", start=broken, rows=3, kv_tokens=1))
+    finished = {f.key: f for f in ContinuousBatcher(lm, max_rows=8).run(jobs)}
+    assert "exploded" in str(finished["broken"].error)
+    assert comparable(finished[0].result) == expected[0] and comparable(finished[2].result) == expected[2]
+
+
+def test_admission_refuses_what_cannot_fit_alone_and_queues_what_fits_later(alone, tokenizer):
+    lm, expected = alone
+    jobs = list(jobs_for(lm, tokenizer, [0, 1, 2]))
+    one_job = lm.kv_bytes_per_token * max(j.kv_tokens for j in jobs[:1] + jobs[2:])
+    batcher = ContinuousBatcher(lm, max_rows=2, kv_budget_bytes=one_job)
+    in_flight = []
+    batcher.on_step = lambda rows, seconds: in_flight.append(len(batcher.running))
+    finished = {f.key: f for f in batcher.run(jobs)}
+    assert isinstance(finished[1].error, AdmissionError) and "batch.max_rows is 2" in str(finished[1].error)
+    assert comparable(finished[0].result) == expected[0] and comparable(finished[2].result) == expected[2]
+    assert max(in_flight) == 1  # the memory budget holds one generation at a time
+    small = ContinuousBatcher(lm, max_rows=8, kv_budget_bytes=1024)
+    (refused,) = small.run(jobs_for(lm, tokenizer, [2]))
+    assert isinstance(refused.error, AdmissionError) and "GiB of KV storage" in str(refused.error)
+
+
+def test_worst_case_tokens_covers_what_a_generation_allocates(alone, tokenizer):
+    lm, _ = alone
+    for index, (problem, options, hooks) in enumerate(MIXED):
+        gen = make_generator(lm, tokenizer, options, hooks)
+        (done,) = ContinuousBatcher(lm, max_rows=8).run(jobs_for(lm, tokenizer, [index]))
+        assert done.cost.peak_kv_bytes <= gen.worst_case_tokens(problem) * lm.kv_bytes_per_token
+
+
+def test_kv_bytes_per_token_matches_the_model_shape(models):
+    model = models("qwen2")
+    c = model.config
+    head_dim = getattr(c, "head_dim", None) or c.hidden_size // c.num_attention_heads
+    expected = 2 * c.num_hidden_layers * c.num_key_value_heads * head_dim * torch.finfo(model.dtype).bits // 8
+    assert HogwildLM(model).kv_bytes_per_token == expected
