@@ -25,8 +25,14 @@ MIXED = [
     (LONG_PROBLEM, dict(n_workers=2, layout="contiguous", budgets=(7,), sampling=SamplingParams(0.8, 0.9, 3)), {}),
     (
         "1/2 + 1/3?",
-        dict(n_workers=2, layout=Isolated(), budgets=(4, 8), first_steps=["", ""], per_worker=True,
-             sampling=SamplingParams(temperature=0.7, seed=5)),
+        dict(
+            n_workers=2,
+            layout=Isolated(),
+            budgets=(4, 8),
+            first_steps=["", ""],
+            per_worker=True,
+            sampling=SamplingParams(temperature=0.7, seed=5),
+        ),
         dict(finisher=True),
     ),  # fmt: skip
     ("Is 91 prime?", dict(n_workers=2, layout="combined", budgets=(9,), header_prefill="in_context"), {}),
