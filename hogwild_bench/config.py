@@ -159,6 +159,16 @@ class GridConfig:
 
 
 @dataclass
+class BatchConfig:
+    """How many generations share a forward (`hogwild_bench.engine.batch`); results never depend on it."""
+
+    enabled: bool = True  # false: one generation at a time (CUDA graphs on its stable views)
+    max_rows: int = 0  # rows (workers of all generations in flight) per forward; 0: auto (64 on CUDA, 16 on CPU)
+    kv_memory_fraction: float = 0.8  # of the GPU memory free after loading the model, for the batch's KV storage
+    cuda_graphs: bool = False  # replay batched decode steps from graphs (re-captured when membership changes)
+
+
+@dataclass
 class ShardConfig:
     index: int = 0
     count: int = 1
@@ -196,6 +206,7 @@ class RunConfig:
     protocol: ProtocolConfig = field(default_factory=ProtocolConfig)
     generation: GenerationConfig = field(default_factory=GenerationConfig)
     grid: GridConfig = field(default_factory=GridConfig)
+    batch: BatchConfig = field(default_factory=BatchConfig)
     shard: ShardConfig = field(default_factory=ShardConfig)
     store: StoreConfig = field(default_factory=StoreConfig)
     logger: LoggerConfig = field(default_factory=LoggerConfig)
@@ -282,6 +293,14 @@ def validate(cfg: DictConfig | RunConfig) -> RunConfig:
             "protocol=independent with generation.temperature=0 makes every worker write the same text; "
             "set generation.temperature > 0 (e.g. 0.6)"
         )
+    b = cfg.batch
+    most_workers = max([cfg.protocol.workers, *cfg.grid.workers])
+    if b.max_rows < 0 or 0 < b.max_rows < most_workers:
+        errors.append(
+            f"batch.max_rows must be 0 (auto) or at least the largest worker count ({most_workers}), got {b.max_rows}"
+        )
+    if not 0 < b.kv_memory_fraction <= 1:
+        errors.append(f"batch.kv_memory_fraction must be in (0, 1], got {b.kv_memory_fraction}")
     if cfg.scoring.timeout_seconds < 1:
         errors.append(f"scoring.timeout_seconds must be >= 1, got {cfg.scoring.timeout_seconds}")
     if cfg.protocol.gate_min_tokens < 1:

@@ -10,6 +10,8 @@ from __future__ import annotations
 import logging
 import time
 import traceback
+from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 
 from omegaconf import OmegaConf
@@ -17,6 +19,7 @@ from tqdm.auto import tqdm
 
 from hogwild_bench.config import Attention, ConfigError, ProtocolName, RunConfig, validate
 from hogwild_bench.engine import HogwildLM
+from hogwild_bench.engine.batch import ContinuousBatcher, Finished, JobCost
 from hogwild_bench.loading import load_model
 from hogwild_bench.metrics import repetition
 from hogwild_bench.protocols import BudgetOutcome, GridPoint, ProtocolContext, build_protocol
@@ -188,22 +191,32 @@ def _run_todo(cfg: RunConfig, store: ResultStore, todo: list, run_dir: Path, dig
     config_dict = OmegaConf.to_container(OmegaConf.structured(cfg), resolve=True, enum_to_str=True)
     tracker = make_tracker(cfg.logger, cfg.store.run_name, config_dict, run_dir, (cfg.shard.index, cfg.shard.count))
     hits: list[bool] = []
-    bar = tqdm(todo, desc=cfg.store.run_name, unit="problem", disable=not cfg.progress)
+    speed = Throughput()
+    bar = tqdm(total=len(todo), desc=cfg.store.run_name, unit="gen", disable=not cfg.progress)
     try:
-        for done, (problem, point, missing) in enumerate(bar, start=1):
-            try:
-                outcomes = protocol.run(problem.problem, point)
-                records = [scored_record(cfg, problem, point, o, digest) for o in outcomes if o.budget in missing]
-                hits.append(bool(records[-1]["correct"]) if records else False)
-            except Exception as error:  # one bad problem must not cost the run
-                log.error("problem %s (%s) failed: %s", problem.id, point.label, error)
-                records = [failed_record(cfg, problem, point, b, error, digest) for b in missing]
+        for done, finished in enumerate(_generations(cfg, lm, protocol, todo, speed), start=1):
+            problem, point, missing = finished.key
+            if finished.ok:
+                try:
+                    cost = generation_cost(finished)
+                    records = [
+                        {**scored_record(cfg, problem, point, o, digest), **cost}
+                        for o in finished.result
+                        if o.budget in missing
+                    ]
+                    hits.append(bool(records[-1]["correct"]) if records else False)
+                except Exception as error:  # a scoring failure is this problem's, not the run's
+                    finished.error = error
+            if not finished.ok:
+                log.error("problem %s (%s) failed: %s", problem.id, point.label, finished.error)
+                records = [failed_record(cfg, problem, point, b, finished.error, digest) for b in missing]
                 _release_memory()
             store.append(records)
             accuracy = sum(hits) / len(hits) if hits else None
-            if accuracy is not None:
-                bar.set_postfix(acc=f"{accuracy:.3f}")
-            tracker.log_problem(done, len(todo), accuracy)
+            bar.update(1)
+            bar.set_postfix(acc="-" if accuracy is None else f"{accuracy:.3f}", tok_s=f"{speed.tokens_per_second:.0f}",
+                            rows=speed.rows)  # fmt: skip
+            tracker.log_problem(done, len(todo), accuracy, tokens_per_second=speed.tokens_per_second)
         records = store.records()
         transcripts = [
             {k: r.get(k) for k in ("problem_id", "protocol", "workers", "layout", "budget", "response",
@@ -212,7 +225,91 @@ def _run_todo(cfg: RunConfig, store: ResultStore, todo: list, run_dir: Path, dig
         ][: cfg.logger.transcripts]  # fmt: skip
         tracker.log_summary(accuracy_curves(records), transcripts)
     finally:
+        bar.close()
         tracker.finish()
+
+
+class Throughput:
+    """Rows per forward and generated tokens per second over the batch's recent forwards (progress bar)."""
+
+    def __init__(self, window: float = 10.0):
+        self.window, self.events, self.rows = window, [], 0
+
+    def __call__(self, rows: int, seconds: float) -> None:
+        now = time.perf_counter()
+        self.rows = rows
+        self.events = [(t, r) for t, r in self.events if now - t < self.window] + [(now, rows)]
+
+    @property
+    def tokens_per_second(self) -> float:
+        if len(self.events) < 2:
+            return 0.0
+        span = self.events[-1][0] - self.events[0][0]
+        return sum(r for _, r in self.events[1:]) / span if span > 0 else 0.0
+
+
+def max_rows(cfg: RunConfig, lm: HogwildLM) -> int:
+    if cfg.batch.max_rows:
+        return cfg.batch.max_rows
+    return 64 if lm.device.type == "cuda" else 16
+
+
+def kv_budget_bytes(cfg: RunConfig, lm: HogwildLM) -> int | None:
+    """``batch.kv_memory_fraction`` of the GPU memory free now (after the model loaded); None on CPU."""
+    import torch
+
+    if lm.device.type != "cuda":
+        return None
+    free, _ = torch.cuda.mem_get_info(lm.device)
+    return int(cfg.batch.kv_memory_fraction * free)
+
+
+def _generations(cfg: RunConfig, lm: HogwildLM, protocol, todo: list, speed: Throughput) -> Iterator[Finished]:
+    """Every (problem, point) of ``todo`` as a `Finished` generation, in completion order."""
+    if not protocol.batchable:
+        for item in todo:
+            started = time.perf_counter()
+            try:
+                outcomes = protocol.run(item[0].problem, item[1])
+                yield Finished(item, result=outcomes, cost=JobCost(seconds=time.perf_counter() - started))
+            except Exception as error:
+                yield Finished(item, error=error)
+        return
+    batched = cfg.batch.enabled
+    batcher = ContinuousBatcher(
+        lm,
+        max_rows=max_rows(cfg, lm) if batched else max(p.workers for _, p, _ in todo),
+        kv_budget_bytes=kv_budget_bytes(cfg, lm),
+        max_jobs=None if batched else 1,
+        cuda_graphs=cfg.batch.cuda_graphs if batched else cfg.model.cuda_graphs,
+        on_step=speed,
+    )
+    failed: list[Finished] = []
+
+    def jobs():
+        for item in todo:
+            try:
+                yield replace(protocol.job(item[0].problem, item[1]), key=item)
+            except Exception as error:  # e.g. a prompt the tokenizer rejects
+                failed.append(Finished(item, error=error))
+
+    for finished in batcher.run(jobs()):
+        yield from failed
+        failed.clear()
+        yield finished
+    yield from failed
+
+
+def generation_cost(finished: Finished) -> dict:
+    """What the generation behind a record cost (shared by its budgets' records)."""
+    cost, outcomes = finished.cost, finished.result
+    tokens = max((o.total_tokens for o in outcomes), default=0)
+    return {
+        "generation_forwards": cost.forwards,
+        "generation_seconds": round(cost.seconds, 4),
+        "generation_tokens_per_second": round(tokens / cost.seconds, 2) if cost.seconds > 0 else None,
+        "peak_kv_bytes": cost.peak_kv_bytes,
+    }
 
 
 def _release_memory() -> None:

@@ -136,3 +136,28 @@ def test_kv_bytes_per_token_matches_the_model_shape(models):
     head_dim = getattr(c, "head_dim", None) or c.hidden_size // c.num_attention_heads
     expected = 2 * c.num_hidden_layers * c.num_key_value_heads * head_dim * torch.finfo(model.dtype).bits // 8
     assert HogwildLM(model).kv_bytes_per_token == expected
+
+
+COST_FIELDS = ("generation_forwards", "generation_seconds", "generation_tokens_per_second", "peak_kv_bytes")
+CONTENT = ("response", "extracted_answer", "correct", "tokens_per_worker", "total_tokens", "finished_early",
+           "worker_texts", "worker_ends", "answered_by", "finisher_answer", "worker_answers")  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    "protocol", [["grid.workers=[1,2,3]", "grid.layouts=[combined,interleaved]"],
+                 ["protocol=independent", "grid.workers=[2,3]", "generation.temperature=0.7"]],
+)  # fmt: skip
+def test_a_batched_run_stores_what_a_one_at_a_time_run_stores(tmp_path, protocol):
+    from conftest import compose_config, tiny_run_overrides
+
+    from hogwild_bench.runner import run
+    from hogwild_bench.store import ResultStore, record_key
+
+    stored = {}
+    for where, batching in (("batched", "batch.max_rows=7"), ("alone", "batch.enabled=false")):
+        overrides = tiny_run_overrides(tmp_path / where, "dataset.limit=4", *protocol, batching)
+        records = ResultStore(run(compose_config(overrides))).records()
+        assert all(r["status"] == "ok" and all(r[f] is not None for f in COST_FIELDS) for r in records)
+        stored[batching] = {record_key(r): {f: r.get(f) for f in CONTENT} for r in records}
+    batched, alone = stored.values()
+    assert batched == alone and len(batched) > 0

@@ -1,5 +1,6 @@
 """Store and resume: crash-safe appends, no lost or duplicated records, failures recorded and retried."""
 
+import dataclasses
 import os
 import signal
 import subprocess
@@ -64,20 +65,29 @@ def test_lost_records_are_recomputed_and_only_they(tmp_path):
 
 def test_a_failing_problem_is_recorded_and_the_run_goes_on_then_retried(tmp_path, monkeypatch):
     cfg = compose_config(tiny_run_overrides(tmp_path))
-    original = HogwildProtocol.run
+    original = HogwildProtocol.job
 
     def flaky(self, problem, point):
-        if "17 + 25" in problem:
-            raise RuntimeError("CUDA out of memory (simulated)")
-        return original(self, problem, point)
+        job = original(self, problem, point)
+        if "17 + 25" not in problem:
+            return job
 
-    monkeypatch.setattr(HogwildProtocol, "run", flaky)
+        def start(cache):  # dies after a few forwards, while batched with the other problems
+            steps = job.start(cache)
+            logits = None
+            for _ in range(4):
+                logits = yield steps.send(logits)
+            raise RuntimeError("CUDA out of memory (simulated)")
+
+        return dataclasses.replace(job, start=start)
+
+    monkeypatch.setattr(HogwildProtocol, "job", flaky)
     run_dir = run(cfg)
     records = ResultStore(run_dir).records()
     failed = [r for r in records if r["status"] == "failed"]
     assert len(failed) == 2 and "out of memory" in failed[0]["error"]
     assert sum(r["status"] == "ok" for r in records) == 4
-    monkeypatch.setattr(HogwildProtocol, "run", original)
+    monkeypatch.setattr(HogwildProtocol, "job", original)
     run(cfg)
     from hogwild_bench.analysis import load_runs
 

@@ -139,8 +139,9 @@ class _Running:
 
 
 class ContinuousBatcher:
-    """Runs `BatchJob`s with at most ``max_rows`` rows per forward and ``kv_budget_bytes`` of reserved KV
-    storage (None: no memory limit), yielding each `Finished` as soon as it completes.
+    """Runs `BatchJob`s with at most ``max_rows`` rows per forward, ``max_jobs`` generations at once (None:
+    no limit) and ``kv_budget_bytes`` of reserved KV storage (None: no memory limit), yielding each
+    `Finished` as soon as it completes.
 
     ``on_step(rows, seconds)`` is called after every merged forward (progress displays)."""
 
@@ -151,11 +152,12 @@ class ContinuousBatcher:
         kv_budget_bytes: int | None = None,
         cuda_graphs: bool = False,
         on_step: Callable[[int, float], None] | None = None,
+        max_jobs: int | None = None,
     ):
         if max_rows < 1:
             raise ValueError(f"max_rows must be >= 1, got {max_rows}")
         self.lm, self.max_rows, self.kv_budget = lm, max_rows, kv_budget_bytes
-        self.cuda_graphs, self.on_step = cuda_graphs, on_step
+        self.cuda_graphs, self.on_step, self.max_jobs = cuda_graphs, on_step, max_jobs
         self.cache = lm.new_cache()
         self.running: dict[int, _Running] = {}
         self.reserved_bytes = 0
@@ -169,6 +171,8 @@ class ContinuousBatcher:
         return job.kv_tokens * self.lm.kv_bytes_per_token
 
     def _fits(self, job: BatchJob) -> bool:
+        if self.max_jobs is not None and len(self.running) >= self.max_jobs:
+            return False
         rows_ok = self.rows_in_flight + job.rows <= self.max_rows
         return rows_ok and (self.kv_budget is None or self.reserved_bytes + self.job_bytes(job) <= self.kv_budget)
 

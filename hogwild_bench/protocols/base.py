@@ -7,6 +7,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from hogwild_bench.engine import HogwildLM
+from hogwild_bench.engine.batch import BatchJob
+from hogwild_bench.engine.generation import drive
 
 
 @dataclass(frozen=True)
@@ -44,14 +46,24 @@ class ProtocolContext:
 
 
 class Protocol(ABC):
+    """A way to solve a problem with the engine. ``job`` gives the generation as a coroutine (so the runner
+    can batch it with others); a protocol that cannot be batched sets ``batchable = False`` and overrides
+    ``run``."""
+
     name: str = "protocol"
+    batchable: bool = True
 
     def __init__(self, ctx: ProtocolContext):
         self.ctx = ctx
 
     @abstractmethod
+    def job(self, problem: str, point: GridPoint) -> BatchJob:
+        """Solving ``problem`` once, as a job whose coroutine returns one outcome per configured budget."""
+
     def run(self, problem: str, point: GridPoint) -> list[BudgetOutcome]:
-        """Solve ``problem`` once and return one outcome per configured budget."""
+        """Solve ``problem`` once, alone, and return one outcome per configured budget."""
+        job, cache = self.job(problem, point), self.ctx.lm.new_cache()
+        return drive(job.start(cache), self.ctx.lm, cache)
 
 
 PROTOCOLS: dict[str, Callable[[ProtocolContext], Protocol]] = {}

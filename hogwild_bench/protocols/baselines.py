@@ -12,21 +12,30 @@ from dataclasses import asdict
 
 from hogwild_bench.answers import last_boxed
 from hogwild_bench.engine import Isolated
+from hogwild_bench.engine.batch import BatchJob
 from hogwild_bench.engine.thinker_writer import ThinkerWriterGenerator, ThinkerWriterOptions
 from hogwild_bench.protocols.base import BudgetOutcome, GridPoint, Protocol, register_protocol
-from hogwild_bench.protocols.hogwild import answer_hooks, generation_options, generator, prompt_format
+from hogwild_bench.protocols.hogwild import (
+    answer_hooks,
+    generation_job,
+    generation_options,
+    generator,
+    prompt_format,
+)
 from hogwild_bench.voting import majority_vote
 
 
 @register_protocol("independent")
 class IndependentProtocol(Protocol):
-    def run(self, problem: str, point: GridPoint) -> list[BudgetOutcome]:
+    def job(self, problem: str, point: GridPoint) -> BatchJob:
         n = point.workers
         options = generation_options(
             self.ctx.cfg, n, Isolated(), collab_interval=None, first_steps=[""] * n, per_worker=True
         )
         fmt = prompt_format(self.ctx, 1, "contiguous", step_labels=False)
-        result = generator(self.ctx, options, fmt).generate(problem)
+        return generation_job(generator(self.ctx, options, fmt), problem, lambda r: self._outcomes(r, n))
+
+    def _outcomes(self, result, n: int) -> list[BudgetOutcome]:
         outcomes = []
         for budget, snap in sorted(result.snapshots.items()):
             answers = [last_boxed(r) for r in snap.worker_responses]
@@ -54,6 +63,14 @@ class IndependentProtocol(Protocol):
 
 @register_protocol("thinker_writer")
 class ThinkerWriterProtocol(Protocol):
+    """Runs one generation at a time: its gates pause one stream for the other, which the batcher's
+    one-coroutine-per-generation model does not express yet."""
+
+    batchable = False
+
+    def job(self, problem: str, point: GridPoint) -> BatchJob:
+        raise NotImplementedError("thinker_writer runs unbatched (Protocol.run)")
+
     def run(self, problem: str, point: GridPoint) -> list[BudgetOutcome]:
         g = self.ctx.cfg.generation
         options = ThinkerWriterOptions(

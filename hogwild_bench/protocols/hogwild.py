@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from hogwild_bench.answers import BOXED_FINISHER, stop_on_boxed
 from hogwild_bench.engine import Combined, GenerationOptions, HogwildGenerator, PromptFormat, SamplingParams, get_layout
+from hogwild_bench.engine.batch import BatchJob
 from hogwild_bench.protocols.base import BudgetOutcome, GridPoint, Protocol, register_protocol
 
 
@@ -69,12 +72,21 @@ def outcomes(result, tokenizer) -> list[BudgetOutcome]:
     ]
 
 
+def generation_job(gen: HogwildGenerator, problem: str, finish: Callable) -> BatchJob:
+    """``gen`` solving ``problem`` as a batchable job whose result is ``finish(GenerationResult)``."""
+
+    def start(cache):
+        return finish((yield from gen.steps(cache, problem)))
+
+    return BatchJob(key=None, start=start, rows=gen.options.n_workers, kv_tokens=gen.worst_case_tokens(problem))
+
+
 @register_protocol("hogwild")
 class HogwildProtocol(Protocol):
-    def run(self, problem: str, point: GridPoint) -> list[BudgetOutcome]:
+    def job(self, problem: str, point: GridPoint) -> BatchJob:
         options = generation_options(self.ctx.cfg, point.workers, point.layout)
         fmt = prompt_format(self.ctx, point.workers, point.layout, step_labels=self.ctx.cfg.generation.step_labels)
-        return outcomes(generator(self.ctx, options, fmt).generate(problem), self.ctx.tokenizer)
+        return generation_job(generator(self.ctx, options, fmt), problem, lambda r: outcomes(r, self.ctx.tokenizer))
 
 
 @register_protocol("single")
@@ -82,7 +94,7 @@ class SingleProtocol(Protocol):
     """One worker, plain chain of thought: no step labels, no collaboration prompt; same budgets and
     finisher. The cache layout does not matter for one worker without steps (contiguous is used)."""
 
-    def run(self, problem: str, point: GridPoint) -> list[BudgetOutcome]:
+    def job(self, problem: str, point: GridPoint) -> BatchJob:
         options = generation_options(self.ctx.cfg, 1, "contiguous", collab_interval=None, first_steps=[""])
         fmt = prompt_format(self.ctx, 1, "contiguous", step_labels=False)
-        return outcomes(generator(self.ctx, options, fmt).generate(problem), self.ctx.tokenizer)
+        return generation_job(generator(self.ctx, options, fmt), problem, lambda r: outcomes(r, self.ctx.tokenizer))
