@@ -45,6 +45,7 @@ VARIANTS: dict[str, list[str]] = {
     "n2_combined": [*N2, "layout=combined"],
     "n2_combined_no_headers": [*N2, "layout=combined", "layout.headers=false"],
     "n2_combined_no_labels": [*N2, "layout=combined", "generation.step_labels=false"],
+    "n2_combined_no_greeting": [*N2, "layout=combined", "generation.greeting=false"],
     "n2_combined_no_collab": [*N2, "layout=combined", "generation.collab_interval=null"],
     "n2_combined_in_context": [*N2, "layout=combined", "generation.header_prefill=in_context"],
     "n2_contiguous": [*N2, "layout=contiguous"],
@@ -102,6 +103,7 @@ def main() -> None:
         overrides = [f"model={args.model}", f"dataset={args.dataset}", f"dataset.limit={args.limit}",
                      f"generation.budgets=[{args.budgets}]", "generation.collab_interval=512",
                      f"store.root={args.root}", f"store.run_name=ablation-{name}", "progress=false", "plot=false",
+                     "batch.max_rows=128", "batch.cuda_graphs=true", "model.compile=false",
                      *VARIANTS[name]]  # fmt: skip
         with initialize_config_dir(config_dir=str(ROOT / "hogwild_bench" / "conf"), version_base="1.3"):
             cfg = compose("config", overrides=overrides)

@@ -147,6 +147,7 @@ class GenerationConfig:
     finisher_max_tokens: int = 16
     worker_eos: WorkerEOS = WorkerEOS.done
     step_labels: bool = True  # hogwild: label steps "**Alice [3]:** " (off: plain paragraphs)
+    greeting: bool = True  # hogwild: each worker opens with "Hi, I'm Alice." (off: its step label alone)
 
 
 @dataclass

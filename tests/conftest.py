@@ -47,7 +47,7 @@ def compose_config(overrides: list[str], hydra_config: bool = False):
     from hogwild_bench.config import register_configs
 
     register_configs()
-    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+    with initialize_config_dir(config_dir=str(ROOT / "hogwild_bench" / "conf"), version_base="1.3"):
         return compose("config", overrides=overrides, return_hydra_config=hydra_config)
 
 

@@ -95,3 +95,15 @@ def test_thinker_writer_budget_snapshot_equals_shorter_run(models, tokenizer):
 
     a, b = run_to([10, 20])[10], run_to([10])[10]
     assert (a.writer_text, a.thinker_text, a.answer, a.gates) == (b.writer_text, b.thinker_text, b.answer, b.gates)
+
+
+def test_greeting_off_opens_each_worker_with_its_label_alone(tmp_path):
+    from hogwild_bench.store import ResultStore
+
+    texts = {}
+    for greeting in ("true", "false"):
+        overrides = tiny_run_overrides(tmp_path / greeting, "dataset.limit=1", f"generation.greeting={greeting}")
+        (record, *_) = ResultStore(run(compose_config(overrides))).records()
+        texts[greeting] = record["worker_texts"]
+    assert texts["true"][1].startswith("**Bob [1]:** Hi, I'm Bob.")
+    assert texts["false"][0].startswith("**Alice [1]:** ") and "Hi, I'm" not in texts["false"][0][:30]

@@ -49,7 +49,8 @@ class PromptFormat:
 
     ``system_as_user`` folds the system prompt into the user message (for templates without a system
     role, as in the colab notebook). ``step_labels=False`` drops the ``**Alice [1]:**`` labels (plain chain
-    of thought for a single worker). ``think_prefix``: ``"auto"`` appends ``<think>\\n`` after the
+    of thought for a single worker). ``greeting=False`` opens each worker's first step with its label alone
+    instead of "Hi, I'm Alice.". ``think_prefix``: ``"auto"`` appends ``<think>\\n`` after the
     generation prompt when the tokenizer knows that token and the template did not add it.
     """
 
@@ -60,6 +61,7 @@ class PromptFormat:
     think_prefix: str | None = "auto"
     collab_prompt: str = COLLAB_PROMPT
     step_labels: bool = True
+    greeting: bool = True
 
     def __post_init__(self):
         if not 1 <= self.n_workers <= len(WORKER_NAMES):
@@ -84,7 +86,7 @@ class PromptFormat:
         return f"**{self.names[worker]} [{step}]:** " if self.step_labels else ""
 
     def first_step(self, worker: int) -> str:
-        if self.n_workers == 1 or not self.step_labels:
+        if self.n_workers == 1 or not self.step_labels or not self.greeting:
             return self.step_prefix(worker, 1)
         return f"{self.step_prefix(worker, 1)}Hi, I'm {self.names[worker]}."
 

@@ -85,7 +85,8 @@ def generation_job(gen: HogwildGenerator, problem: str, finish: Callable) -> Bat
 class HogwildProtocol(Protocol):
     def job(self, problem: str, point: GridPoint) -> BatchJob:
         options = generation_options(self.ctx.cfg, point.workers, point.layout)
-        fmt = prompt_format(self.ctx, point.workers, point.layout, step_labels=self.ctx.cfg.generation.step_labels)
+        g = self.ctx.cfg.generation
+        fmt = prompt_format(self.ctx, point.workers, point.layout, step_labels=g.step_labels, greeting=g.greeting)
         return generation_job(generator(self.ctx, options, fmt), problem, lambda r: outcomes(r, self.ctx.tokenizer))
 
 

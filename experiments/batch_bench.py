@@ -1,0 +1,212 @@
+"""Sweep throughput: many Hogwild! generations per forward (`ContinuousBatcher`) vs one at a time.
+
+The random-weight Qwen2-7B shape of the decode bench, bf16, on one GPU. P generations ("problems", each a
+random ~512-token prompt) x N workers, ``--budget`` tokens per worker, combined layout, steps of 64 tokens
+(a random model never writes the sentence-then-paragraph boundary), collaboration prompt every 256 tokens.
+For each worker count it measures generated tokens/s and wall time of:
+  (a) today's one-at-a-time path (one generation in flight, its decode steps replayed from CUDA graphs),
+  (b) the batcher at each ``--rows`` (eager Triton steps; "+graphs": replayed from graphs re-captured
+      whenever the batch changes),
+  (c) plain HF ``generate`` at the same number of rows (single-thread decoding, no Hogwild!, sampling),
+  (d) the roofline: rows per step / ((weight bytes + every row's unique KV bytes at the mean context) /
+      copy bandwidth), with the bandwidth measured in the same run.
+
+    python experiments/batch_bench.py --out experiments/results/batch_bench_h100.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from hogwild_bench.bench import build_model, copy_bandwidth  # noqa: E402
+from hogwild_bench.engine import GenerationOptions, HogwildGenerator, HogwildLM, SamplingParams  # noqa: E402
+from hogwild_bench.engine.batch import BatchJob, ContinuousBatcher  # noqa: E402
+from hogwild_bench.tiny import tiny_tokenizer  # noqa: E402
+
+WORDS = "the of and to in is was for on that with as by at from it an be this which or are".split()
+
+
+def prompts(count: int, tokens: int, tokenizer, seed: int = 0) -> list[str]:
+    rng = random.Random(seed)
+    out = []
+    for _ in range(count):
+        text = ""
+        while len(tokenizer.encode(text)) < tokens:
+            text += " ".join(rng.choice(WORDS) for _ in range(32)) + ". "
+        out.append(text)
+    return out
+
+
+def jobs(lm, tokenizer, problems: list[str], n: int, budget: int) -> list[BatchJob]:
+    vocab = lm.model.config.vocab_size
+    out = []
+    for index, problem in enumerate(problems):
+        options = GenerationOptions(
+            n_workers=n,
+            layout="combined",
+            budgets=[budget],
+            collab_interval=256,
+            early_stop=False,
+            worker_eos="forbid",  # a random model samples end-of-turn tokens: keep every worker writing
+            sampling=SamplingParams(
+                temperature=1.0, seed=index, forbidden_token_ids=tuple(range(len(tokenizer), vocab))
+            ),
+        )
+        gen = HogwildGenerator(lm, tokenizer, options, boundary=lambda step: len(step) >= 64)
+        out.append(
+            BatchJob(index, lambda cache, g=gen, p=problem: g.steps(cache, p), n, gen.worst_case_tokens(problem))
+        )
+    return out
+
+
+def run_batched(lm, job_list, max_rows: int, max_jobs: int | None, graphs: bool) -> dict:
+    forwards = []
+    batcher = ContinuousBatcher(
+        lm, max_rows=max_rows, max_jobs=max_jobs, cuda_graphs=graphs, on_step=lambda rows, s: forwards.append(rows)
+    )
+    torch.cuda.synchronize()
+    start = time.perf_counter()
+    finished = list(batcher.run(job_list))
+    torch.cuda.synchronize()
+    wall = time.perf_counter() - start
+    errors = [str(f.error) for f in finished if not f.ok]
+    if errors:
+        raise RuntimeError(f"{len(errors)} generations failed: {errors[0]}")
+    tokens = sum(f.result.snapshots[max(f.result.snapshots)].total_tokens for f in finished)
+    peak = max(f.cost.peak_kv_bytes for f in finished)
+    del batcher
+    torch.cuda.empty_cache()
+    return {
+        "generations": len(finished),
+        "tokens": tokens,
+        "wall_seconds": round(wall, 2),
+        "tokens_per_second": round(tokens / wall, 1),
+        "forwards": len(forwards),
+        "mean_rows_per_forward": round(sum(forwards) / len(forwards), 1),
+        "peak_kv_bytes_per_generation": peak,
+    }
+
+
+def run_hf(model, tokenizer, problems: list[str], budget: int) -> dict:
+    """Plain HF sampling of ``len(problems)`` rows for ``budget`` new tokens each (no EOS stop)."""
+    previous = model.config._attn_implementation
+    model.set_attn_implementation("sdpa")
+    try:
+        ids = [tokenizer.encode(p) for p in problems]
+        width = max(map(len, ids))
+        input_ids = torch.tensor([[0] * (width - len(x)) + x for x in ids], device="cuda")
+        mask = torch.tensor([[0] * (width - len(x)) + [1] * len(x) for x in ids], device="cuda")
+        from torch.nn.attention import SDPBackend, sdpa_kernel
+
+        torch.cuda.synchronize()
+        start = time.perf_counter()
+        with sdpa_kernel([SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION]), torch.inference_mode():
+            out = model.generate(
+                input_ids=input_ids,
+                attention_mask=mask,
+                max_new_tokens=budget,
+                min_new_tokens=budget,
+                do_sample=True,
+                temperature=1.0,
+                top_p=1.0,
+                top_k=0,
+                pad_token_id=0,
+            )
+        torch.cuda.synchronize()
+        wall = time.perf_counter() - start
+    finally:
+        model.set_attn_implementation(previous)
+    tokens = (out.shape[1] - width) * out.shape[0]
+    torch.cuda.empty_cache()
+    return {
+        "rows": len(problems),
+        "tokens": tokens,
+        "wall_seconds": round(wall, 2),
+        "tokens_per_second": round(tokens / wall, 1),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", required=True)
+    parser.add_argument("--workers", type=int, nargs="+", default=[2, 4])
+    parser.add_argument("--rows", type=int, nargs="+", default=[16, 32, 64, 128])
+    parser.add_argument("--budget", type=int, default=1024)
+    parser.add_argument("--prompt-tokens", type=int, default=512)
+    parser.add_argument("--alone", type=int, default=2, help="generations timed one at a time (a)")
+    parser.add_argument("--graph-rows", type=int, nargs="*", default=[64])
+    parser.add_argument("--layers", type=int, default=None)
+    parser.add_argument("--skip-hf", action="store_true")
+    args = parser.parse_args()
+    gpu = torch.cuda.get_device_name()
+    model = build_model(args.layers)
+    tokenizer = tiny_tokenizer("qwen")
+    lm = HogwildLM(model, cuda_graphs=True)
+    embed = model.get_input_embeddings().weight
+    weight_bytes = sum(p.numel() * p.element_size() for p in model.parameters()) - embed.numel() * embed.element_size()
+    bandwidth = copy_bandwidth()
+    kvb = lm.kv_bytes_per_token
+    print(f"{gpu}: weights {weight_bytes / 1e9:.2f} GB, copy bandwidth {bandwidth / 1e12:.2f} TB/s", flush=True)
+    out = Path(args.out)
+    result = {
+        "gpu": gpu,
+        "bandwidth_bytes_per_s": bandwidth,
+        "weight_bytes": weight_bytes,
+        "budget": args.budget,
+        "prompt_tokens": args.prompt_tokens,
+        "command": " ".join(sys.argv),
+        "points": [],
+    }
+
+    def save(point):
+        result["points"].append(point)
+        print(json.dumps(point), flush=True)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(result, indent=1))
+
+    warm = jobs(lm, tokenizer, prompts(2, 64, tokenizer, seed=99), 2, 32)
+    run_batched(lm, warm, 64, None, False)  # compile the kernels once
+    for n in args.workers:
+        alone = run_batched(
+            lm,
+            jobs(lm, tokenizer, prompts(args.alone, args.prompt_tokens, tokenizer), n, args.budget),
+            max_rows=n,
+            max_jobs=1,
+            graphs=True,
+        )
+        save({"method": "one_at_a_time", "workers": n, "rows": n, **alone})
+        for rows in args.rows:
+            count = rows // n
+            problems = prompts(count, args.prompt_tokens, tokenizer)
+            mean_context = args.prompt_tokens + n * (args.budget // 2)
+            floor = (weight_bytes + count * mean_context * kvb) / bandwidth
+            roofline = rows / floor
+            for graphs in (False, True) if rows in args.graph_rows else (False,):
+                batched = run_batched(lm, jobs(lm, tokenizer, problems, n, args.budget), rows, None, graphs)
+                point = {
+                    "method": "batched+graphs" if graphs else "batched",
+                    "workers": n,
+                    "rows": rows,
+                    **batched,
+                    "roofline_tokens_per_second": round(roofline, 1),
+                    "fraction_of_roofline": round(batched["tokens_per_second"] / roofline, 3),
+                    "speedup_vs_one_at_a_time": round(batched["tokens_per_second"] / alone["tokens_per_second"], 2),
+                }
+                save(point)
+            if not args.skip_hf and n == args.workers[0]:  # HF decoding has no workers: once per row count
+                hf = run_hf(model, tokenizer, prompts(rows, args.prompt_tokens, tokenizer), args.budget)
+                save({"method": "hf_generate", "workers": 1, **hf})
+
+
+if __name__ == "__main__":
+    main()
