@@ -110,6 +110,7 @@ def scored_record(cfg: RunConfig, problem: Problem, point: GridPoint, outcome: B
         "parts_correct": score.parts_correct or None,
         "partial": score.partial,
         "scoring_error": score.error,
+        "scoring_timeout": score.timed_out,
         **repetition(texts),
         **outcome.extra,
     }

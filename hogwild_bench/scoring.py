@@ -14,6 +14,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from math_verify import parse, verify
+from math_verify.errors import TimeoutException
 
 from hogwild_bench.answers import is_placeholder, last_boxed, top_level_boxed
 
@@ -27,12 +28,17 @@ class Score:
     parts_correct: list[bool] = field(default_factory=list)  # multi-problem tasks: each part's verdict
 
     @property
+    def timed_out(self) -> bool:
+        """math-verify hit ``timeout_seconds`` (the verdict is False because of it, not because it is wrong)."""
+        return bool(self.error) and "TimeoutException" in self.error
+
+    @property
     def partial(self) -> float | None:
         return sum(self.parts_correct) / len(self.parts_correct) if self.parts_correct else None
 
 
 def _parse_boxed(content: str, timeout: int):
-    return parse("\\boxed{" + content + "}", parsing_timeout=timeout)
+    return parse("\\boxed{" + content + "}", parsing_timeout=timeout, raise_on_error=True)
 
 
 def _verify(predicted, gold: str, timeout: int) -> bool:
@@ -41,7 +47,7 @@ def _verify(predicted, gold: str, timeout: int) -> bool:
         predicted = _parse_boxed(predicted, timeout)
     gold_box = last_boxed(gold)
     expected = _parse_boxed(gold_box if gold_box is not None else gold, timeout)
-    return bool(predicted and expected and verify(expected, predicted, timeout_seconds=timeout))
+    return bool(predicted and expected and verify(expected, predicted, timeout_seconds=timeout, raise_on_error=True))
 
 
 def score_answer(response: str, gold: str, timeout_seconds: int = 5) -> Score:
@@ -53,10 +59,10 @@ def score_answer(response: str, gold: str, timeout_seconds: int = 5) -> Score:
     try:
         if boxed is not None:
             return Score(boxed, _verify(boxed, gold, timeout_seconds))
-        predicted = parse(response[-4000:], parsing_timeout=timeout_seconds)
+        predicted = parse(response[-4000:], parsing_timeout=timeout_seconds, raise_on_error=True)
         extracted = predicted[1] if len(predicted) > 1 else None
         return Score(extracted, _verify(predicted, gold, timeout_seconds))
-    except Exception as error:  # math-verify raises on timeouts and odd input; a wrong answer, not a crash
+    except (Exception, TimeoutException) as error:  # timeouts and odd input: a wrong answer, recorded as such
         return Score(boxed, False, error=f"{type(error).__name__}: {str(error)[:200]}")
 
 
@@ -70,7 +76,7 @@ def score_parts(response: str, golds: Sequence[str], timeout_seconds: int = 5) -
             continue
         try:
             verdicts.append(_verify(answers[i], gold, timeout_seconds))
-        except Exception as error:
+        except (Exception, TimeoutException) as error:
             verdicts.append(False)
             errors.append(f"part {i + 1}: {type(error).__name__}: {str(error)[:100]}")
     return Score(

@@ -34,7 +34,21 @@ def test_extracted_answer_is_the_last_box():
 
 def test_pathological_expression_is_bounded_and_wrong_not_a_crash():
     score = score_answer("\\boxed{" + "9^" * 40 + "9}", "1", timeout_seconds=1)
-    assert score.correct is False
+    assert score.correct is False and score.timed_out
+
+
+def test_a_scoring_timeout_is_recorded_as_a_timeout_not_as_a_wrong_answer(monkeypatch):
+    from math_verify.errors import TimeoutException
+
+    import hogwild_bench.scoring as scoring
+
+    def slow(*args, **kwargs):
+        raise TimeoutException("Timeout during comparison")
+
+    monkeypatch.setattr(scoring, "verify", slow)
+    score = score_answer("\\boxed{2}", "2", timeout_seconds=1)
+    assert score.correct is False and score.timed_out and "TimeoutException" in score.error
+    assert not score_answer("\\boxed{", "2").timed_out
 
 
 def test_box_extraction_is_linear_on_pathological_responses():
