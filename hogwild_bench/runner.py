@@ -17,6 +17,7 @@ from pathlib import Path
 from omegaconf import OmegaConf
 from tqdm.auto import tqdm
 
+from hogwild_bench.collaboration import collaboration_metrics
 from hogwild_bench.config import Attention, ConfigError, ProtocolName, RunConfig, validate
 from hogwild_bench.engine import HogwildLM
 from hogwild_bench.engine.batch import ContinuousBatcher, Finished, JobCost
@@ -96,6 +97,15 @@ def scored_record(cfg: RunConfig, problem: Problem, point: GridPoint, outcome: B
     else:
         score = score_answer(outcome.response, problem.answer, cfg.scoring.timeout_seconds)
     texts = outcome.extra.get("worker_texts") or [outcome.response]
+    collaboration = {}
+    if outcome.transcript is not None:
+        collaboration = collaboration_metrics(
+            outcome.transcript,
+            answer=score.extracted,
+            finisher_answered=outcome.extra.get("finisher_answer") is not None,
+            end_step=outcome.tokens_per_worker,
+            worker_ends=outcome.extra.get("worker_ends") or (),
+        )
     return {
         **_base_record(cfg, problem, point, outcome.budget, digest),
         "status": "ok",
@@ -113,6 +123,7 @@ def scored_record(cfg: RunConfig, problem: Problem, point: GridPoint, outcome: B
         "scoring_timeout": score.timed_out,
         **repetition(texts),
         **outcome.extra,
+        **collaboration,
     }
 
 
@@ -227,10 +238,23 @@ def _run_todo(cfg: RunConfig, store: ResultStore, todo: list, run_dir: Path, dig
                                    "extracted_answer", "gold_answer", "correct")}
             for r in records if r.get("status") == "ok"
         ][: cfg.logger.transcripts]  # fmt: skip
-        tracker.log_summary(accuracy_curves(records), transcripts)
+        tracker.log_summary(accuracy_curves(records), transcripts, collaboration_cells(records))
     finally:
         bar.close()
         tracker.finish()
+
+
+def collaboration_cells(records: list[dict]) -> list[dict]:
+    """Per (protocol, workers, layout, budget) means of the collaboration metrics (W&B summary table)."""
+    import pandas as pd
+
+    from hogwild_bench.analysis.collaboration import collaboration
+
+    rows = [r for r in records if r.get("status") == "ok" and "redundancy" in r]
+    if not rows:
+        return []
+    table = collaboration(pd.DataFrame(rows))
+    return [{k: (None if pd.isna(v) else v) for k, v in row.items()} for row in table.to_dict("records")]
 
 
 class Throughput:

@@ -21,7 +21,9 @@ class Tracker:
     ) -> None:
         pass
 
-    def log_summary(self, curves: dict[str, list[tuple[int, float]]], transcripts: list[dict]) -> None:
+    def log_summary(
+        self, curves: dict[str, list[tuple[int, float]]], transcripts: list[dict], cells: list[dict] | None = None
+    ) -> None:
         pass
 
     def finish(self) -> None:
@@ -76,7 +78,11 @@ class WandbTracker(Tracker):
             payload["progress/generated_tokens_per_second"] = tokens_per_second
         self._guard("log", lambda: self.run.log(payload))
 
-    def log_summary(self, curves: dict[str, list[tuple[int, float]]], transcripts: list[dict]) -> None:
+    def log_summary(
+        self, curves: dict[str, list[tuple[int, float]]], transcripts: list[dict], cells: list[dict] | None = None
+    ) -> None:
+        """Accuracy curves, sample transcripts and (``cells``) the collaboration metrics' means per cell."""
+
         def send():
             import wandb
 
@@ -92,6 +98,10 @@ class WandbTracker(Tracker):
                     table.add_data(label, budget, acc)
             self.run.log({"accuracy_vs_tokens": wandb.plot.line(table, "budget", "accuracy", stroke="point",
                                                                  title="Accuracy vs tokens per worker")})  # fmt: skip
+            if cells:
+                columns = list(cells[0])
+                self.run.log({"collaboration": wandb.Table(columns=columns, data=[[c[k] for k in columns]
+                                                                                   for c in cells])})  # fmt: skip
             if transcripts:
                 columns = list(transcripts[0])
                 self.run.log({"transcripts": wandb.Table(columns=columns, data=[[t[c] for c in columns]

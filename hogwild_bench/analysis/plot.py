@@ -43,3 +43,29 @@ def plot_accuracy_vs_budget(
     fig.savefig(out, dpi=120)
     plt.close(fig)
     return out
+
+
+def plot_redundancy_vs_accuracy(
+    runs: pd.DataFrame | str | Path, out: str | Path, by: Sequence[str] = ("protocol", "workers", "layout")
+) -> Path:
+    """One point per ``by`` cell at its largest budget: mean redundancy (x) against accuracy (y)."""
+    from hogwild_bench.analysis.collaboration import collaboration
+
+    df = runs if isinstance(runs, pd.DataFrame) else load_runs(runs)
+    df = df[df["budget"] == df.groupby(list(by))["budget"].transform("max")]
+    table = collaboration(df, by=by).dropna(subset=["redundancy"])
+    fig, ax = plt.subplots(figsize=(6, 4.5))
+    for _, row in table.iterrows():
+        ax.scatter(row["redundancy"], row["accuracy"])
+        ax.annotate(" ".join(str(row[k]) for k in by), (row["redundancy"], row["accuracy"]), fontsize=7)
+    ax.set_xlabel("redundancy (share of 5-grams another worker wrote earlier)")
+    ax.set_ylabel("accuracy at the largest budget")
+    ax.set_xlim(-0.02, 1.02)
+    ax.set_ylim(-0.02, 1.02)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=120)
+    plt.close(fig)
+    return out

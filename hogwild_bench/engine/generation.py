@@ -92,6 +92,10 @@ class Snapshot:
     worker_responses: list[str] = field(default_factory=list)  # per_worker mode: each worker's own response
     answered_by: int | None = None  # the first worker whose text satisfied ``stop``
     worker_ends: list[tuple[str, int] | None] = field(default_factory=list)  # ("eos"|"answer", at token) or None
+    # per worker, aligned with worker_tokens: the decode step each token entered the cache at (0: before the
+    # first step), and whether the engine inserted it (step labels, collaboration prompts) rather than sampled it
+    worker_token_steps: list[list[int]] = field(default_factory=list)
+    worker_inserted: list[list[bool]] = field(default_factory=list)
 
     @property
     def total_tokens(self) -> int:
@@ -158,6 +162,8 @@ class LoopState:
     steps: list[int]
     since_collab: list[int]
     ends: list[tuple[str, int] | None]  # why and when each worker stopped writing
+    token_steps: list[list[int]] = field(default_factory=list)  # aligned with worker_tokens (see Snapshot)
+    inserted: list[list[bool]] = field(default_factory=list)
     answered_by: int | None = None
     sampled: int = 0
     finished: bool = False
@@ -268,6 +274,7 @@ class HogwildGenerator:
         state = LoopState(
             started=time.perf_counter(), worker_tokens=worker_tokens, step_tokens=[list(p) for p in pending],
             pending=pending, steps=[1] * n, since_collab=[0] * n, ends=[None] * n,
+            token_steps=[[0] * len(t) for t in worker_tokens], inserted=[[True] * len(t) for t in worker_tokens],
         )  # fmt: skip
         return prompt, state
 
@@ -322,6 +329,8 @@ class HogwildGenerator:
                 cache.commit(step_block(i), HISTORY)
             return
         state.worker_tokens[i].append(token)
+        state.token_steps[i].append(state.sampled)
+        state.inserted[i].append(False)
         state.step_tokens[i].append(token)
         state.since_collab[i] += 1
         state.pending[i] = [token]
@@ -337,6 +346,8 @@ class HogwildGenerator:
             extra = self.fmt.encode(start)
             state.pending[i] = [token, *extra]
             state.worker_tokens[i].extend(extra)
+            state.token_steps[i].extend([state.sampled] * len(extra))
+            state.inserted[i].extend([True] * len(extra))
             state.step_tokens[i] = list(state.pending[i])
             if self.layout.has_history and opts.header_prefill == "in_context":
                 yield from self._prefill_constants(cache)
@@ -373,6 +384,8 @@ class HogwildGenerator:
             finished_early=state.finished,
             blocks={name: list(block.token_ids) for name, block in cache.blocks.items() if name != FINISHER},
             worker_tokens=[list(t) for t in state.worker_tokens],
+            worker_token_steps=[list(t) for t in state.token_steps],
+            worker_inserted=[list(t) for t in state.inserted],
             steps_per_worker=list(state.steps),
             response=response,
             answer=answer,

@@ -34,6 +34,7 @@ class BudgetOutcome:
     response: str
     finished_early: bool
     extra: dict = field(default_factory=dict)
+    transcript: list | None = None  # per worker `collaboration.Piece`s: the runner derives the collaboration metrics
 
 
 @dataclass

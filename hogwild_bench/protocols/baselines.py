@@ -21,6 +21,8 @@ from hogwild_bench.protocols.hogwild import (
     generation_options,
     generator,
     prompt_format,
+    transcript,
+    work_split,
 )
 from hogwild_bench.voting import majority_vote
 
@@ -55,7 +57,9 @@ class IndependentProtocol(Protocol):
                         "vote_counts": vote.counts,
                         "worker_texts": texts,
                         "worker_ends": snap.worker_ends,
+                        **work_split(snap),
                     },  # fmt: skip
+                    transcript=transcript(snap, self.ctx.tokenizer),
                 )
             )
         return outcomes

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from hogwild_bench.answers import BOXED_FINISHER, stop_on_boxed
+from hogwild_bench.collaboration import transcript_of
 from hogwild_bench.engine import Combined, GenerationOptions, HogwildGenerator, PromptFormat, SamplingParams, get_layout
 from hogwild_bench.engine.batch import BatchJob
 from hogwild_bench.protocols.base import BudgetOutcome, GridPoint, Protocol, register_protocol
@@ -51,6 +52,14 @@ def prompt_format(ctx, workers: int, layout: str, **overrides) -> PromptFormat:
     )
 
 
+def transcript(snap, tokenizer) -> list:
+    return transcript_of(snap.worker_tokens, snap.worker_token_steps, snap.worker_inserted, tokenizer)
+
+
+def work_split(snap) -> dict:
+    return {"worker_written_tokens": [flags.count(False) for flags in snap.worker_inserted]}
+
+
 def outcomes(result, tokenizer) -> list[BudgetOutcome]:
     return [
         BudgetOutcome(
@@ -66,7 +75,9 @@ def outcomes(result, tokenizer) -> list[BudgetOutcome]:
                 "answered_by": snap.answered_by,
                 "worker_ends": snap.worker_ends,
                 "worker_texts": [tokenizer.decode(t) for t in snap.worker_tokens],
+                **work_split(snap),
             },
+            transcript=transcript(snap, tokenizer),
         )
         for budget, snap in sorted(result.snapshots.items())
     ]
