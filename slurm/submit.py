@@ -30,7 +30,7 @@ def sweep_points(overrides: list[str]) -> list[list[str]]:
     from hogwild_bench.config import register_configs, validate
 
     register_configs()
-    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+    with initialize_config_dir(config_dir=str(ROOT / "hogwild_bench" / "conf"), version_base="1.3"):
         cfg = compose("config", overrides=overrides, return_hydra_config=True)
         pinned = {o.split("=", 1)[0].lstrip("+~") for o in overrides if "=" in o}
         params = {k: str(v).split(",") for k, v in (cfg.hydra.sweeper.params or {}).items() if k not in pinned}
@@ -43,7 +43,9 @@ def sweep_points(overrides: list[str]) -> list[list[str]]:
     return points
 
 
-def sbatch_commands(overrides: list[str], shards: int, partition: str | None, runs: str | None) -> list[list[str]]:
+def sbatch_commands(
+    overrides: list[str], shards: int, partition: str | None, runs: str | None, extra: list[str] = ()
+) -> list[list[str]]:
     commands = []
     for point in sweep_points(overrides):
         name = "hogwild-" + "-".join(p.split("=", 1)[1] for p in point) if point else "hogwild"
@@ -51,6 +53,7 @@ def sbatch_commands(overrides: list[str], shards: int, partition: str | None, ru
         command = ["sbatch", f"--array=0-{shards - 1}", f"--job-name={name}", f"--export={export}"]
         if partition:
             command.append(f"--partition={partition}")
+        command += list(extra)
         commands.append([*command, str(SBATCH_SCRIPT.relative_to(ROOT)), *overrides, *point])
     return commands
 
@@ -61,13 +64,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--partition", default=None)
     parser.add_argument("--runs", default=None, help="shared results root (HOGWILD_RUNS); default: runs/")
     parser.add_argument("--dry-run", action="store_true", help="print the sbatch commands, submit nothing")
+    parser.add_argument("--sbatch", action="append", default=[], metavar="OPTION",
+                        help="extra sbatch option, repeatable (e.g. --sbatch=--gpus-per-task=0)")  # fmt: skip
     args, overrides = parser.parse_known_args(argv)
     if args.shards < 1:
         parser.error(f"--shards must be >= 1, got {args.shards}")
     unknown = [o for o in overrides if o.startswith("--")]
     if unknown:
         parser.error(f"unknown options {unknown}; Hydra overrides look like key=value or +exp=name")
-    commands = sbatch_commands(overrides, args.shards, args.partition, args.runs)
+    commands = sbatch_commands(overrides, args.shards, args.partition, args.runs, args.sbatch)
     for command in commands:
         print(shlex.join(command))
     if args.dry_run:
@@ -76,7 +81,11 @@ def main(argv: list[str] | None = None) -> int:
         print("sbatch not found: run on a SLURM login node, or use --dry-run", file=sys.stderr)
         return 1
     for command in commands:
-        subprocess.run(command, check=True, cwd=ROOT)
+        result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True)
+        if result.returncode != 0:
+            print(f"sbatch refused the job: {result.stderr.strip()}", file=sys.stderr)
+            return result.returncode
+        print(result.stdout.strip())  # "Submitted batch job <id>"
     return 0
 
 
