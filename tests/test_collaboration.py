@@ -126,3 +126,56 @@ def test_the_engines_inserted_collaboration_prompts_are_found_in_its_transcript(
     assert inserted > 0 and len(checks) == inserted
     assert {c["worker"] for c in checks} == {0, 1} and all(0 < c["step"] <= 24 for c in checks)
     assert [flags.count(False) for flags in snap.worker_inserted] == [24, 24]  # one sampled token per step
+
+
+class ScriptedLM:
+    """Writes a fixed token script per worker, whatever it reads: one script token per forward of a worker."""
+
+    def __init__(self, scripts, vocab_size):
+        self.scripts, self.vocab_size, self.written = scripts, vocab_size, [0] * len(scripts)
+
+    def new_cache(self):
+        from hogwild_bench.engine import HogwildCache
+
+        return HogwildCache(1, rope=None)
+
+    def forward(self, cache, writes, **kwargs):
+        import torch
+
+        cache.begin_forward([w.view for w in writes], [w.tokens for w in writes])
+        cache.end_forward(True)
+        logits = torch.zeros(len(writes), self.vocab_size)
+        for row, w in enumerate(writes):
+            if w.view[-1].startswith("step"):
+                i = int(w.view[-1][4:])
+                script = self.scripts[i]
+                logits[row, script[min(self.written[i], len(script) - 1)]] = 1.0
+                self.written[i] += 1
+        return logits
+
+
+def test_on_one_token_script_hogwild_and_independent_workers_get_the_same_redundancy(tokenizer):
+    """Redundancy measures what was written and when, not what was visible: on the same script, workers that
+    shared a cache and workers that did not score the same, so `independent` is the chance-overlap baseline."""
+    from hogwild_bench.engine import GenerationOptions, HogwildGenerator, Isolated, PromptFormat
+
+    words = tokenizer.encode(" one two three four five six seven eight", add_special_tokens=False)
+    filler = tokenizer.encode(" zero zero zero", add_special_tokens=False)
+    scripts = [words + filler * 4, filler + words + filler]  # worker 1 repeats worker 0, later
+    steps = len(scripts[0])
+    metrics = {}
+    for name, layout, extra in (
+        ("hogwild", "combined", {}),
+        ("independent", Isolated(), dict(first_steps=["", ""], per_worker=True)),
+    ):
+        options = GenerationOptions(n_workers=2, layout=layout, budgets=(steps,), early_stop=False,
+                                    collab_interval=None, **extra)  # fmt: skip
+        fmt = PromptFormat(tokenizer, 2 if name == "hogwild" else 1, layout="combined" if name == "hogwild" else
+                           "contiguous", step_labels=name == "hogwild")  # fmt: skip
+        lm = ScriptedLM(scripts, len(tokenizer))
+        gen = HogwildGenerator(lm, tokenizer, options, prompt_format=fmt, boundary=lambda step: False)
+        snap = gen.generate("2+2?").snapshots[steps]
+        pieces = transcript_of(snap.worker_tokens, snap.worker_token_steps, snap.worker_inserted, tokenizer)
+        metrics[name] = collaboration_metrics(pieces, end_step=steps)
+    assert metrics["hogwild"]["redundancy_matrix"] == metrics["independent"]["redundancy_matrix"]
+    assert metrics["hogwild"]["redundancy_matrix"][1][0] > 0.5 and metrics["hogwild"]["redundancy_matrix"][0][1] < 0.2
