@@ -28,8 +28,8 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from hogwild_bench.bench import build_model, copy_bandwidth  # noqa: E402
-from hogwild_bench.engine import GenerationOptions, HogwildGenerator, HogwildLM, SamplingParams  # noqa: E402
+from hogwild_bench.bench import build_model, copy_bandwidth, random_model_options  # noqa: E402
+from hogwild_bench.engine import HogwildGenerator, HogwildLM  # noqa: E402
 from hogwild_bench.engine.batch import BatchJob, ContinuousBatcher  # noqa: E402
 from hogwild_bench.tiny import tiny_tokenizer  # noqa: E402
 
@@ -48,20 +48,9 @@ def prompts(count: int, tokens: int, tokenizer, seed: int = 0) -> list[str]:
 
 
 def jobs(lm, tokenizer, problems: list[str], n: int, budget: int) -> list[BatchJob]:
-    vocab = lm.model.config.vocab_size
     out = []
     for index, problem in enumerate(problems):
-        options = GenerationOptions(
-            n_workers=n,
-            layout="combined",
-            budgets=[budget],
-            collab_interval=256,
-            early_stop=False,
-            worker_eos="forbid",  # a random model samples end-of-turn tokens: keep every worker writing
-            sampling=SamplingParams(
-                temperature=1.0, seed=index, forbidden_token_ids=tuple(range(len(tokenizer), vocab))
-            ),
-        )
+        options = random_model_options(lm, tokenizer, n, budget, collab_interval=256, seed=index)
         gen = HogwildGenerator(lm, tokenizer, options, boundary=lambda step: len(step) >= 64)
         out.append(
             BatchJob(index, lambda cache, g=gen, p=problem: g.steps(cache, p), n, gen.worst_case_tokens(problem))

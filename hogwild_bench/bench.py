@@ -153,16 +153,27 @@ def hf_step_ms(model, n, context, model_shape, warmup, steps) -> float:
     return ms
 
 
-def end_to_end(lm, tokenizer, attention, n, budget) -> dict:
-    vocab = lm.model.config.vocab_size
-    options = GenerationOptions(
+def random_model_options(lm, tokenizer, n: int, budget: int, collab_interval: int, seed: int = 0) -> GenerationOptions:
+    """Generation settings for timing a random-weight model: sampled, combined layout, never stopping early.
+
+    Ids past the tokenizer's vocabulary are forbidden (they do not decode), and so are end-of-turn tokens
+    (``worker_eos="forbid"``): a random model samples them, and a worker that ends its turn early would
+    shrink the work being timed."""
+    return GenerationOptions(
         n_workers=n,
         layout="combined",
         budgets=[budget],
-        collab_interval=128,
+        collab_interval=collab_interval,
         early_stop=False,
-        sampling=SamplingParams(temperature=1.0, seed=0, forbidden_token_ids=tuple(range(len(tokenizer), vocab))),
+        worker_eos="forbid",
+        sampling=SamplingParams(
+            temperature=1.0, seed=seed, forbidden_token_ids=tuple(range(len(tokenizer), lm.model.config.vocab_size))
+        ),
     )
+
+
+def end_to_end(lm, tokenizer, attention, n, budget) -> dict:
+    options = random_model_options(lm, tokenizer, n, budget, collab_interval=128)
     lm.attention = attention
     generator = HogwildGenerator(lm, tokenizer, options, boundary=lambda step: len(step) >= 48)
     torch.cuda.synchronize()

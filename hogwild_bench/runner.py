@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import time
 import traceback
+from collections import deque
 from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
@@ -261,19 +262,21 @@ class Throughput:
     """Rows per forward and generated tokens per second over the batch's recent forwards (progress bar)."""
 
     def __init__(self, window: float = 10.0):
-        self.window, self.events, self.rows = window, [], 0
+        self.window, self.events, self.rows = window, deque(), 0
 
     def __call__(self, rows: int, seconds: float) -> None:
         now = time.perf_counter()
         self.rows = rows
-        self.events = [(t, r) for t, r in self.events if now - t < self.window] + [(now, rows)]
+        self.events.append((now, rows))
+        while now - self.events[0][0] >= self.window:
+            self.events.popleft()
 
     @property
     def tokens_per_second(self) -> float:
         if len(self.events) < 2:
             return 0.0
         span = self.events[-1][0] - self.events[0][0]
-        return sum(r for _, r in self.events[1:]) / span if span > 0 else 0.0
+        return (sum(r for _, r in self.events) - self.events[0][1]) / span if span > 0 else 0.0
 
 
 def protocol_batchable(cfg: RunConfig) -> bool:

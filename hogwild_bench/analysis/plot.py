@@ -15,6 +15,19 @@ from hogwild_bench.analysis.accuracy import accuracy_vs_budget  # noqa: E402
 from hogwild_bench.analysis.load import load_runs  # noqa: E402
 
 
+def _frame(runs: pd.DataFrame | str | Path) -> pd.DataFrame:
+    return runs if isinstance(runs, pd.DataFrame) else load_runs(runs)
+
+
+def _save(fig, out: str | Path) -> Path:
+    fig.tight_layout()
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=120)
+    plt.close(fig)
+    return out
+
+
 def plot_accuracy_vs_budget(
     runs: pd.DataFrame | str | Path,
     out: str | Path,
@@ -22,7 +35,7 @@ def plot_accuracy_vs_budget(
     title: str = "Accuracy vs tokens per worker",
 ) -> Path:
     """One line per ``by`` group with a 95% band; x is the token budget per worker (log2 scale)."""
-    df = runs if isinstance(runs, pd.DataFrame) else load_runs(runs)
+    df = _frame(runs)
     table = accuracy_vs_budget(df, by=by)
     fig, ax = plt.subplots(figsize=(7, 4.5))
     for key, group in table.groupby(list(by)):
@@ -37,12 +50,7 @@ def plot_accuracy_vs_budget(
     ax.set_title(title)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7, loc="best")
-    fig.tight_layout()
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=120)
-    plt.close(fig)
-    return out
+    return _save(fig, out)
 
 
 def plot_redundancy_vs_accuracy(
@@ -51,7 +59,7 @@ def plot_redundancy_vs_accuracy(
     """One point per ``by`` cell at its largest budget: mean redundancy (x) against accuracy (y)."""
     from hogwild_bench.analysis.collaboration import collaboration
 
-    df = runs if isinstance(runs, pd.DataFrame) else load_runs(runs)
+    df = _frame(runs)
     df = df[df["budget"] == df.groupby(list(by))["budget"].transform("max")]
     table = collaboration(df, by=by).dropna(subset=["redundancy"])
     fig, ax = plt.subplots(figsize=(6, 4.5))
@@ -63,9 +71,4 @@ def plot_redundancy_vs_accuracy(
     ax.set_xlim(-0.02, 1.02)
     ax.set_ylim(-0.02, 1.02)
     ax.grid(alpha=0.3)
-    fig.tight_layout()
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=120)
-    plt.close(fig)
-    return out
+    return _save(fig, out)
