@@ -64,7 +64,7 @@ def wait_running_with_records(env, job: str, run_dir_glob: Path, timeout: float 
         files = list(run_dir_glob.parent.glob(f"{run_dir_glob.name}/records*.jsonl"))
         if files and any(f.stat().st_size > 0 for f in files):
             return
-        time.sleep(0.5)
+        time.sleep(0.2)
     raise AssertionError(f"job {job} stored nothing in {timeout} s")
 
 
@@ -93,7 +93,9 @@ def test_a_two_shard_demo_array_fills_one_run_directory_without_gaps_or_duplicat
 
 @pytest.mark.parametrize("interrupt", ["requeue", "kill_and_resubmit"])
 def test_an_interrupted_task_resumes_and_loses_or_repeats_nothing(cluster, tmp_path, interrupt):
-    overrides = [*SMALL, "dataset.limit=4", "generation.budgets=[16,96]", "grid.workers=[1,2]"]
+    # one generation at a time: batched, all eight generations finish (and store) together, so a kill after
+    # the first record would land after the last one
+    overrides = [*SMALL, "dataset.limit=4", "generation.budgets=[16,128]", "grid.workers=[1,2]", "batch.enabled=false"]
     job = submit(cluster, tmp_path, tmp_path / "runs", *overrides)
     wait_running_with_records(cluster, job, tmp_path / "runs" / "default-*")
     if interrupt == "requeue":
