@@ -125,6 +125,42 @@ def run_hf(model, tokenizer, problems: list[str], budget: int) -> dict:
     }
 
 
+def profile_batched(lm, tokenizer, args, name: str) -> dict:
+    """Where a batched forward's time goes: torch.profiler over a short run of ``--profile`` rows (N=2)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    job_list = jobs(lm, tokenizer, prompts(args.profile // 2, args.prompt_tokens, tokenizer, seed=7), 2, 96)
+    forwards = []
+    batcher = ContinuousBatcher(lm, max_rows=args.profile, on_step=lambda rows, s: forwards.append((rows, s)))
+    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+        torch.cuda.synchronize()
+        start = time.perf_counter()
+        for _ in batcher.run(job_list):
+            pass
+        torch.cuda.synchronize()
+        wall = time.perf_counter() - start
+    events = prof.key_averages()
+    top = sorted(events, key=lambda e: e.self_cpu_time_total, reverse=True)[:25]
+    decode = [s for rows, s in forwards if rows > 1]
+    return {
+        "method": f"profile_{name}",
+        "rows": args.profile,
+        "wall_seconds": round(wall, 2),
+        "forwards": len(forwards),
+        "median_forward_ms": round(1000 * sorted(decode)[len(decode) // 2], 2) if decode else None,
+        "device_ms_total": round(sum(e.self_device_time_total for e in events) / 1000, 1),
+        "top_self_cpu": [
+            {
+                "name": e.key[:80],
+                "calls": e.count,
+                "self_cpu_ms": round(e.self_cpu_time_total / 1000, 1),
+                "device_ms": round(e.self_device_time_total / 1000, 1),
+            }
+            for e in top
+        ],  # fmt: skip
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", required=True)
@@ -134,6 +170,9 @@ def main() -> None:
     parser.add_argument("--prompt-tokens", type=int, default=512)
     parser.add_argument("--alone", type=int, default=2, help="generations timed one at a time (a)")
     parser.add_argument("--graph-rows", type=int, nargs="*", default=[64])
+    parser.add_argument("--compiled-rows", type=int, nargs="*", default=[64, 128],
+                        help="row counts also timed with the model compiled once with dynamic shapes")  # fmt: skip
+    parser.add_argument("--profile", type=int, default=0, help="rows of a short profiled batched run (0: none)")
     parser.add_argument("--layers", type=int, default=None)
     parser.add_argument("--skip-hf", action="store_true")
     args = parser.parse_args()
@@ -165,6 +204,16 @@ def main() -> None:
 
     warm = jobs(lm, tokenizer, prompts(2, 64, tokenizer, seed=99), 2, 32)
     run_batched(lm, warm, 64, None, False)  # compile the kernels once
+    compiled = None
+    if args.compiled_rows:
+        compiled = HogwildLM(model, cuda_graphs=False, compile_dynamic=True)
+        started = time.perf_counter()
+        run_batched(compiled, jobs(compiled, tokenizer, prompts(8, 64, tokenizer, seed=98), 2, 48), 16, None, False)
+        save({"method": "compile_dynamic_warmup", "wall_seconds": round(time.perf_counter() - started, 1)})
+    if args.profile:
+        for name, engine in (("eager", lm), ("compile_dynamic", compiled)):
+            if engine is not None:
+                save(profile_batched(engine, tokenizer, args, name))
     for n in args.workers:
         alone = run_batched(
             lm,
@@ -180,10 +229,15 @@ def main() -> None:
             mean_context = args.prompt_tokens + n * (args.budget // 2)
             floor = (weight_bytes + count * mean_context * kvb) / bandwidth
             roofline = rows / floor
-            for graphs in (False, True) if rows in args.graph_rows else (False,):
-                batched = run_batched(lm, jobs(lm, tokenizer, problems, n, args.budget), rows, None, graphs)
+            variants = [("batched", lm, False)]
+            if rows in args.graph_rows:
+                variants.append(("batched+graphs", lm, True))
+            if compiled is not None and rows in args.compiled_rows:
+                variants.append(("batched+compile_dynamic", compiled, False))
+            for method, engine, graphs in variants:
+                batched = run_batched(engine, jobs(engine, tokenizer, problems, n, args.budget), rows, None, graphs)
                 point = {
-                    "method": "batched+graphs" if graphs else "batched",
+                    "method": method,
                     "workers": n,
                     "rows": rows,
                     **batched,

@@ -93,6 +93,8 @@ def main() -> None:
     parser.add_argument("--variants", default=",".join(VARIANTS))
     parser.add_argument("--root", default="/tmp/ablation")
     parser.add_argument("--out", default="format_ablation.json")
+    parser.add_argument("--set", action="append", default=[], metavar="OVERRIDE",
+                        help="a speed-only override for every variant, e.g. batch.cuda_graphs=false")  # fmt: skip
     args = parser.parse_args()
     out = Path(args.out)
     rows = json.loads(out.read_text())["rows"] if out.exists() else []
@@ -104,7 +106,7 @@ def main() -> None:
                      f"generation.budgets=[{args.budgets}]", "generation.collab_interval=512",
                      f"store.root={args.root}", f"store.run_name=ablation-{name}", "progress=false", "plot=false",
                      "batch.max_rows=128", "batch.cuda_graphs=true", "model.compile=false",
-                     *VARIANTS[name]]  # fmt: skip
+                     *args.set, *VARIANTS[name]]  # fmt: skip
         with initialize_config_dir(config_dir=str(ROOT / "hogwild_bench" / "conf"), version_base="1.3"):
             cfg = compose("config", overrides=overrides)
         started = time.perf_counter()
@@ -112,7 +114,8 @@ def main() -> None:
         row = summarise(name, VARIANTS[name], run_dir_of(cfg), time.perf_counter() - started)
         rows = [r for r in rows if r["variant"] != name] + [row]
         out.write_text(json.dumps({"model": args.model, "dataset": args.dataset, "limit": args.limit,
-                                   "budgets": args.budgets, "rows": rows}, indent=1))  # fmt: skip
+                                   "budgets": args.budgets, "command": " ".join(sys.argv), "rows": rows},
+                                  indent=1))  # fmt: skip
         print(json.dumps({k: row[k] for k in ("variant", "n", "accuracy", "ci95", "degenerate", "seconds")}),
               flush=True)  # fmt: skip
 

@@ -199,7 +199,9 @@ def _run_todo(cfg: RunConfig, store: ResultStore, todo: list, run_dir: Path, dig
     model, tokenizer = load_model(cfg.model)
     devices = {p.device for p in model.parameters()}
     # torch.compile specialises on the batch size, which changes every few steps in a batched run: it would
-    # recompile until its limit and fall back to eager (measured: 5x slower than eager), so only unbatched runs
+    # recompile until its limit and fall back to eager (measured: 5x slower than eager), so only unbatched runs.
+    # (`HogwildLM(compile_dynamic=True)`, one compilation for every shape, is correct on CPU but not yet timed
+    # on a GPU: experiments/batch_bench.py --compiled-rows measures it.)
     compile = cfg.model.compile and len(devices) == 1 and next(iter(devices)).type == "cuda"
     compile = compile and not (cfg.batch.enabled and protocol_batchable(cfg))
     lm = HogwildLM(model, attention=_value(cfg.model.attention), cuda_graphs=cfg.model.cuda_graphs, compile=compile)

@@ -92,6 +92,27 @@ def test_batched_generations_equal_each_generation_run_alone(alone, tokenizer, m
     assert batcher.cache.blocks == {} and batcher.reserved_bytes == 0  # finished generations free everything
 
 
+def test_a_batched_run_through_one_dynamic_compilation_equals_each_generation_alone(alone, models, tokenizer):
+    """``compile_dynamic``: every forward (any rows, any tokens per row, prefills included) runs the one traced
+    graph; greedy tokens and snapshots stay those of each generation run alone without compilation."""
+    from torch._dynamo.utils import counters
+
+    from hogwild_bench.engine.compiled import CompiledDecoder
+
+    _, expected = alone
+    torch._dynamo.reset()
+    counters.clear()
+    lm = HogwildLM(models("qwen2"))
+    lm.decoder = CompiledDecoder(lm.model, backend="aot_eager", dynamic=True)  # traces as inductor would
+    finished = list(ContinuousBatcher(lm, max_rows=64).run(jobs_for(lm, tokenizer, range(len(MIXED)))))
+    assert [f.error for f in finished] == [None] * len(MIXED)
+    for f in finished:
+        assert comparable(f.result) == expected[f.key], f"generation {f.key} changed when compiled"
+    assert not counters["graph_break"]
+    # Dynamo specialises sizes of 1: at most one graph per (one row or more) x (one token per row or more)
+    assert counters["stats"]["unique_graphs"] <= 4, "a few dynamic graphs, not one per batch shape"
+
+
 def test_a_generation_that_fails_does_not_stop_the_others(alone, tokenizer):
     lm, expected = alone
 

@@ -135,3 +135,37 @@ def test_generation_with_triton_backend_matches_torch_backend(models, tokenizer)
     assert got_snap.worker_tokens == ref_snap.worker_tokens
     for a, b in zip(ref, got):
         torch.testing.assert_close(a.logits, b.logits, atol=2e-3 if ON_GPU else 1e-4, rtol=0)
+
+
+def test_one_append_launch_writes_each_rows_new_tokens_after_its_own_length_and_nothing_else():
+    """`HogwildCache.store_new` on the Triton path: the last ``n_new`` of each row's left-padded slots land at
+    its own block's length, in every layer, exactly where the per-row copies of the torch paths put them."""
+    from hogwild_bench.engine.cache import HogwildCache
+
+    device = "cuda" if ON_GPU else "cpu"
+    torch.manual_seed(0)
+    layers, kv_heads, dim, lengths, n_new = 2, 2, 16, (5, 0, 70), (1, 3, 2)
+    rope = RotaryShift(1.0 / (10000 ** (torch.arange(0, dim, 2).float() / dim)))
+    caches = {backend: HogwildCache(layers, rope, backend) for backend in ("query_rotation", "triton")}
+    for i, length in enumerate(lengths):
+        block = make_block(f"w{i}", max(length, 1), kv_heads, dim, torch.float32, device, layers)
+        block.truncate(length)
+        for cache in caches.values():
+            cache.blocks[f"w{i}"] = block.copy()  # storage of exactly `length` tokens: the forward grows it
+    new_k = torch.randn(layers, len(lengths), kv_heads, 3, dim, device=device)
+    new_v = torch.randn(layers, len(lengths), kv_heads, 3, dim, device=device)
+    for cache in caches.values():
+        cache.begin_forward([[f"w{i}"] for i in range(3)], [list(range(n)) for n in n_new])
+        for layer in range(layers):
+            cache.store_new(new_k[layer], new_v[layer], layer)
+        assert (("own_tables", torch.device(device)) in cache.forward_state) == (cache.attention == "triton")
+        cache.end_forward()
+    for i, (length, n) in enumerate(zip(lengths, n_new)):
+        torch_block, triton_block = caches["query_rotation"].blocks[f"w{i}"], caches["triton"].blocks[f"w{i}"]
+        assert triton_block.length == length + n
+        for layer in range(layers):
+            got = triton_block.layer_kv(layer)
+            torch.testing.assert_close(got[0][:, length:], new_k[layer, i, :, 3 - n :], rtol=0, atol=0)
+            torch.testing.assert_close(got[1][:, length:], new_v[layer, i, :, 3 - n :], rtol=0, atol=0)
+            for a, b in zip(got, torch_block.layer_kv(layer)):
+                torch.testing.assert_close(a, b, rtol=0, atol=0)

@@ -9,6 +9,8 @@ notebook's ``inference_mode`` cell can be extended outside it.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 
 from hogwild_bench.engine.rope import RotaryShift
@@ -22,6 +24,19 @@ def storage_tokens(tokens: int) -> int:
     while capacity < tokens:
         capacity *= 2
     return capacity
+
+
+@dataclass(frozen=True)
+class BlockAddresses:
+    """One block's storage as kernels see it: per layer, K and V base addresses and capacity (tokens)."""
+
+    keys: list[int]
+    values: list[int]
+    capacity: list[int]
+
+    @property
+    def min_capacity(self) -> int:
+        return min(self.capacity)
 
 
 class KVBlock:
@@ -42,6 +57,7 @@ class KVBlock:
         self.token_ids: list[int] = []
         self._pending_tokens: list[int] = []
         self.storage_version = 0  # bumped whenever any layer's storage is (re)allocated: addresses changed
+        self._addresses: tuple[int, BlockAddresses | None] | None = None
 
     def __repr__(self) -> str:
         return f"KVBlock({self.name!r}, length={self.length}, pending={self.pending})"
@@ -68,6 +84,20 @@ class KVBlock:
                 grown[:, : self.length] = store[layer][:, : self.length]
             store[layer] = grown
         self.storage_version += 1
+
+    def addresses(self) -> BlockAddresses | None:
+        """Every layer's K/V base address and capacity (None while a layer has no storage). Kernels are handed
+        these in tables; they are read once per storage version, not once per forward."""
+        if self._addresses is None or self._addresses[0] != self.storage_version:
+            found = None
+            if all(k is not None for k in self.keys):
+                found = BlockAddresses(
+                    keys=[k.data_ptr() for k in self.keys],
+                    values=[v.data_ptr() for v in self.values],
+                    capacity=[k.shape[1] for k in self.keys],
+                )
+            self._addresses = (self.storage_version, found)
+        return self._addresses[1]
 
     # -- writes from a forward pass -------------------------------------------------------------
     def start_write(self, token_ids: list[int]) -> None:

@@ -167,6 +167,16 @@ class HogwildCache(BlockBackedCache):
         if self.graph is not None:
             self.graph.append(layer, key_states, value_states)
             return
+        if self.attention == "triton":
+            from hogwild_bench.engine.triton_attention import OwnBlockTables
+
+            tables = self.forward_state.get(("own_tables", key_states.device))
+            if tables is None and OwnBlockTables.possible(self.rows):
+                tables = OwnBlockTables(self.rows, key_states.device)
+                self.forward_state[("own_tables", key_states.device)] = tables
+            if tables is not None:  # one launch per layer instead of two copies per row
+                tables.append(layer, key_states, value_states)
+                return
         q_len = key_states.shape[2]
         for b, row in enumerate(self.rows):
             row.own.write(layer, key_states[b, :, q_len - row.n_new :], value_states[b, :, q_len - row.n_new :])

@@ -59,19 +59,21 @@ class StandInCache(BlockBackedCache):
 
 
 class CompiledDecoder:
-    """``torch.compile`` of a model for decode forwards (one new token per row) over a `HogwildCache`.
+    """``torch.compile`` of a model for decode forwards over a `HogwildCache`.
 
-    Compiled on first use (Inductor generates kernels for the whole model: slow, once); one compilation per
-    number of rows.
+    Compiled on first use (Inductor generates kernels for the whole model: slow, once). Static (the default):
+    one compilation per number of rows, one new token per row, the fastest kernels for CUDA-graph replays.
+    ``dynamic=True``: one compilation for every number of rows and tokens per row, so a batched run (rows
+    join and leave every few steps, some rows write a step prefix) never recompiles.
     """
 
-    def __init__(self, model: torch.nn.Module, backend: str = "inductor"):
-        self.model = model
+    def __init__(self, model: torch.nn.Module, backend: str = "inductor", dynamic: bool = False):
+        self.model, self.dynamic = model, dynamic
         self.stand_in = StandInCache(model.config.num_hidden_layers)
-        self.compiled = torch.compile(model, backend=backend, dynamic=False)
+        self.compiled = torch.compile(model, backend=backend, dynamic=dynamic)
 
     def __call__(self, cache: HogwildCache, input_ids: torch.Tensor, position_ids: torch.Tensor) -> torch.Tensor:
-        """Logits ``[rows, V]`` (model dtype) of the last token; a forward must be begun on ``cache``."""
+        """Logits ``[rows, V]`` (model dtype) of each row's last token; a forward must be begun on ``cache``."""
         with running(cache):
             out = self.compiled(
                 input_ids=input_ids, position_ids=position_ids, past_key_values=self.stand_in,

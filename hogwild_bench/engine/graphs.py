@@ -91,6 +91,7 @@ class DecodeGraph:
             torch.tensor([[b.values[i].data_ptr() for b in own] for i in range(layers)], device=device),
             torch.tensor([[b.capacity(i) for b in own] for i in range(layers)], dtype=torch.int32, device=device),
         )
+        self.one_new = torch.ones(rows, dtype=torch.int32, device=device)
         self.lm.rope._freqs(device)  # the frequencies must exist before capture
 
         def forward():
@@ -131,7 +132,7 @@ class DecodeGraph:
     def append(self, layer: int, keys: torch.Tensor, values: torch.Tensor) -> None:
         """`HogwildCache.store_new` while capturing: device-side append at the own blocks' positions."""
         k_ptrs, v_ptrs, capacity = (table[layer] for table in self.own_tables)
-        append_rows(keys, values, k_ptrs, v_ptrs, capacity, self.positions)  # the new token's own-block position
+        append_rows(keys, values, k_ptrs, v_ptrs, capacity, self.positions, self.one_new)
 
     def step(self, tokens: list[int]) -> torch.Tensor:
         """Write one token per row and return float32 logits ``[rows, V]``."""

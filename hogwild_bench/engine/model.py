@@ -86,7 +86,12 @@ class HogwildLM:
     """
 
     def __init__(
-        self, model: torch.nn.Module, attention: str = "auto", cuda_graphs: bool = True, compile: bool = False
+        self,
+        model: torch.nn.Module,
+        attention: str = "auto",
+        cuda_graphs: bool = True,
+        compile: bool = False,
+        compile_dynamic: bool = False,
     ):
         check_model_supported(model.config)
         # decode steps on the Triton path replay CUDA graphs (one CUDA device; a model split over GPUs runs eager)
@@ -98,8 +103,9 @@ class HogwildLM:
         self.attention = default_attention_backend(self.device) if attention == "auto" else attention
         if model.config._attn_implementation != ATTENTION_NAME:
             model.set_attn_implementation(ATTENTION_NAME)
-        # decode forwards (graph captures included) run the torch.compile'd model: its small kernels fused
-        self.decoder = CompiledDecoder(model) if compile else None
+        # decode forwards (graph captures included) run the torch.compile'd model: its small kernels fused.
+        # compile_dynamic: one compilation serves every forward shape (batched runs; see CompiledDecoder)
+        self.decoder = CompiledDecoder(model, dynamic=compile_dynamic) if compile or compile_dynamic else None
 
     @property
     def kv_bytes_per_token(self) -> int:
@@ -142,7 +148,7 @@ class HogwildLM:
             pinned = self.device.type == "cuda"
             input_ids = (input_ids.pin_memory() if pinned else input_ids).to(self.device, non_blocking=True)
             positions = (positions.pin_memory() if pinned else positions).to(self.device, non_blocking=True)
-            if self.decoder is not None and q_len == 1 and not all_logits:
+            if self.decoder is not None and not all_logits and (q_len == 1 or self.decoder.dynamic):
                 logits = self.decoder(cache, input_ids, positions)
             else:
                 out = self.model(

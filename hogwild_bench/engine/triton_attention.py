@@ -167,17 +167,16 @@ def upload(values: list, dtype: torch.dtype, device: torch.device) -> torch.Tens
 
 
 def pointer_tables(blocks: list, device: torch.device):
-    """K/V base addresses and capacities of every block for every layer, uploaded once per forward.
+    """K/V base addresses and capacities ``[layers, blocks]`` of every block, uploaded once per forward.
 
     Valid when every layer's storage already holds the forward's tokens (`HogwildCache.begin_forward`
     reserves it); otherwise None, and each layer uploads its own row."""
-    layers = blocks[0].num_layers if blocks else 0
-    every = [(b, i) for b in blocks for i in range(layers)]
-    if not blocks or any(b.keys[i] is None or b.capacity(i) < b.visible_length for b, i in every):
+    found = [b.addresses() for b in blocks]
+    if not blocks or any(a is None or a.min_capacity < b.visible_length for a, b in zip(found, blocks)):
         return None
-    k = upload([[b.keys[i].data_ptr() for b in blocks] for i in range(layers)], torch.int64, device)
-    v = upload([[b.values[i].data_ptr() for b in blocks] for i in range(layers)], torch.int64, device)
-    cap = upload([[b.capacity(i) for b in blocks] for i in range(layers)], torch.int32, device)
+    k = upload(list(zip(*(a.keys for a in found))), torch.int64, device)
+    v = upload(list(zip(*(a.values for a in found))), torch.int64, device)
+    cap = upload(list(zip(*(a.capacity for a in found))), torch.int32, device)
     return k, v, cap
 
 
@@ -293,27 +292,65 @@ def plan_arrays(rows: list[RowView], q_len: int, groups: int, keep_empty: bool =
 
 
 @triton.jit
-def _append_kernel(NEW_K, NEW_V, stride_r, stride_h, K_PTRS, V_PTRS, CAPACITY, POS, D: tl.constexpr):
-    """Write one new token's K/V per row at a position read from device memory (graph-safe append)."""
+def _append_kernel(
+    NEW_K, NEW_V, stride_r, stride_h, stride_t, K_PTRS, V_PTRS, CAPACITY, POS, N_NEW, Q_LEN, D: tl.constexpr
+):
+    """Write each row's new K/V (the last ``N_NEW[row]`` of ``Q_LEN`` left-padded slots) into its own block
+    from position ``POS[row]`` on, at addresses read from device memory (graph-safe)."""
     row = tl.program_id(0)
     head = tl.program_id(1)
-    d = tl.arange(0, D)
-    dtype = NEW_K.dtype.element_ty
-    k_base = tl.load(K_PTRS + row).to(tl.pointer_type(dtype))
-    v_base = tl.load(V_PTRS + row).to(tl.pointer_type(dtype))
-    offset = head * tl.load(CAPACITY + row).to(tl.int64) * D + tl.load(POS + row).to(tl.int64) * D + d
-    tl.store(k_base + offset, tl.load(NEW_K + row * stride_r + head * stride_h + d))
-    tl.store(v_base + offset, tl.load(NEW_V + row * stride_r + head * stride_h + d))
+    t = tl.program_id(2)
+    skip = Q_LEN - tl.load(N_NEW + row)
+    if t >= skip:
+        d = tl.arange(0, D)
+        dtype = NEW_K.dtype.element_ty
+        k_base = tl.load(K_PTRS + row).to(tl.pointer_type(dtype))
+        v_base = tl.load(V_PTRS + row).to(tl.pointer_type(dtype))
+        position = tl.load(POS + row).to(tl.int64) + t - skip
+        offset = head * tl.load(CAPACITY + row).to(tl.int64) * D + position * D + d
+        source = row * stride_r + head * stride_h + t * stride_t + d
+        tl.store(k_base + offset, tl.load(NEW_K + source))
+        tl.store(v_base + offset, tl.load(NEW_V + source))
 
 
-def append_rows(keys: torch.Tensor, values: torch.Tensor, k_ptrs, v_ptrs, capacity, positions) -> None:
-    """``keys/values [rows, kv_heads, 1, D]`` -> each row's own block at ``positions[row]``."""
+def append_rows(
+    keys: torch.Tensor, values: torch.Tensor, k_ptrs, v_ptrs, capacity, positions, n_new: torch.Tensor
+) -> None:
+    """``keys/values [rows, kv_heads, T, D]`` (left-padded) -> each row's own block: its last ``n_new[row]``
+    slots at ``positions[row]`` on. One launch per layer, whatever the number of rows."""
+    rows, kv_heads, q_len, dim = keys.shape
     keys, values = keys.contiguous(), values.contiguous()
-    rows, kv_heads, _, dim = keys.shape
-    with torch.cuda.device(keys.device):
-        _append_kernel[(rows, kv_heads)](
-            keys, values, keys.stride(0), keys.stride(1), k_ptrs, v_ptrs, capacity, positions, D=dim
-        )
+    with torch.cuda.device(keys.device) if keys.device.type == "cuda" else contextlib.nullcontext():
+        _append_kernel[(rows, kv_heads, q_len)](
+            keys, values, keys.stride(0), keys.stride(1), keys.stride(2),
+            k_ptrs, v_ptrs, capacity, positions, n_new, q_len, D=dim,
+        )  # fmt: skip
+
+
+class OwnBlockTables:
+    """Where each row of a forward writes: per layer its own block's K/V addresses and capacity, plus its
+    write position and number of new tokens. Built once per forward, read by every layer's append."""
+
+    def __init__(self, rows: list[RowView], device: torch.device):
+        found = [row.own.addresses() for row in rows]
+        self.k_ptrs = upload(list(zip(*(a.keys for a in found))), torch.int64, device)
+        self.v_ptrs = upload(list(zip(*(a.values for a in found))), torch.int64, device)
+        self.capacity = upload(list(zip(*(a.capacity for a in found))), torch.int32, device)
+        self.positions = upload([row.own.length for row in rows], torch.int32, device)
+        self.n_new = upload([row.n_new for row in rows], torch.int32, device)
+
+    @staticmethod
+    def possible(rows: list[RowView]) -> bool:
+        """Every own block has storage for the forward's tokens in every layer (`begin_forward` reserved it)."""
+        for row in rows:
+            found = row.own.addresses()
+            if found is None or found.min_capacity < row.own.visible_length:
+                return False
+        return True
+
+    def append(self, layer: int, keys: torch.Tensor, values: torch.Tensor) -> None:
+        append_rows(keys, values, self.k_ptrs[layer], self.v_ptrs[layer], self.capacity[layer], self.positions,
+                    self.n_new)  # fmt: skip
 
 
 def attend_rows_triton(
