@@ -28,15 +28,11 @@ def storage_tokens(tokens: int) -> int:
 
 @dataclass(frozen=True)
 class BlockAddresses:
-    """One block's storage as kernels see it: per layer, K and V base addresses and capacity (tokens)."""
+    """One block's storage as kernels see it: ``table [3, layers]`` int64 (CPU) holds per layer the K base
+    address, the V base address and the capacity in tokens."""
 
-    keys: list[int]
-    values: list[int]
-    capacity: list[int]
-
-    @property
-    def min_capacity(self) -> int:
-        return min(self.capacity)
+    table: torch.Tensor
+    min_capacity: int
 
 
 class KVBlock:
@@ -91,11 +87,12 @@ class KVBlock:
         if self._addresses is None or self._addresses[0] != self.storage_version:
             found = None
             if all(k is not None for k in self.keys):
-                found = BlockAddresses(
-                    keys=[k.data_ptr() for k in self.keys],
-                    values=[v.data_ptr() for v in self.values],
-                    capacity=[k.shape[1] for k in self.keys],
+                capacity = [k.shape[1] for k in self.keys]
+                table = torch.tensor(
+                    [[k.data_ptr() for k in self.keys], [v.data_ptr() for v in self.values], capacity],
+                    dtype=torch.int64,
                 )
+                found = BlockAddresses(table, min(capacity))
             self._addresses = (self.storage_version, found)
         return self._addresses[1]
 
@@ -110,6 +107,9 @@ class KVBlock:
     def reserve_pending(self) -> None:
         """Grow every allocated layer to hold the pending tokens now, so addresses stay fixed during the
         forward (kernels read them from a table built once per forward)."""
+        found = self.addresses()
+        if found is not None and found.min_capacity >= self.length + self.pending:
+            return
         for layer in range(self.num_layers):
             if self.keys[layer] is not None:
                 self._reserve(layer, self.length + self.pending, self.keys[layer])

@@ -16,7 +16,13 @@ from collections.abc import Sequence
 import torch
 
 from hogwild_bench.engine.cache import HogwildCache
-from hogwild_bench.engine.triton_attention import TritonPlan, append_rows, plan_arrays, pointer_tables
+from hogwild_bench.engine.triton_attention import (
+    TritonPlan,
+    address_tables,
+    append_rows,
+    plan_arrays,
+    pointer_tables,
+)
 
 WARMUP_RUNS = 1
 
@@ -84,13 +90,7 @@ class DecodeGraph:
         self.positions = self.tables_i64[rows:].view(rows, 1)
         self._upload(*self._packed(arrays, tokens))
         self.plan = TritonPlan.assemble(blocks, self.static, sizes, pointer_tables(blocks, device))
-        own = [row.own for row in self.cache.rows]
-        layers = own[0].num_layers
-        self.own_tables = (
-            torch.tensor([[b.keys[i].data_ptr() for b in own] for i in range(layers)], device=device),
-            torch.tensor([[b.values[i].data_ptr() for b in own] for i in range(layers)], device=device),
-            torch.tensor([[b.capacity(i) for b in own] for i in range(layers)], dtype=torch.int32, device=device),
-        )
+        self.own_tables = address_tables([row.own.addresses() for row in self.cache.rows], device)
         self.one_new = torch.ones(rows, dtype=torch.int32, device=device)
         self.lm.rope._freqs(device)  # the frequencies must exist before capture
 

@@ -136,18 +136,17 @@ class HogwildLM:
                 cache.decode_graphs[views] = DecodeGraph(self, cache, views)
             return cache.decode_graphs[views].step([w.tokens[0] for w in writes])
         q_len = max(len(w.tokens) for w in writes)
-        input_ids = torch.zeros(len(writes), q_len, dtype=torch.long)
-        positions = torch.zeros(len(writes), q_len, dtype=torch.long)
-        for b, w in enumerate(writes):
+        ids, pos = [], []  # left-padded rows, built as lists: one tensor per forward, not two per row
+        for w in writes:
             n, start = len(w.tokens), cache.writable(w.view[-1]).length
-            input_ids[b, q_len - n :] = torch.tensor(list(w.tokens), dtype=torch.long)
-            positions[b, q_len - n :] = torch.arange(start, start + n)
+            ids.append([0] * (q_len - n) + list(w.tokens))
+            pos.append([0] * (q_len - n) + list(range(start, start + n)))
+        host = torch.tensor([ids, pos], dtype=torch.long)
         cache.begin_forward([w.view for w in writes], [w.tokens for w in writes])
         ok = False
         try:
             pinned = self.device.type == "cuda"
-            input_ids = (input_ids.pin_memory() if pinned else input_ids).to(self.device, non_blocking=True)
-            positions = (positions.pin_memory() if pinned else positions).to(self.device, non_blocking=True)
+            input_ids, positions = (host.pin_memory() if pinned else host).to(self.device, non_blocking=True)
             if self.decoder is not None and not all_logits and (q_len == 1 or self.decoder.dynamic):
                 logits = self.decoder(cache, input_ids, positions)
             else:

@@ -158,9 +158,9 @@ def _merge_kernel(
 MERGE_CHUNK = 32  # partials merged per iteration
 
 
-def upload(values: list, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
-    """Small host list -> device tensor without a sync (pinned staging, asynchronous copy)."""
-    host = torch.tensor(values, dtype=dtype)
+def upload(values: list | torch.Tensor, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """Small host list or CPU tensor -> device tensor without a sync (pinned staging, asynchronous copy)."""
+    host = values.to(dtype) if isinstance(values, torch.Tensor) else torch.tensor(values, dtype=dtype)
     if device.type != "cuda":
         return host.to(device)
     return host.pin_memory().to(device, non_blocking=True)
@@ -174,10 +174,14 @@ def pointer_tables(blocks: list, device: torch.device):
     found = [b.addresses() for b in blocks]
     if not blocks or any(a is None or a.min_capacity < b.visible_length for a, b in zip(found, blocks)):
         return None
-    k = upload(list(zip(*(a.keys for a in found))), torch.int64, device)
-    v = upload(list(zip(*(a.values for a in found))), torch.int64, device)
-    cap = upload(list(zip(*(a.capacity for a in found))), torch.int32, device)
-    return k, v, cap
+    return address_tables(found, device)
+
+
+def address_tables(found: list, device: torch.device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """`BlockAddresses` of some blocks -> device ``[layers, blocks]`` K pointers, V pointers, capacities
+    (one stack on the host, one upload)."""
+    tables = upload(torch.stack([a.table for a in found], dim=2), torch.int64, device)  # [3, layers, blocks]
+    return tables[0], tables[1], tables[2].to(torch.int32)
 
 
 @dataclass
@@ -332,12 +336,9 @@ class OwnBlockTables:
     write position and number of new tokens. Built once per forward, read by every layer's append."""
 
     def __init__(self, rows: list[RowView], device: torch.device):
-        found = [row.own.addresses() for row in rows]
-        self.k_ptrs = upload(list(zip(*(a.keys for a in found))), torch.int64, device)
-        self.v_ptrs = upload(list(zip(*(a.values for a in found))), torch.int64, device)
-        self.capacity = upload(list(zip(*(a.capacity for a in found))), torch.int32, device)
-        self.positions = upload([row.own.length for row in rows], torch.int32, device)
-        self.n_new = upload([row.n_new for row in rows], torch.int32, device)
+        self.k_ptrs, self.v_ptrs, self.capacity = address_tables([row.own.addresses() for row in rows], device)
+        where = upload([[row.own.length for row in rows], [row.n_new for row in rows]], torch.int32, device)
+        self.positions, self.n_new = where[0], where[1]
 
     @staticmethod
     def possible(rows: list[RowView]) -> bool:
