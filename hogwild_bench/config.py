@@ -183,13 +183,17 @@ class StoreConfig:
     force: bool = False  # write into a run directory whose stored settings differ (records never mix)
 
 
+WANDB_MODES = ("online", "offline", "disabled", "shared")
+
+
 @dataclass
 class LoggerConfig:
     name: LoggerName = LoggerName.none
     project: str = "hogwild_bench"
     entity: str | None = None
     group: str | None = None
-    mode: str | None = None  # online | offline | disabled; None: offline when no API key is set
+    mode: str | None = None  # online | offline | disabled; None: $WANDB_MODE, else offline without an API key
+    init_timeout_seconds: float = 30.0  # an unreachable W&B server costs a job this long, then the run goes on
     transcripts: int = 8  # sample transcripts in the W&B table
 
 
@@ -306,6 +310,10 @@ def validate(cfg: DictConfig | RunConfig) -> RunConfig:
         errors.append(f"scoring.timeout_seconds must be >= 1, got {cfg.scoring.timeout_seconds}")
     if cfg.protocol.gate_min_tokens < 1:
         errors.append(f"protocol.gate_min_tokens must be >= 1, got {cfg.protocol.gate_min_tokens}")
+    if cfg.logger.mode is not None:
+        _choice(errors, "logger.mode", cfg.logger.mode, WANDB_MODES)
+    if cfg.logger.init_timeout_seconds <= 0:
+        errors.append(f"logger.init_timeout_seconds must be > 0, got {cfg.logger.init_timeout_seconds}")
     if not 0 <= cfg.shard.index < cfg.shard.count:
         errors.append(f"shard.index must be in [0, shard.count={cfg.shard.count}), got {cfg.shard.index}")
     if errors:

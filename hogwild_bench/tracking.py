@@ -1,4 +1,4 @@
-"""Experiment logging: nothing, or Weights & Biases (offline without an API key).
+"""Experiment logging: nothing, or Weights & Biases (the user's ``WANDB_MODE``; offline without an API key).
 
 W&B is a convenience, never a dependency of the results: every call is guarded, and the first failure
 turns the tracker off with one warning while the run goes on (results are in the store regardless).
@@ -30,10 +30,15 @@ class Tracker:
         pass
 
 
+def wandb_mode(cfg: LoggerConfig) -> str:
+    """``logger.mode`` if set, else the user's ``WANDB_MODE``, else online with an API key and offline without."""
+    return cfg.mode or os.environ.get("WANDB_MODE") or ("online" if os.environ.get("WANDB_API_KEY") else "offline")
+
+
 class WandbTracker(Tracker):
     def __init__(self, cfg: LoggerConfig, run_name: str, config: dict, run_dir: Path, shard: tuple[int, int]):
         self.cfg, self.run = cfg, None
-        mode = cfg.mode or ("online" if os.environ.get("WANDB_API_KEY") else "offline")
+        mode = wandb_mode(cfg)
         index, count = shard
         name = run_name if count == 1 else f"{run_name}-shard{index}of{count}"
         self._guard(
@@ -48,13 +53,14 @@ class WandbTracker(Tracker):
                 config=config,
                 dir=str(run_dir),
                 mode=mode,
+                init_timeout=cfg.init_timeout_seconds,
             ),
         )
 
-    def _init(self, **kwargs):
+    def _init(self, init_timeout: float, **kwargs):
         import wandb
 
-        self.run = wandb.init(**kwargs)
+        self.run = wandb.init(settings=wandb.Settings(init_timeout=init_timeout), **kwargs)
         self.run.define_metric("budget")
         self.run.define_metric("accuracy/*", step_metric="budget")
         self.run.define_metric("progress/*")
