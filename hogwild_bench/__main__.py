@@ -17,11 +17,12 @@ def main(cfg) -> None:
     from hogwild_bench.engine import UnsupportedModelError
     from hogwild_bench.loading import ModelLoadError
     from hogwild_bench.runner import run
+    from hogwild_bench.store import ShardBusyError
     from hogwild_bench.tasks import DatasetError
 
     try:
         run(cfg)
-    except (ConfigError, DatasetError, ModelLoadError, UnsupportedModelError) as error:
+    except (ConfigError, DatasetError, ModelLoadError, UnsupportedModelError, ShardBusyError) as error:
         # a problem with the input, not a bug: say what it is, without a traceback
         print(f"hogwild_bench: {type(error).__name__}: {error}", file=sys.stderr)
         sys.exit(2)

@@ -26,7 +26,7 @@ from hogwild_bench.loading import load_model
 from hogwild_bench.metrics import repetition
 from hogwild_bench.protocols import BudgetOutcome, GridPoint, ProtocolContext, build_protocol
 from hogwild_bench.scoring import score_answer, score_parts
-from hogwild_bench.store import ResultStore
+from hogwild_bench.store import ResultStore, shard_lock
 from hogwild_bench.tasks import Problem, dataset_version, load_problems, shard
 from hogwild_bench.tracking import make_tracker
 from hogwild_bench.versions import code_version, prompt_version, settings_hash
@@ -176,6 +176,11 @@ def run(cfg) -> Path:
     check_runnable_here(cfg)
     problems = shard(load_problems(cfg.dataset), cfg.shard.index, cfg.shard.count)
     run_dir = run_dir_of(cfg)
+    with shard_lock(run_dir, cfg.shard.index, cfg.shard.count):
+        return _run_shard(cfg, problems, run_dir)
+
+
+def _run_shard(cfg: RunConfig, problems: list, run_dir: Path) -> Path:
     store = ResultStore(run_dir, cfg.shard.index, cfg.shard.count)
     store.save_config(cfg, force=cfg.store.force)
     points, budgets = grid_points(cfg), sorted(set(cfg.generation.budgets))

@@ -10,10 +10,13 @@ beside the records holds the settings, and a run directory refuses a config whos
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
+import socket
 import warnings
 from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from omegaconf import OmegaConf
@@ -96,6 +99,37 @@ class ResultStore:
                 handle.write((json.dumps(record, ensure_ascii=False) + "\n").encode("utf-8"))
                 handle.flush()
                 os.fsync(handle.fileno())
+
+
+class ShardBusyError(RuntimeError):
+    """Another live process is running the same shard into the same run directory."""
+
+
+@contextmanager
+def shard_lock(run_dir: Path, shard_index: int, shard_count: int) -> Iterator[None]:
+    """Hold ``.lock.shard<i>of<n>`` for the whole run: a second process on the same shard (the same sbatch
+    submitted twice, a forgotten terminal) would otherwise generate and store every record twice. The lock is
+    the kernel's (``flock``): a killed process drops it at once, so resuming after kill -9 never waits."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    path = run_dir / f".lock.shard{shard_index}of{shard_count}"
+    handle = open(path, "a+")
+    try:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            holder = handle.read().strip() or "another process"
+            raise ShardBusyError(
+                f"shard {shard_index}/{shard_count} of {run_dir} is being run by {holder} (lock {path}); "
+                "wait for it to finish or stop it, then run the same command to resume"
+            ) from None
+        handle.seek(0)
+        handle.truncate()
+        handle.write(f"pid {os.getpid()} on {socket.gethostname()}")
+        handle.flush()
+        yield
+    finally:
+        handle.close()  # releases the lock
 
 
 def _write_atomic(path: Path, text: str) -> None:

@@ -13,7 +13,7 @@ from conftest import ROOT, compose_config, tiny_run_overrides
 from hogwild_bench.config import ConfigError
 from hogwild_bench.protocols.hogwild import HogwildProtocol
 from hogwild_bench.runner import run, run_dir_of
-from hogwild_bench.store import ResultStore, record_key
+from hogwild_bench.store import ResultStore, record_key, shard_lock
 
 REQUIRED_FIELDS = {
     "run_id", "model", "dataset", "problem_id", "protocol", "layout", "workers", "seed", "budget",
@@ -106,7 +106,8 @@ def test_same_run_dir_with_different_settings_is_refused_naming_only_the_changed
 
 
 def test_kill_9_mid_run_then_rerun_completes_without_loss_or_duplicates(tmp_path):
-    overrides = tiny_run_overrides(tmp_path, "dataset.limit=8", "generation.budgets=[8,24]")
+    # one generation at a time, so records land one by one (batched, they would all land together)
+    overrides = tiny_run_overrides(tmp_path, "dataset.limit=8", "generation.budgets=[8,24]", "batch.enabled=false")
     command = [sys.executable, "-m", "hogwild_bench", *overrides]
     run_dir = run_dir_of(compose_config(overrides))
     process = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -125,3 +126,19 @@ def test_kill_9_mid_run_then_rerun_completes_without_loss_or_duplicates(tmp_path
     keys = [record_key(r) for r in records]
     assert len(keys) == len(set(keys)) == 16
     assert all(r["status"] == "ok" for r in records)
+
+
+def test_a_shard_already_running_is_refused_with_who_holds_it_and_runs_once_released(tmp_path):
+    overrides = tiny_run_overrides(tmp_path, "dataset.limit=1")
+    run_dir = run_dir_of(compose_config(overrides))
+    command = [sys.executable, "-m", "hogwild_bench", *overrides]
+    with shard_lock(run_dir, 0, 1):  # this test process plays the first launch of the shard
+        second = subprocess.run(command, cwd=ROOT, capture_output=True, text=True)
+        assert second.returncode == 2
+        assert f"shard 0/1 of {run_dir} is being run by pid {os.getpid()}" in second.stderr
+        assert "Traceback" not in second.stderr
+        assert not list(run_dir.glob("records*.jsonl")), "the refused process wrote nothing"
+        other_shard = tiny_run_overrides(tmp_path, "dataset.limit=1", "shard.index=1", "shard.count=2")
+        run(compose_config(other_shard))  # another shard of the same directory is not blocked
+    subprocess.run(command, cwd=ROOT, check=True, capture_output=True)
+    assert len(ResultStore(run_dir).records()) == 2
