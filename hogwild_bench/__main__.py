@@ -13,7 +13,9 @@ register_configs()
 
 @hydra.main(config_path="conf", config_name="config", version_base="1.3")
 def main(cfg) -> None:
-    from hogwild_bench.config import ConfigError
+    from hydra.core.hydra_config import HydraConfig
+
+    from hogwild_bench.config import ConfigError, check_group_choices
     from hogwild_bench.engine import UnsupportedModelError
     from hogwild_bench.loading import ModelLoadError
     from hogwild_bench.runner import run
@@ -21,6 +23,7 @@ def main(cfg) -> None:
     from hogwild_bench.tasks import DatasetError
 
     try:
+        check_group_choices(HydraConfig.get().runtime.choices)
         run(cfg)
     except (ConfigError, DatasetError, ModelLoadError, UnsupportedModelError, ShardBusyError) as error:
         # a problem with the input, not a bug: say what it is, without a traceback

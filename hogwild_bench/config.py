@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from enum import Enum
+from pathlib import Path
 from typing import Any
 
 from hydra.core.config_store import ConfigStore
@@ -237,6 +238,22 @@ DATASET_SOURCES = ("hf", "package", "local", "sample")
 ANSWER_FORMATS = ("plain", "gsm8k", "boxed", "strip_unit")
 TINY_FAMILIES = ("llama", "qwen2", "qwen3", "mistral")
 CHAT_STYLES = ("qwen", "llama")
+
+
+CONF_DIR = Path(__file__).parent / "conf"
+
+
+def check_group_choices(choices: dict[str, Any]) -> None:
+    """Refuse a config group set to its schema (``model=model_schema``): the schema is what every option of
+    the group is checked against, not an option itself."""
+    errors = []
+    for group, choice in choices.items():
+        if isinstance(choice, str) and choice == f"{group}_schema":
+            options = sorted(p.stem for p in (CONF_DIR / group).glob("*.yaml"))
+            errors.append(f"{group}={choice} is the schema of the {group} configs, not one of them; "
+                          f"choose one of: {', '.join(options)}")  # fmt: skip
+    if errors:
+        raise ConfigError("invalid config:\n  - " + "\n  - ".join(errors))
 
 
 def _choice(errors: list[str], key: str, value: Any, valid: tuple) -> None:

@@ -90,7 +90,13 @@ def _rows(cfg: DatasetConfig) -> list[dict]:
             raise DatasetError(
                 f"dataset {cfg.name!r}: cannot read {path.name}; supported file types: {', '.join(LOCAL_FORMATS)}"
             )
-        loaded = datasets.load_dataset(LOCAL_FORMATS[path.suffix], data_files=str(path), split="train")
+        if path.suffix == ".jsonl":  # read here: a bad line is named by file:line
+            return _read_jsonl(path, cfg.name)
+        try:
+            loaded = datasets.load_dataset(LOCAL_FORMATS[path.suffix], data_files=str(path), split="train")
+        except Exception as error:  # pyarrow/datasets raise many types for a malformed or empty file
+            reason = f"{type(error).__name__}: {error}"
+            raise DatasetError(f"dataset {cfg.name!r}: could not read {path}: {reason}") from None
     else:
         try:
             loaded = datasets.load_dataset(cfg.hf_id, cfg.subset, split=cfg.split)
@@ -142,7 +148,10 @@ def load_problems(cfg: DatasetConfig) -> list[Problem]:
     """All problems of the dataset (first ``cfg.limit`` if set), with unique string ids."""
     problems: list[Problem] = []
     levels, subjects = {_level(x) for x in cfg.levels}, {str(x) for x in cfg.subjects}
-    for index, row in enumerate(_rows(cfg)):
+    rows = _rows(cfg)
+    if not rows:
+        raise DatasetError(f"dataset {cfg.name!r} ({dataset_version(cfg)}) holds no rows")
+    for index, row in enumerate(rows):
         needed_fields = (None if cfg.problem_template else cfg.problem_field, cfg.answer_field, cfg.id_field)
         for needed in needed_fields:
             if needed is not None and row.get(needed) is None:  # file loaders fill absent fields with None

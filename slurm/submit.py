@@ -27,11 +27,14 @@ sys.path.insert(0, str(ROOT))
 
 def sweep_points(overrides: list[str]) -> list[list[str]]:
     """Override lists, one per sweep point, composed and validated with Hydra."""
-    from hogwild_bench.config import register_configs, validate
+    from omegaconf import OmegaConf
+
+    from hogwild_bench.config import check_group_choices, register_configs, validate
 
     register_configs()
     with initialize_config_dir(config_dir=str(ROOT / "hogwild_bench" / "conf"), version_base="1.3"):
         cfg = compose("config", overrides=overrides, return_hydra_config=True)
+        check_group_choices(OmegaConf.to_container(cfg.hydra.runtime.choices))
         pinned = {o.split("=", 1)[0].lstrip("+~") for o in overrides if "=" in o}
         params = {k: str(v).split(",") for k, v in (cfg.hydra.sweeper.params or {}).items() if k not in pinned}
         keys = sorted(params)
@@ -72,7 +75,16 @@ def main(argv: list[str] | None = None) -> int:
     unknown = [o for o in overrides if o.startswith("--")]
     if unknown:
         parser.error(f"unknown options {unknown}; Hydra overrides look like key=value or +exp=name")
-    commands = sbatch_commands(overrides, args.shards, args.partition, args.runs, args.sbatch)
+    from hydra.errors import HydraException
+    from omegaconf.errors import OmegaConfBaseException
+
+    from hogwild_bench.config import ConfigError
+
+    try:
+        commands = sbatch_commands(overrides, args.shards, args.partition, args.runs, args.sbatch)
+    except (ConfigError, HydraException, OmegaConfBaseException) as error:  # a wrong override: one message
+        print(f"submit.py: nothing submitted: {type(error).__name__}: {error}", file=sys.stderr)
+        return 2
     for command in commands:
         print(shlex.join(command))
     if args.dry_run:

@@ -97,6 +97,23 @@ def test_cli_reports_config_errors_without_a_traceback(tmp_path):
     assert written == [], "no run directory is created for an invalid config"
 
 
+@pytest.mark.parametrize(
+    "command,message",
+    [
+        (["-m", "hogwild_bench", "model=model_schema"], "model=model_schema is the schema of the model configs"),
+        (["-m", "hogwild_bench", "layout=layout_schema"], "choose one of: combined, contiguous, interleaved"),
+        (["slurm/submit.py", "--dry-run", "generation.temperature=-1"], "generation.temperature must be >= 0"),
+        (["slurm/submit.py", "--dry-run", "nosuchkey=3"], "Could not override 'nosuchkey'"),
+        (["slurm/submit.py", "--dry-run", "model=model_schema"], "choose one of: llama31_8b_instruct"),
+    ],
+)
+def test_bad_inputs_are_one_message_and_exit_2(tmp_path, command, message):
+    result = subprocess.run([sys.executable, *command, f"store.root={tmp_path}"], cwd=ROOT, capture_output=True,
+                            text=True)  # fmt: skip
+    assert result.returncode == 2
+    assert message in result.stderr and "Traceback" not in result.stderr
+
+
 def test_submitit_launcher_config_composes():
     cfg = compose_config(["+exp=limo_sweep", "hydra/launcher=slurm_gpu"], hydra_config=True)
     assert cfg.hydra.launcher.gpus_per_node == 1

@@ -43,6 +43,21 @@ def test_missing_field_names_row_field_and_available_fields(tmp_path):
         load_problems(DatasetConfig(name="bad", source="local", path=str(path)))
 
 
+def test_a_malformed_jsonl_line_is_named_by_file_and_line(tmp_path):
+    path = tmp_path / "broken.jsonl"
+    path.write_text(json.dumps({"problem": "ok", "answer": "1"}) + "\n\n" + '{"problem": "cut off", "ans')
+    with pytest.raises(DatasetError, match=rf"{path}:3 is not valid JSON"):
+        load_problems(DatasetConfig(name="broken", source="local", path=str(path)))
+
+
+@pytest.mark.parametrize("suffix", [".jsonl", ".parquet"])
+def test_an_empty_file_says_so(tmp_path, suffix):
+    path = tmp_path / f"empty{suffix}"
+    path.write_text("")
+    with pytest.raises(DatasetError, match="holds no rows|could not read"):
+        load_problems(DatasetConfig(name="empty", source="local", path=str(path)))
+
+
 def test_unsupported_file_type_lists_supported_ones(tmp_path):
     path = tmp_path / "data.csv"
     path.write_text("problem,answer\n")
