@@ -221,7 +221,15 @@ class RunConfig:
     plot: bool = True
 
 
+def grid_label(grid: list, single: Any) -> str:
+    """What a run directory is named after: the grid's values (``w1+2+4``) when a grid is set, else the single
+    setting. The grid replaces ``protocol.workers``/``layout.name``, so the name must follow it."""
+    values = list(grid) if grid else [single]
+    return "+".join(str(getattr(v, "value", v)) for v in values)
+
+
 def register_configs() -> None:
+    OmegaConf.register_new_resolver("grid_label", grid_label, replace=True)
     store = ConfigStore.instance()
     store.store(name="run_schema", node=RunConfig)
     for group, node in (

@@ -130,3 +130,13 @@ def test_triton_attention_on_a_machine_without_cuda_is_refused_before_any_work(t
     with pytest.raises(ConfigError, match="model.attention=triton needs a CUDA GPU"):
         run(compose_config(["model.attention=triton", f"store.root={tmp_path}"]))
     assert not any(tmp_path.iterdir()), "nothing is written"
+
+
+def test_the_run_directory_is_named_after_the_grid_that_runs_not_the_setting_it_replaces():
+    from hogwild_bench.runner import grid_points, run_dir_of
+
+    cfg = compose_config(["grid.workers=[1,4]", "grid.layouts=[combined,interleaved]", "protocol.workers=2"])
+    assert run_dir_of(validate(cfg)).name == "default-tiny_random_llama-sample-hogwild-w1+4-combined+interleaved-s0"
+    assert {p.workers for p in grid_points(validate(cfg))} == {1, 4}
+    plain = compose_config(["protocol.workers=3", "layout=contiguous"])
+    assert run_dir_of(validate(plain)).name == "default-tiny_random_llama-sample-hogwild-w3-contiguous-s0"
