@@ -55,3 +55,35 @@ def test_replay_concurrent_generation(models, tokenizer, family, layout, n_worke
     text = tokenizer.decode(final.worker_tokens[0])
     assert "Quick check: am I doing redundant work? (yes/no): " in text
     assert tee.max_gap < 1e-4, f"engine and replay disagree by {tee.max_gap}"
+
+
+@pytest.mark.parametrize("family", ["llama", "qwen3"])
+def test_replay_in_context_headers_and_per_worker_finisher(models, tokenizer, family):
+    """Headers re-prefilled in context at every step, and each worker's own finisher run from its own view
+    mid-generation (per-worker answers), agree with the replay of the semantics."""
+    model = models(family)
+    tee = TeeLM(HogwildLM(model), ReplayLM(model))
+    options = GenerationOptions(n_workers=2, layout="combined", budgets=(20, 40), collab_interval=11,
+                                early_stop=False, worker_eos="forbid", header_prefill="in_context",
+                                per_worker=True, finisher_max_tokens=5,
+                                sampling=SamplingParams(temperature=1.0, seed=11))  # fmt: skip
+    gen = HogwildGenerator(tee, tokenizer, options, finisher=BOXED_FINISHER, boundary=staggered_boundary)
+    result = gen.generate("What is 2^{10}?")
+    assert result.snapshots[40].tokens_per_worker == 40 and len(result.snapshots[20].worker_responses) == 2
+    assert tee.forwards > 40 + 2 * 2 * 5 // 2  # decode steps, header prefills and the finishers' forwards
+    assert tee.max_gap < 1e-4, f"engine and replay disagree by {tee.max_gap}"
+
+
+def test_replay_thinker_writer(models, tokenizer):
+    """The Thinker/Writer pair (gates, paused streams, questions in the asking stream's cache)."""
+    from test_protocols import EveryTextGate
+
+    from hogwild_bench.engine.thinker_writer import ThinkerWriterGenerator, ThinkerWriterOptions
+
+    model = models("qwen3")
+    tee = TeeLM(HogwildLM(model), ReplayLM(model))
+    options = ThinkerWriterOptions(budgets=[40], gate_min_tokens=3, early_stop=False,
+                                   sampling=SamplingParams(temperature=1.0, seed=3))  # fmt: skip
+    snap = ThinkerWriterGenerator(tee, tokenizer, options, gate=EveryTextGate(tokenizer, 3)).generate("17 + 25?")[40]
+    assert {g.stream for g in snap.gates} == {"thinker", "writer"} and snap.writer_tokens > 0
+    assert tee.max_gap < 1e-4, f"engine and replay disagree by {tee.max_gap}"
