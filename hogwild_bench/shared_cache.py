@@ -17,7 +17,8 @@ the notebooks rely on:
 
 * Creating a `CacheBlock` selects the ``"hogwild"`` attention implementation on the (shared) model config;
   it behaves exactly like SDPA whenever a forward is not planned by a manager.
-* The block being written must be the last block of its row's structure (true in both notebooks).
+* The block being written must be the last block of its row's structure (true in both notebooks); any other
+  ``write_to`` is refused with that message. Unknown keyword arguments raise (none is silently ignored).
 * Padded multi-token inputs may be padded on either side: rows are re-packed to the left, so
   ``logits[:, -1]`` is each row's last real token (HF would give a pad position's logits for a
   right-padded row).
@@ -57,9 +58,12 @@ class CacheBlock(BlockBackedCache):
         self.kv = KVBlock(f"block{id(self):x}", config.num_hidden_layers)
 
     # -- the official API ---------------------------------------------------------------------------
-    def append_from(self, other: CacheBlock) -> None:
-        """Append ``other``'s tokens (re-positioned by RoPE, not recomputed)."""
+    def append_from(self, other: CacheBlock, keep_other: bool = True) -> None:
+        """Append ``other``'s tokens (re-positioned by RoPE, not recomputed); ``keep_other=False`` then
+        empties ``other`` (moving a finished step into the history)."""
         self.kv.extend_from(other.kv, self.rope)
+        if not keep_other:
+            other.clear()
 
     def clear(self) -> None:
         self.kv.clear()
@@ -101,25 +105,52 @@ class SharedCacheManager:
         self._cache: HogwildCache | None = None
 
     def get_input_kwargs(
-        self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, write_to=None, **_ignored
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        write_to: Sequence[CacheBlock] | None = None,
+        active_worker_indices: Sequence[int] | None = None,
     ) -> dict:
-        """kwargs for ``model(**kwargs)``: one forward of every row over its own block list."""
-        targets = write_to or self.write_to or [row[-1] for row in self.cache_structure]
+        """kwargs for ``model(**kwargs)``: one forward of every row over its own block list.
+
+        ``active_worker_indices``: row i of ``input_ids`` is worker ``active_worker_indices[i]`` (a subset, in
+        any order); ``write_to``, when given, is per row of ``input_ids``. A row that is all padding is an
+        inactive worker: it writes nothing and its logits are meaningless."""
+        structure = self.cache_structure
+        default_targets = self.write_to
+        if active_worker_indices is not None:
+            known = range(len(structure))
+            bad = [i for i in active_worker_indices if i not in known]
+            if bad or len(set(active_worker_indices)) != len(active_worker_indices):
+                raise ValueError(
+                    f"active_worker_indices {list(active_worker_indices)} must be distinct workers of "
+                    f"cache_structure (0..{len(structure) - 1})"
+                )
+            structure = [structure[i] for i in active_worker_indices]
+            if default_targets is not None:
+                default_targets = [default_targets[i] for i in active_worker_indices]
+        targets = write_to or default_targets or [row[-1] for row in structure]
         input_ids = torch.as_tensor(input_ids)
         if input_ids.ndim == 1:
             input_ids = input_ids[None]
-        if len(targets) != input_ids.shape[0] or len(self.cache_structure) != input_ids.shape[0]:
+        if len(targets) != input_ids.shape[0] or len(structure) != input_ids.shape[0]:
             raise ValueError(
-                f"input has {input_ids.shape[0]} rows but cache_structure has {len(self.cache_structure)} "
-                f"and write_to {len(targets)}"
+                f"input has {input_ids.shape[0]} rows but the active cache_structure has {len(structure)} "
+                f"and write_to {len(targets)} (select workers with active_worker_indices)"
             )
+        rows = _real_tokens(input_ids, attention_mask)
+        if not any(rows):
+            raise ValueError("every row is padding: no worker has a token to write")
         views = []
-        for row, target in zip(self.cache_structure, targets):
+        for b, (row, target) in enumerate(zip(structure, targets)):
+            if not rows[b]:  # inactive: one placeholder token into a block nobody reads
+                views.append([KVBlock(f"inactive{b}", row[-1].kv.num_layers)])
+                rows[b] = [0]
+                continue
             if row[-1] is not target:
                 raise ValueError("write_to[i] must be the last block of cache_structure[i] (see module docs)")
             views.append([block.kv for block in row])
-        rows = _real_tokens(input_ids, attention_mask)
-        first = self.cache_structure[0][0]
+        first = structure[0][0]
         self._abort_stale()
         device = input_ids.device
         attention = self.attention if self.attention != "auto" else default_attention_backend(device)
@@ -152,10 +183,9 @@ def _real_tokens(input_ids: torch.Tensor, attention_mask: torch.Tensor | None) -
     if attention_mask is None:
         return [row.tolist() for row in input_ids]
     mask = torch.as_tensor(attention_mask).bool()
-    rows = [ids[m].tolist() for ids, m in zip(input_ids, mask)]
-    if not all(rows):
-        raise ValueError("every row needs at least one token with attention_mask == 1")
-    return rows
+    if mask.shape != input_ids.shape:
+        raise ValueError(f"attention_mask has shape {tuple(mask.shape)}, input_ids {tuple(input_ids.shape)}")
+    return [ids[m].tolist() for ids, m in zip(input_ids, mask)]
 
 
 __all__: Sequence[str] = ("CacheBlock", "SharedCacheManager")

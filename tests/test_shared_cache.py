@@ -243,3 +243,67 @@ def test_thinker_writer_loop(models, tokenizer, family):
                 if decision == "yes":
                     state, switches = "thinker_only", switches + 1
     assert gates >= 2 and switches >= 1, "the loop should exercise both states"
+
+
+def _two_workers(model, tokenizer):
+    """Prompt + two worker blocks, each worker seeing the other's block before its own."""
+    prompt, w1, w2 = (shared_cache.CacheBlock(config=model.config) for _ in range(3))
+    with torch.inference_mode():
+        model(**tokenizer(["Compute 6 * 7."], return_tensors="pt"), use_cache=True, past_key_values=prompt)
+    cm = shared_cache.SharedCacheManager(cache_structure=[[prompt, w2, w1], [prompt, w1, w2]])
+    return cm, (prompt, w1, w2)
+
+
+def _ids(tokenizer, texts):
+    return tokenizer(texts, return_tensors="pt", padding=True, padding_side="left", add_special_tokens=False)
+
+
+def test_active_worker_indices_select_and_reorder_rows_like_the_official_api(models, tokenizer):
+    model = models("qwen3")
+    full, (_, a1, a2) = _two_workers(model, tokenizer)
+    reordered, (_, b1, b2) = _two_workers(model, tokenizer)
+    with torch.inference_mode():
+        both = model(**full.get_input_kwargs(**_ids(tokenizer, [" one", " two three"]))).logits[:, -1]
+        swapped = model(**reordered.get_input_kwargs(**_ids(tokenizer, [" two three", " one"]),
+                                                      active_worker_indices=[1, 0])).logits[:, -1]  # fmt: skip
+        torch.testing.assert_close(swapped, both.flip(0), atol=ATOL, rtol=0)
+        assert (b1.kv.token_ids, b2.kv.token_ids) == (a1.kv.token_ids, a2.kv.token_ids)
+        four = _ids(tokenizer, [" four"])
+        only = model(**reordered.get_input_kwargs(**four, active_worker_indices=[1]))
+        assert only.logits.shape[0] == 1 and b2.get_seq_length() == a2.get_seq_length() + four["input_ids"].shape[1]
+        assert b1.get_seq_length() == a1.get_seq_length()  # the inactive worker wrote nothing
+        with pytest.raises(ValueError, match="must be distinct workers of cache_structure"):
+            reordered.get_input_kwargs(**_ids(tokenizer, [" x"]), active_worker_indices=[2])
+
+
+def test_an_all_padding_row_is_an_inactive_worker(models, tokenizer):
+    model = models("llama")
+    active, (_, a1, a2) = _two_workers(model, tokenizer)
+    alone, (_, b1, b2) = _two_workers(model, tokenizer)
+    ids = _ids(tokenizer, [" five six", " seven"])
+    ids["attention_mask"][1] = 0  # worker 2 sits this step out
+    with torch.inference_mode():
+        both = model(**active.get_input_kwargs(**ids)).logits[:, -1]
+        just_one = model(**alone.get_input_kwargs(**_ids(tokenizer, [" five six"]), active_worker_indices=[0]))
+    torch.testing.assert_close(both[0], just_one.logits[0, -1], atol=ATOL, rtol=0)
+    assert a2.get_seq_length() == 0 and a1.get_seq_length() == b1.get_seq_length() == ids["input_ids"].shape[1]
+    ids["attention_mask"][0] = 0
+    with pytest.raises(ValueError, match="every row is padding"):
+        active.get_input_kwargs(**ids)
+
+
+def test_append_from_can_empty_the_other_block_and_unknown_arguments_raise(models, tokenizer):
+    model = models("qwen3")
+    cm, (prompt, w1, w2) = _two_workers(model, tokenizer)
+    history = shared_cache.CacheBlock(config=model.config)
+    with torch.inference_mode():
+        model(**cm.get_input_kwargs(**_ids(tokenizer, [" a b", " c"])))
+    n1, n2 = w1.get_seq_length(), w2.get_seq_length()
+    history.append_from(w1)
+    assert history.get_seq_length() == w1.get_seq_length() == n1  # kept
+    history.append_from(w2, keep_other=False)
+    assert history.get_seq_length() == n1 + n2 and w2.get_seq_length() == 0
+    with pytest.raises(TypeError, match="token_type_ids"):
+        cm.get_input_kwargs(**_ids(tokenizer, [" d", " e"]), token_type_ids=None)
+    with pytest.raises(ValueError, match="write_to\\[i\\] must be the last block"):
+        cm.get_input_kwargs(**_ids(tokenizer, [" d", " e"]), write_to=[prompt, w2])
