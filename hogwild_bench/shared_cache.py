@@ -34,16 +34,17 @@ import torch
 
 from hogwild_bench.engine.blocks import KVBlock
 from hogwild_bench.engine.cache import BlockBackedCache, HogwildCache
-from hogwild_bench.engine.model import ATTENTION_NAME, default_attention_backend
+from hogwild_bench.engine.model import ATTENTION_NAME, default_attention_backend, pack_left
 from hogwild_bench.engine.rope import RotaryShift, check_model_supported
 
-_ROPES: dict[int, RotaryShift] = {}
+_ROPES: dict[int, tuple[object, RotaryShift]] = {}  # id(config) -> (config, its rope): one per model config
 
 
 def _rope_for(config) -> RotaryShift:
+    # the entry keeps its config alive, so an id is never reused by another config while it is cached
     if id(config) not in _ROPES:
-        _ROPES[id(config)] = RotaryShift.from_config(config)
-    return _ROPES[id(config)]
+        _ROPES[id(config)] = (config, RotaryShift.from_config(config))
+    return _ROPES[id(config)][1]
 
 
 class CacheBlock(BlockBackedCache):
@@ -158,13 +159,7 @@ class SharedCacheManager:
         cache.finish_after_layer = first.kv.num_layers - 1  # the forward ends inside the model call
         cache.begin_forward_blocks(views, rows)
         self._cache = cache
-        q_len = max(len(r) for r in rows)
-        packed = torch.zeros(len(rows), q_len, dtype=torch.long)
-        positions = torch.zeros(len(rows), q_len, dtype=torch.long)
-        for b, (tokens, view) in enumerate(zip(rows, views)):
-            start = view[-1].length
-            packed[b, q_len - len(tokens) :] = torch.tensor(tokens)
-            positions[b, q_len - len(tokens) :] = torch.arange(start, start + len(tokens))
+        packed, positions = pack_left(rows, [view[-1].length for view in views])
         return dict(
             input_ids=packed.to(device),
             position_ids=positions.to(device),

@@ -116,6 +116,3 @@ def attend_rotating_keys(
     out = F.scaled_dot_product_attention(q[None], k[None], v[None], attn_mask=mask, scale=scaling)[0]
     out = out.nan_to_num(0.0)  # query slots with nothing visible (left padding) are zeroed
     return out.transpose(0, 1)
-
-
-ATTENTION_PATHS = {"query_rotation": attend_rotating_queries, "key_rotation": attend_rotating_keys}

@@ -1,9 +1,10 @@
 """`HogwildCache`: a `transformers.Cache` whose storage is a set of named `KVBlock`s.
 
 Stock models call ``past_key_values.update(k, v, layer_idx)`` with the new tokens' (already rotated)
-keys; this cache writes them into each worker's own block and hands them back unchanged. The registered
-``"hogwild"`` attention function (see `interface.py`) then reads the blocks of each worker's view.
-Between forwards the cache is plain data: blocks can be committed, cleared, truncated or prefilled.
+keys; this cache has its attention backend (`engine.backends`) store them in each worker's own block and
+hands them back unchanged. The registered ``"hogwild"`` attention function (`engine.model`) then has the
+backend read the blocks of each worker's view. Between forwards the cache is plain data: blocks can be
+committed, cleared, reserved or prefilled.
 """
 
 from __future__ import annotations
@@ -13,11 +14,12 @@ from collections.abc import Sequence
 import torch
 from transformers import Cache
 
-from hogwild_bench.engine.attention import ATTENTION_PATHS, RowView
+from hogwild_bench.engine.attention import RowView
+from hogwild_bench.engine.backends import BACKENDS
 from hogwild_bench.engine.blocks import KVBlock
 from hogwild_bench.engine.rope import RotaryShift
 
-ATTENTION_BACKENDS = ("query_rotation", "key_rotation", "triton")
+ATTENTION_BACKENDS = tuple(BACKENDS)
 
 
 class UnknownBlockError(KeyError):
@@ -34,9 +36,6 @@ class BlockBackedCache(Cache):
     def __init__(self, num_layers: int):
         super().__init__(layers=[])
         self.num_layers = num_layers
-
-    def get_max_length(self, layer_idx: int | None = None) -> int:
-        return -1
 
     @property
     def is_compileable(self) -> bool:
@@ -69,7 +68,8 @@ class HogwildCache(BlockBackedCache):
             raise ValueError(f"unknown attention backend {attention!r}; valid: {', '.join(ATTENTION_BACKENDS)}")
         super().__init__(num_layers)
         self.rope = rope
-        self.attention = attention
+        self.attention = attention  # the backend's name
+        self.backend = BACKENDS[attention]()
         self.blocks: dict[str, KVBlock] = {}
         self.rows: list[RowView] | None = None
         self.forward_state: dict = {}  # per-forward scratch for attention backends (e.g. kernel metadata)
@@ -164,36 +164,12 @@ class HogwildCache(BlockBackedCache):
         """Write each row's new (left-padded) keys/values into its own block."""
         if self.rows is None:
             raise RuntimeError("HogwildCache.update outside a planned forward; use HogwildLM.forward")
-        if self.graph is not None:
-            self.graph.append(layer, key_states, value_states)
-            return
-        if self.attention == "triton":
-            from hogwild_bench.engine.triton_attention import OwnBlockTables
-
-            tables = self.forward_state.get(("own_tables", key_states.device))
-            if tables is None and OwnBlockTables.possible(self.rows):
-                tables = OwnBlockTables(self.rows, key_states.device)
-                self.forward_state[("own_tables", key_states.device)] = tables
-            if tables is not None:  # one launch per layer instead of two copies per row
-                tables.append(layer, key_states, value_states)
-                return
-        q_len = key_states.shape[2]
-        for b, row in enumerate(self.rows):
-            row.own.write(layer, key_states[b, :, q_len - row.n_new :], value_states[b, :, q_len - row.n_new :])
+        self.backend.store(self, key_states, value_states, layer)
 
     def attend(self, query: torch.Tensor, layer: int, scaling: float, groups: int) -> torch.Tensor:
         """``query [rows, heads, T, D]`` of the forward in flight -> ``[rows, T, heads, D]`` over each row's view
         (``groups`` query heads per KV head)."""
-        if self.attention == "triton":
-            from hogwild_bench.engine.triton_attention import TritonPlan, attend_rows_triton
-
-            plan = self.forward_state.get(("triton_plan", query.device))
-            if plan is None:  # built once per forward (per device), shared by every layer
-                plan = TritonPlan.build(self.rows, query.shape[2], groups, query.device)
-                self.forward_state[("triton_plan", query.device)] = plan
-            return attend_rows_triton(query, self.rows, layer, self.rope, scaling, plan)
-        path = ATTENTION_PATHS[self.attention]
-        return torch.stack([path(query[b], row, layer, self.rope, scaling) for b, row in enumerate(self.rows)])
+        return self.backend.attend(self, query, layer, scaling, groups)
 
     def __repr__(self) -> str:
         return f"HogwildCache({', '.join(f'{n}={b.length}' for n, b in self.blocks.items())})"

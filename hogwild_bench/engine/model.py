@@ -76,6 +76,18 @@ def default_attention_backend(device: torch.device) -> str:
     return "query_rotation"
 
 
+def pack_left(rows: Sequence[Sequence[int]], starts: Sequence[int]) -> torch.Tensor:
+    """``[2, rows, T]`` int64: each row's new tokens left-padded to the longest (``[0]``) and their positions
+    in the row's own block, counting from ``starts[row]`` (``[1]``). Built as lists: one tensor per forward."""
+    q_len = max(len(tokens) for tokens in rows)
+    ids, positions = [], []
+    for tokens, start in zip(rows, starts):
+        pad = [0] * (q_len - len(tokens))
+        ids.append(pad + list(tokens))
+        positions.append(pad + list(range(start, start + len(tokens))))
+    return torch.tensor([ids, positions], dtype=torch.long)
+
+
 class HogwildLM:
     """A causal LM whose forwards read and write named KV blocks.
 
@@ -135,13 +147,8 @@ class HogwildLM:
 
                 cache.decode_graphs[views] = DecodeGraph(self, cache, views)
             return cache.decode_graphs[views].step([w.tokens[0] for w in writes])
-        q_len = max(len(w.tokens) for w in writes)
-        ids, pos = [], []  # left-padded rows, built as lists: one tensor per forward, not two per row
-        for w in writes:
-            n, start = len(w.tokens), cache.writable(w.view[-1]).length
-            ids.append([0] * (q_len - n) + list(w.tokens))
-            pos.append([0] * (q_len - n) + list(range(start, start + n)))
-        host = torch.tensor([ids, pos], dtype=torch.long)
+        host = pack_left([w.tokens for w in writes], [cache.writable(w.view[-1]).length for w in writes])
+        q_len = host.shape[2]
         cache.begin_forward([w.view for w in writes], [w.tokens for w in writes])
         ok = False
         try:
@@ -165,7 +172,7 @@ class HogwildLM:
         return (
             self.cuda_graphs
             and not all_logits
-            and cache.attention == "triton"
+            and cache.backend.graphs
             and self.device.type == "cuda"
             and all(len(w.tokens) == 1 for w in writes)
             and writes[0].view[0] in cache.blocks

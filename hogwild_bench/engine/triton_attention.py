@@ -374,11 +374,15 @@ def attend_rows_triton(
     out = torch.empty(n_rows, q_len, heads, dim, dtype=query.dtype, device=device)
     query = query.contiguous()
     with torch.cuda.device(device) if device.type == "cuda" else contextlib.nullcontext():  # the layer's GPU
-        _launch(query, plan, out, layer, rope, scaling, heads, groups, kv_heads, q_len, dim, n_rows, device)
+        _launch(query, out, plan, layer, rope, scaling, kv_heads)
     return out
 
 
-def _launch(query, plan, out, layer, rope, scaling, heads, groups, kv_heads, q_len, dim, n_rows, device) -> None:
+def _launch(query: torch.Tensor, out: torch.Tensor, plan: TritonPlan, layer: int, rope: RotaryShift, scaling: float,
+            kv_heads: int) -> None:  # fmt: skip
+    """The attention kernel over every (block, split, tile) work item, then the per-row merge into ``out``."""
+    n_rows, heads, q_len, dim = query.shape
+    groups, device = heads // kv_heads, query.device
     if plan.tables is not None:
         k_ptrs, v_ptrs, capacity = (table[layer] for table in plan.tables)
     else:
