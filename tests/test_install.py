@@ -30,8 +30,7 @@ def test_the_built_wheel_runs_a_small_experiment_from_an_unrelated_directory(tmp
     )  # fmt: skip
     assert result.returncode == 0, result.stderr[-2000:]
     (run_dir,) = (elsewhere / "runs").glob("demo-*")
-    summary = subprocess.run(
-        [sys.executable, "-c", f"from hogwild_bench.analysis import load_runs; print(len(load_runs({str(run_dir)!r})))"],
-        cwd=elsewhere, env=env, capture_output=True, text=True, check=True,
-    )  # fmt: skip
+    read = f"from hogwild_bench.analysis import load_runs; print(len(load_runs({str(run_dir)!r})))"
+    summary = subprocess.run([sys.executable, "-c", read], cwd=elsewhere, env=env, capture_output=True, text=True,
+                             check=True)  # fmt: skip
     assert summary.stdout.strip() == "1"

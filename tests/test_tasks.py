@@ -66,8 +66,14 @@ def test_unsupported_file_type_lists_supported_ones(tmp_path):
 
 
 def test_hub_failure_is_a_clear_error(monkeypatch):
+    import datasets
+    import huggingface_hub
+
     monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    # read at import time: set them where the libraries look, so the test never waits on a network timeout
+    monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", True, raising=False)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
     with pytest.raises(DatasetError, match="could not load 'GAIR/LIMO'"):
         load_problems(DatasetConfig(name="limo", source="hf", hf_id="GAIR/LIMO", split="train"))
 

@@ -138,9 +138,11 @@ def test_generation_with_triton_backend_matches_torch_backend(models, tokenizer)
 
 
 def test_one_append_launch_writes_each_rows_new_tokens_after_its_own_length_and_nothing_else():
-    """`HogwildCache.store_new` on the Triton path: the last ``n_new`` of each row's left-padded slots land at
-    its own block's length, in every layer, exactly where the per-row copies of the torch paths put them."""
+    """`OwnBlockTables.append` (how the Triton path stores a forward's K/V on CUDA): the last ``n_new`` of each
+    row's left-padded slots land at its own block's length, in every layer, exactly where the per-row copies
+    of the torch paths put them."""
     from hogwild_bench.engine.cache import HogwildCache
+    from hogwild_bench.engine.triton_attention import OwnBlockTables
 
     device = "cuda" if ON_GPU else "cpu"
     torch.manual_seed(0)
@@ -156,9 +158,13 @@ def test_one_append_launch_writes_each_rows_new_tokens_after_its_own_length_and_
     new_v = torch.randn(layers, len(lengths), kv_heads, 3, dim, device=device)
     for cache in caches.values():
         cache.begin_forward([[f"w{i}"] for i in range(3)], [list(range(n)) for n in n_new])
+        assert OwnBlockTables.possible(cache.rows)  # begin_forward reserved room in every layer
+        tables = OwnBlockTables(cache.rows, torch.device(device)) if cache.attention == "triton" else None
         for layer in range(layers):
-            cache.store_new(new_k[layer], new_v[layer], layer)
-        assert (("own_tables", torch.device(device)) in cache.forward_state) == (cache.attention == "triton")
+            if tables is None:
+                cache.store_new(new_k[layer], new_v[layer], layer)
+            else:
+                tables.append(layer, new_k[layer], new_v[layer])
         cache.end_forward()
     for i, (length, n) in enumerate(zip(lengths, n_new)):
         torch_block, triton_block = caches["query_rotation"].blocks[f"w{i}"], caches["triton"].blocks[f"w{i}"]

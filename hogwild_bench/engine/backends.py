@@ -70,7 +70,8 @@ class TritonBackend(AttentionBackend):
             cache.graph.append(layer, keys, values)
             return
         tables = cache.forward_state.get(("own_tables", keys.device))
-        if tables is None and OwnBlockTables.possible(cache.rows):
+        # on CPU the kernel only runs in Triton's (slow) interpreter: plain copies there
+        if tables is None and keys.is_cuda and OwnBlockTables.possible(cache.rows):
             tables = OwnBlockTables(cache.rows, keys.device)
             cache.forward_state[("own_tables", keys.device)] = tables
         if tables is None:  # a block's first write allocates its storage
