@@ -10,7 +10,7 @@ from hogwild_bench.runner import run
 
 
 def test_demo_experiment_writes_scored_records_and_a_png(tmp_path):
-    run_dir = run(compose_config(["+exp=demo", "dataset.limit=1", "grid.workers=[1,2]", f"store.root={tmp_path}",
+    run_dir = run(compose_config(["+exp=demo_random", "dataset.limit=1", "grid.workers=[1,2]", f"store.root={tmp_path}",
                                   "progress=false"]))  # fmt: skip
     df = load_runs(run_dir)
     assert len(df) == 1 * 2 * 3 * 3 and df["correct"].notna().all()

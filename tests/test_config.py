@@ -12,7 +12,14 @@ from hogwild_bench.config import ConfigError, validate
 
 
 def test_default_and_experiment_configs_compose_and_validate():
-    for overrides in ([], ["+exp=demo"], ["+exp=limo_sweep"], ["protocol=single"], ["model=qwen3_8b", "dataset=gsm8k"]):
+    for overrides in (
+        [],
+        ["+exp=demo"],
+        ["+exp=demo_random"],
+        ["+exp=limo_sweep"],
+        ["protocol=single"],
+        ["model=qwen3_8b", "dataset=gsm8k"],
+    ):
         validate(compose_config(overrides))
 
 

@@ -24,12 +24,12 @@ def test_the_built_wheel_runs_a_small_experiment_from_an_unrelated_directory(tmp
                            cwd=elsewhere, env=env, capture_output=True, text=True, check=True)  # fmt: skip
     assert where.stdout.startswith(str(site)), f"imported from {where.stdout}, not from the installed wheel"
     result = subprocess.run(
-        [sys.executable, "-m", "hogwild_bench", "+exp=demo", "dataset.limit=1", "generation.budgets=[4]",
+        [sys.executable, "-m", "hogwild_bench", "+exp=demo_random", "dataset.limit=1", "generation.budgets=[4]",
          "grid.workers=[2]", "grid.layouts=[combined]", "store.root=runs", "progress=false", "plot=false"],
         cwd=elsewhere, env=env, capture_output=True, text=True, timeout=300,
     )  # fmt: skip
     assert result.returncode == 0, result.stderr[-2000:]
-    (run_dir,) = (elsewhere / "runs").glob("demo-*")
+    (run_dir,) = (elsewhere / "runs").glob("demo_random-*")
     read = f"from hogwild_bench.analysis import load_runs; print(len(load_runs({str(run_dir)!r})))"
     summary = subprocess.run([sys.executable, "-c", read], cwd=elsewhere, env=env, capture_output=True, text=True,
                              check=True)  # fmt: skip

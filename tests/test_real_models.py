@@ -119,3 +119,13 @@ def test_runner_on_packaged_gsm8k_scores_what_plain_generate_gives(tmp_path, smo
         expected = score_answer(response, record["gold_answer"])
         assert record["extracted_answer"] == expected.extracted and record["correct"] == expected.correct
         assert isinstance(record["worker_compression"], list) and isinstance(record["degenerate"], bool)
+
+
+def test_the_readme_demo_runs_the_real_model_on_real_problems(tmp_path, smollm2):
+    """``+exp=demo`` (README's first command), cut to one problem and two workers."""
+    run_dir = run(compose_config(["+exp=demo", "dataset.limit=1", "grid.workers=[2]", f"store.root={tmp_path}",
+                                  "progress=false", "plot=false"]))  # fmt: skip
+    records = ResultStore(run_dir).records()
+    assert len(records) == 3 * 2 and all(r["status"] == "ok" for r in records)  # 3 layouts x 2 budgets
+    assert {r["model"] for r in records} == {MODEL} and {r["dataset"] for r in records} == {"asdiv"}
+    assert all(r["worker_texts"] and all(t.strip() for t in r["worker_texts"]) for r in records)
