@@ -79,12 +79,13 @@ def reference_keys(root: Path, *overrides: str) -> list[tuple]:
 
 
 def test_a_two_shard_demo_array_fills_one_run_directory_without_gaps_or_duplicates(cluster, tmp_path):
-    job = submit(cluster, tmp_path, tmp_path / "runs", "+exp=demo_random", "dataset.limit=2", shards=2)
+    small = ["+exp=demo_random", "dataset.limit=2", "generation.budgets=[8,16]"]
+    job = submit(cluster, tmp_path, tmp_path / "runs", *small, shards=2)
     wait(cluster, job)
     (run_dir,) = (tmp_path / "runs").glob("demo_random-*")
     keys = stored(run_dir)
     assert len(keys) == len(set(keys))
-    assert sorted(keys) == sorted(reference_keys(tmp_path / "ref", "+exp=demo_random", "dataset.limit=2"))
+    assert sorted(keys) == sorted(reference_keys(tmp_path / "ref", *small))
     assert {r["shard"] for r in ResultStore(run_dir).records()} == {"0/2", "1/2"}
     for task in (0, 1):  # each task's log names its shard, the run directory and the summary
         log = next(tmp_path.glob(f"*-{job}_{task}.out")).read_text()
