@@ -56,6 +56,40 @@ class BlockBackedCache(Cache):
         return query_length, 0
 
 
+class PackedRows:
+    """A forward whose rows' new tokens are packed into one sequence (``[1, total]``, no padding): the model's
+    matrix products then cost ``total`` tokens, not ``rows x longest``, when a few rows write many tokens (a
+    step prefix, a finisher suffix) beside many rows writing one. Attention backends still see left-padded
+    ``[rows, heads, T, D]`` tensors: `unpack` and `pack` convert at the engine's two per-layer calls."""
+
+    def __init__(self, n_new: Sequence[int]):
+        self.rows, self.width, self.total = len(n_new), max(n_new), sum(n_new)
+        gather, real, start = [], [], 0
+        for r, n in enumerate(n_new):
+            pad = self.width - n
+            gather.append([self.total] * pad + list(range(start, start + n)))  # index `total`: a zero slot
+            real.extend(r * self.width + pad + j for j in range(n))
+            start += n
+        self._gather, self._real = torch.tensor(gather), torch.tensor(real)
+        self._on: dict[torch.device, tuple[torch.Tensor, torch.Tensor]] = {}
+
+    def _indices(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        if device not in self._on:
+            self._on[device] = (self._gather.to(device), self._real.to(device))
+        return self._on[device]
+
+    def unpack(self, x: torch.Tensor) -> torch.Tensor:
+        """``[1, heads, total, D]`` -> left-padded ``[rows, heads, T, D]`` (padding slots are zeros)."""
+        gather, _ = self._indices(x.device)
+        flat = torch.cat([x[0], x.new_zeros(x.shape[1], 1, x.shape[3])], dim=1)  # [heads, total + 1, D]
+        return flat[:, gather].transpose(0, 1)
+
+    def pack(self, out: torch.Tensor) -> torch.Tensor:
+        """``[rows, T, heads, D]`` (attention output) -> ``[1, total, heads, D]``, the real tokens in order."""
+        _, real = self._indices(out.device)
+        return out.reshape(self.rows * self.width, *out.shape[2:])[real][None]
+
+
 class HogwildCache(BlockBackedCache):
     """Named KV blocks plus the per-forward plan (which worker sees which blocks, writes where).
 
@@ -73,6 +107,7 @@ class HogwildCache(BlockBackedCache):
         self.blocks: dict[str, KVBlock] = {}
         self.rows: list[RowView] | None = None
         self.forward_state: dict = {}  # per-forward scratch for attention backends (e.g. kernel metadata)
+        self.packed: PackedRows | None = None  # set for a forward whose rows are packed into one sequence
         # set when the caller cannot wrap the model call (the shared_cache adapter): the attention of this
         # layer ends the forward
         self.finish_after_layer: int | None = None
@@ -154,6 +189,7 @@ class HogwildCache(BlockBackedCache):
             row.own.finish_write() if ok else row.own.abort_write()
         self.rows = None
         self.forward_state = {}
+        self.packed = None
 
     def update(self, key_states: torch.Tensor, value_states: torch.Tensor, layer_idx: int, *args, **kwargs):
         """Called by every attention layer with ``[rows, kv_heads, T, head_dim]`` new keys/values."""
@@ -164,11 +200,15 @@ class HogwildCache(BlockBackedCache):
         """Write each row's new (left-padded) keys/values into its own block."""
         if self.rows is None:
             raise RuntimeError("HogwildCache.update outside a planned forward; use HogwildLM.forward")
+        if self.packed is not None:
+            key_states, value_states = self.packed.unpack(key_states), self.packed.unpack(value_states)
         self.backend.store(self, key_states, value_states, layer)
 
     def attend(self, query: torch.Tensor, layer: int, scaling: float, groups: int) -> torch.Tensor:
         """``query [rows, heads, T, D]`` of the forward in flight -> ``[rows, T, heads, D]`` over each row's view
         (``groups`` query heads per KV head)."""
+        if self.packed is not None:
+            return self.packed.pack(self.backend.attend(self, self.packed.unpack(query), layer, scaling, groups))
         return self.backend.attend(self, query, layer, scaling, groups)
 
     def __repr__(self) -> str:

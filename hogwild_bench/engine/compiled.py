@@ -72,11 +72,14 @@ class CompiledDecoder:
         self.stand_in = StandInCache(model.config.num_hidden_layers)
         self.compiled = torch.compile(model, backend=backend, dynamic=dynamic)
 
-    def __call__(self, cache: HogwildCache, input_ids: torch.Tensor, position_ids: torch.Tensor) -> torch.Tensor:
-        """Logits ``[rows, V]`` (model dtype) of each row's last token; a forward must be begun on ``cache``."""
+    def __call__(
+        self, cache: HogwildCache, input_ids: torch.Tensor, position_ids: torch.Tensor, keep: int | torch.Tensor = 1
+    ) -> torch.Tensor:
+        """Logits ``[rows, V]`` (model dtype) of each row's last token; a forward must be begun on ``cache``.
+        ``keep``: 1 for left-padded rows, or the last token's index of each row packed in one sequence."""
         with running(cache):
             out = self.compiled(
                 input_ids=input_ids, position_ids=position_ids, past_key_values=self.stand_in,
-                hogwild_cache=self.stand_in, use_cache=True, logits_to_keep=1,
+                hogwild_cache=self.stand_in, use_cache=True, logits_to_keep=keep,
             )  # fmt: skip
-        return out.logits[:, -1]
+        return out.logits[:, -1] if isinstance(keep, int) else out.logits[0]

@@ -16,7 +16,7 @@ from transformers import AttentionInterface
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
 from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 
-from hogwild_bench.engine.cache import HogwildCache
+from hogwild_bench.engine.cache import HogwildCache, PackedRows
 from hogwild_bench.engine.compiled import CompiledDecoder, StandInCache
 from hogwild_bench.engine.rope import RotaryShift, check_model_supported
 
@@ -88,6 +88,14 @@ def pack_left(rows: Sequence[Sequence[int]], starts: Sequence[int]) -> torch.Ten
     return torch.tensor([ids, positions], dtype=torch.long)
 
 
+def pack_in_one_row(rows: Sequence[Sequence[int]], starts: Sequence[int]) -> torch.Tensor:
+    """``[2, 1, total]`` int64: every row's new tokens one after another (``[0]``) and their positions in their
+    row's own block (``[1]``); `cache.PackedRows` maps them back to rows inside attention."""
+    ids = [t for tokens in rows for t in tokens]
+    positions = [p for tokens, start in zip(rows, starts) for p in range(start, start + len(tokens))]
+    return torch.tensor([[ids], [positions]], dtype=torch.long)
+
+
 class HogwildLM:
     """A causal LM whose forwards read and write named KV blocks.
 
@@ -104,6 +112,7 @@ class HogwildLM:
         cuda_graphs: bool = True,
         compile: bool = False,
         compile_dynamic: bool = False,
+        pack_rows: bool = True,
     ):
         check_model_supported(model.config)
         # decode steps on the Triton path replay CUDA graphs (one CUDA device; a model split over GPUs runs eager)
@@ -118,6 +127,8 @@ class HogwildLM:
         # decode forwards (graph captures included) run the torch.compile'd model: its small kernels fused.
         # compile_dynamic: one compilation serves every forward shape (batched runs; see CompiledDecoder)
         self.decoder = CompiledDecoder(model, dynamic=compile_dynamic) if compile or compile_dynamic else None
+        # a forward whose rows write different numbers of tokens runs them packed in one sequence (no padding)
+        self.pack_rows = pack_rows
 
     @property
     def kv_bytes_per_token(self) -> int:
@@ -147,21 +158,29 @@ class HogwildLM:
 
                 cache.decode_graphs[views] = DecodeGraph(self, cache, views)
             return cache.decode_graphs[views].step([w.tokens[0] for w in writes])
-        host = pack_left([w.tokens for w in writes], [cache.writable(w.view[-1]).length for w in writes])
-        q_len = host.shape[2]
+        n_new = [len(w.tokens) for w in writes]
+        starts = [cache.writable(w.view[-1]).length for w in writes]
+        q_len = max(n_new)
+        packed = self.pack_rows and not all_logits and q_len > 1 and sum(n_new) < len(writes) * q_len
+        host = pack_in_one_row([w.tokens for w in writes], starts) if packed else pack_left(
+            [w.tokens for w in writes], starts)  # fmt: skip
         cache.begin_forward([w.view for w in writes], [w.tokens for w in writes])
         ok = False
         try:
             pinned = self.device.type == "cuda"
             input_ids, positions = (host.pin_memory() if pinned else host).to(self.device, non_blocking=True)
+            keep: int | torch.Tensor = 0 if all_logits else 1
+            if packed:  # keep each row's last token: its end in the packed sequence
+                cache.packed = PackedRows(n_new)
+                keep = torch.tensor(n_new).cumsum(0).sub(1).to(self.device, non_blocking=True)
             if self.decoder is not None and not all_logits and (q_len == 1 or self.decoder.dynamic):
-                logits = self.decoder(cache, input_ids, positions)
+                logits = self.decoder(cache, input_ids, positions, keep)
             else:
                 out = self.model(
                     input_ids=input_ids, position_ids=positions, past_key_values=cache, hogwild_cache=cache,
-                    use_cache=True, logits_to_keep=0 if all_logits else 1,
+                    use_cache=True, logits_to_keep=keep,
                 )  # fmt: skip
-                logits = out.logits if all_logits else out.logits[:, -1]
+                logits = out.logits if all_logits else out.logits[0] if packed else out.logits[:, -1]
             ok = True
         finally:
             cache.end_forward(ok)
