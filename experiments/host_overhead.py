@@ -30,6 +30,7 @@ from batch_bench import jobs, prompts  # noqa: E402
 
 import hogwild_bench.engine.triton_attention as triton_attention  # noqa: E402
 from hogwild_bench.engine import HogwildLM  # noqa: E402
+from hogwild_bench.engine.backends import TritonBackend  # noqa: E402
 from hogwild_bench.engine.batch import ContinuousBatcher  # noqa: E402
 from hogwild_bench.tiny import tiny_model, tiny_tokenizer  # noqa: E402
 
@@ -42,6 +43,7 @@ class NoLaunch:
 
 
 def stub_kernels() -> None:
+    TritonBackend.append_kernel_on = ("cuda", "cpu")  # the CUDA path's host work: K/V stored by the kernel
     for name in ("_block_attention_kernel", "_merge_kernel", "_append_kernel"):
         setattr(triton_attention, name, NoLaunch())
     attend = triton_attention.attend_rows_triton

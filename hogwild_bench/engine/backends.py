@@ -62,6 +62,9 @@ class TritonBackend(AttentionBackend):
 
     name = "triton"
     graphs = True
+    # device types whose new K/V the append kernel stores (on CPU it runs only in Triton's slow interpreter:
+    # plain copies there; experiments/host_overhead.py adds "cpu" to time the CUDA path's host work)
+    append_kernel_on: ClassVar[tuple[str, ...]] = ("cuda",)
 
     def store(self, cache, keys, values, layer):
         from hogwild_bench.engine.triton_attention import OwnBlockTables
@@ -70,8 +73,7 @@ class TritonBackend(AttentionBackend):
             cache.graph.append(layer, keys, values)
             return
         tables = cache.forward_state.get(("own_tables", keys.device))
-        # on CPU the kernel only runs in Triton's (slow) interpreter: plain copies there
-        if tables is None and keys.is_cuda and OwnBlockTables.possible(cache.rows):
+        if tables is None and keys.device.type in self.append_kernel_on and OwnBlockTables.possible(cache.rows):
             tables = OwnBlockTables(cache.rows, keys.device)
             cache.forward_state[("own_tables", keys.device)] = tables
         if tables is None:  # a block's first write allocates its storage
