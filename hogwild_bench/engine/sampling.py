@@ -29,20 +29,25 @@ class Sampler:
         self.params = params
         self.forbidden = sorted(set(params.forbidden_token_ids) | set(extra_forbidden))
         self._generators: dict[torch.device, torch.Generator] = {}
-        self._forbidden_on: dict[torch.device, torch.Tensor] = {}
+        self._masks: dict[tuple[torch.device, int], torch.Tensor] = {}
 
     def _generator(self, device: torch.device) -> torch.Generator:
         if device not in self._generators:
             self._generators[device] = torch.Generator(device=device).manual_seed(self.params.seed)
         return self._generators[device]
 
+    def _mask(self, device: torch.device, vocab: int) -> torch.Tensor:
+        if (device, vocab) not in self._masks:
+            mask = torch.zeros(vocab, device=device)
+            mask[[i for i in self.forbidden if i < vocab]] = float("-inf")
+            self._masks[(device, vocab)] = mask
+        return self._masks[(device, vocab)]
+
     def __call__(self, logits: torch.Tensor) -> list[int]:
         """``logits [rows, V]`` -> one token id per row."""
-        logits = logits.float().clone()
-        if self.forbidden:
-            if logits.device not in self._forbidden_on:
-                self._forbidden_on[logits.device] = torch.tensor(self.forbidden, device=logits.device)
-            logits[:, self._forbidden_on[logits.device]] = float("-inf")
+        logits = logits.float()
+        if self.forbidden:  # one add of a cached 0 / -inf row (no copy, no scatter per call)
+            logits = logits + self._mask(logits.device, logits.shape[-1])
         if self.params.temperature == 0:
             return logits.argmax(-1).tolist()
         probs = torch.softmax(logits / self.params.temperature, dim=-1)
