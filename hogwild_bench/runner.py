@@ -203,13 +203,14 @@ def _run_shard(cfg: RunConfig, problems: list, run_dir: Path) -> Path:
 def _run_todo(cfg: RunConfig, store: ResultStore, todo: list, run_dir: Path, digest: str) -> None:
     model, tokenizer = load_model(cfg.model)
     devices = {p.device for p in model.parameters()}
-    # torch.compile specialises on the batch size, which changes every few steps in a batched run: it would
-    # recompile until its limit and fall back to eager (measured: 5x slower than eager), so only unbatched runs.
-    # (`HogwildLM(compile_dynamic=True)`, one compilation for every shape, is correct on CPU but not yet timed
-    # on a GPU: experiments/batch_bench.py --compiled-rows measures it.)
+    # a static torch.compile specialises on the batch size, which changes every few steps in a batched run: it
+    # would recompile until its limit and fall back to eager (measured: 5x slower than eager). Batched runs
+    # compile only with batch.compile_dynamic (one compilation for every shape).
     compile = cfg.model.compile and len(devices) == 1 and next(iter(devices)).type == "cuda"
-    compile = compile and not (cfg.batch.enabled and protocol_batchable(cfg))
-    lm = HogwildLM(model, attention=_value(cfg.model.attention), cuda_graphs=cfg.model.cuda_graphs, compile=compile)
+    batched = cfg.batch.enabled and protocol_batchable(cfg)
+    dynamic = compile and batched and cfg.batch.compile_dynamic
+    lm = HogwildLM(model, attention=_value(cfg.model.attention), cuda_graphs=cfg.model.cuda_graphs,
+                   compile=compile and not batched, compile_dynamic=dynamic)  # fmt: skip
     protocol = build_protocol(_value(cfg.protocol.name), ProtocolContext(lm, tokenizer, cfg))
     config_dict = OmegaConf.to_container(OmegaConf.structured(cfg), resolve=True, enum_to_str=True)
     tracker = make_tracker(cfg.logger, cfg.store.run_name, config_dict, run_dir, (cfg.shard.index, cfg.shard.count))
