@@ -56,6 +56,13 @@ class BlockBackedCache(Cache):
         return query_length, 0
 
 
+def to_device(host: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """A small host tensor on ``device`` without making the host wait (pinned staging on CUDA)."""
+    if device.type != "cuda":
+        return host.to(device)
+    return host.pin_memory().to(device, non_blocking=True)
+
+
 class PackedRows:
     """A forward whose rows' new tokens are packed into one sequence (``[1, total]``, no padding): the model's
     matrix products then cost ``total`` tokens, not ``rows x longest``, when a few rows write many tokens (a
@@ -75,7 +82,7 @@ class PackedRows:
 
     def _indices(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
         if device not in self._on:
-            self._on[device] = (self._gather.to(device), self._real.to(device))
+            self._on[device] = (to_device(self._gather, device), to_device(self._real, device))
         return self._on[device]
 
     def unpack(self, x: torch.Tensor) -> torch.Tensor:

@@ -16,7 +16,7 @@ from transformers import AttentionInterface
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
 from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 
-from hogwild_bench.engine.cache import HogwildCache, PackedRows
+from hogwild_bench.engine.cache import HogwildCache, PackedRows, to_device
 from hogwild_bench.engine.compiled import CompiledDecoder, StandInCache
 from hogwild_bench.engine.rope import RotaryShift, check_model_supported
 
@@ -172,7 +172,7 @@ class HogwildLM:
             keep: int | torch.Tensor = 0 if all_logits else 1
             if packed:  # keep each row's last token: its end in the packed sequence
                 cache.packed = PackedRows(n_new)
-                keep = torch.tensor(n_new).cumsum(0).sub(1).to(self.device, non_blocking=True)
+                keep = to_device(torch.tensor(n_new).cumsum(0).sub(1), self.device)
             if self.decoder is not None and not all_logits and (q_len == 1 or self.decoder.dynamic):
                 logits = self.decoder(cache, input_ids, positions, keep)
             else:
