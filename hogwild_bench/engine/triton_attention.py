@@ -166,6 +166,25 @@ def upload(values: list | torch.Tensor, dtype: torch.dtype, device: torch.device
     return host.pin_memory().to(device, non_blocking=True)
 
 
+def upload_tables(arrays: dict[str, list], device: torch.device) -> dict[str, torch.Tensor]:
+    """Int lists (flat, or lists of equal-length rows) -> int32 device tensors of the same shapes, in one
+    upload: each is a view of one buffer."""
+    shapes, flat = {}, []
+    for name, values in arrays.items():
+        if values and isinstance(values[0], list):
+            shapes[name] = (len(values), len(values[0]))
+            flat.extend(v for row in values for v in row)
+        else:
+            shapes[name] = (len(values),)
+            flat.extend(values)
+    buffer, offset, tensors = upload(flat, torch.int32, device), 0, {}
+    for name, shape in shapes.items():
+        size = shape[0] * (shape[1] if len(shape) == 2 else 1)
+        tensors[name] = buffer[offset : offset + size].view(shape)
+        offset += size
+    return tensors
+
+
 def pointer_tables(blocks: list, device: torch.device):
     """K/V base addresses and capacities ``[layers, blocks]`` of every block, uploaded once per forward.
 
@@ -220,8 +239,7 @@ class TritonPlan:
     @classmethod
     def build(cls, rows: list[RowView], q_len: int, groups: int, device: torch.device) -> TritonPlan:
         blocks, arrays, sizes = plan_arrays(rows, q_len, groups)
-        tensors = {name: upload(values, torch.int32, device) for name, values in arrays.items()}
-        return cls.assemble(blocks, tensors, sizes, pointer_tables(blocks, device))
+        return cls.assemble(blocks, upload_tables(arrays, device), sizes, pointer_tables(blocks, device))
 
     @classmethod
     def assemble(cls, blocks, tensors: dict, sizes: dict, tables) -> TritonPlan:
