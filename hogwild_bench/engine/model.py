@@ -147,9 +147,11 @@ class HogwildLM:
     ) -> torch.Tensor:
         """Run one batched forward; returns float32 logits ``[rows, V]`` (last token) or ``[rows, T, V]``.
 
-        Rows are left-padded to the longest; row b's real tokens sit at block-local positions
-        ``len(view[-1]) ...`` of its own block. ``cuda_graphs=False`` runs this forward eagerly even where
-        a decode graph could replay it (views that change every few steps would re-capture each time).
+        Row b's tokens sit at block-local positions ``len(view[-1]) ...`` of its own block. Rows are
+        left-padded to the longest, or, when they write different numbers of tokens and only last-token
+        logits are asked for, packed into one sequence (``pack_rows``: no padded slots in the model's matmuls).
+        ``cuda_graphs=False`` runs this forward eagerly even where a decode graph could replay it (views that
+        change every few steps would re-capture each time).
         """
         if cuda_graphs and self._use_graph(cache, writes, all_logits):
             views = tuple(tuple(w.view) for w in writes)
