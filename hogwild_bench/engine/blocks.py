@@ -96,6 +96,12 @@ class KVBlock:
             self._addresses = (self.storage_version, found)
         return self._addresses[1]
 
+    def addresses_with_room(self) -> BlockAddresses | None:
+        """`addresses` if every layer's storage already holds the visible tokens (those of the forward in
+        flight included), else None: what a kernel handed the addresses may write and read."""
+        found = self.addresses()
+        return found if found is not None and found.min_capacity >= self.visible_length else None
+
     # -- writes from a forward pass -------------------------------------------------------------
     def start_write(self, token_ids: list[int]) -> None:
         if self.pending:
@@ -107,8 +113,7 @@ class KVBlock:
     def reserve_pending(self) -> None:
         """Grow every allocated layer to hold the pending tokens now, so addresses stay fixed during the
         forward (kernels read them from a table built once per forward)."""
-        found = self.addresses()
-        if found is not None and found.min_capacity >= self.length + self.pending:
+        if self.addresses_with_room() is not None:
             return
         for layer in range(self.num_layers):
             if self.keys[layer] is not None:

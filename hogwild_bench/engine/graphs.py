@@ -20,8 +20,10 @@ from hogwild_bench.engine.triton_attention import (
     TritonPlan,
     address_tables,
     append_rows,
+    flat_tables,
     plan_arrays,
     pointer_tables,
+    table_views,
 )
 
 WARMUP_RUNS = 1
@@ -66,26 +68,21 @@ class DecodeGraph:
 
     def _packed(self, arrays: dict, tokens: list[int]) -> tuple[list[int], list[int]]:
         """Every table in one int32 list (capture order), token ids and positions in one int64 list."""
-        flat = [v for name in self.names for v in _flatten(arrays[name])]
-        return flat, [*tokens, *(row.own.length for row in self.cache.rows)]
+        return flat_tables(arrays)[1], [*tokens, *(row.own.length for row in self.cache.rows)]
 
     # -- capture and replay -------------------------------------------------------------------------
     def _capture(self, tokens: list[int]) -> None:
         blocks, arrays, sizes = self._host_tables()
         device, rows = self.device, len(tokens)
-        self.names = list(arrays)
-        self.table_sizes = {name: torch.tensor(arrays[name]).shape for name in self.names}
-        total = sum(shape.numel() for shape in self.table_sizes.values())
+        shapes, flat = flat_tables(arrays)
+        total = len(flat)
         # one pinned staging buffer and one device buffer for all tables: a step uploads them in one copy
         self.host_i32 = torch.empty(total, dtype=torch.int32).pin_memory()
         self.host_i64 = torch.empty(2 * rows, dtype=torch.int64).pin_memory()
         self.tables_i32 = torch.empty(total, dtype=torch.int32, device=device)
         self.tables_i64 = torch.empty(2 * rows, dtype=torch.int64, device=device)
         self.uploaded = torch.cuda.Event()
-        self.static, offset = {}, 0
-        for name, shape in self.table_sizes.items():
-            self.static[name] = self.tables_i32[offset : offset + shape.numel()].view(shape)
-            offset += shape.numel()
+        self.static = table_views(self.tables_i32, shapes)
         self.input_ids = self.tables_i64[:rows].view(rows, 1)
         self.positions = self.tables_i64[rows:].view(rows, 1)
         self._upload(*self._packed(arrays, tokens))
@@ -156,7 +153,3 @@ class DecodeGraph:
         finally:
             cache.end_forward(ok)
         return logits
-
-
-def _flatten(values: list) -> list:
-    return [v for row in values for v in row] if values and isinstance(values[0], list) else values

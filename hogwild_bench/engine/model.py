@@ -169,8 +169,7 @@ class HogwildLM:
         cache.begin_forward([w.view for w in writes], [w.tokens for w in writes])
         ok = False
         try:
-            pinned = self.device.type == "cuda"
-            input_ids, positions = (host.pin_memory() if pinned else host).to(self.device, non_blocking=True)
+            input_ids, positions = to_device(host, self.device)
             keep: int | torch.Tensor = 0 if all_logits else 1
             if packed:  # keep each row's last token: its end in the packed sequence
                 cache.packed = PackedRows(n_new)

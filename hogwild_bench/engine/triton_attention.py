@@ -20,6 +20,7 @@ import triton
 import triton.language as tl
 
 from hogwild_bench.engine.attention import RowView
+from hogwild_bench.engine.cache import to_device
 from hogwild_bench.engine.rope import RotaryShift
 
 
@@ -160,15 +161,13 @@ MERGE_CHUNK = 32  # partials merged per iteration
 
 def upload(values: list | torch.Tensor, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
     """Small host list or CPU tensor -> device tensor without a sync (pinned staging, asynchronous copy)."""
-    host = values.to(dtype) if isinstance(values, torch.Tensor) else torch.tensor(values, dtype=dtype)
-    if device.type != "cuda":
-        return host.to(device)
-    return host.pin_memory().to(device, non_blocking=True)
+    return to_device(values.to(dtype) if isinstance(values, torch.Tensor) else torch.tensor(values, dtype=dtype),
+                     device)  # fmt: skip
 
 
-def upload_tables(arrays: dict[str, list], device: torch.device) -> dict[str, torch.Tensor]:
-    """Int lists (flat, or lists of equal-length rows) -> int32 device tensors of the same shapes, in one
-    upload: each is a view of one buffer."""
+def flat_tables(arrays: dict[str, list]) -> tuple[dict[str, tuple[int, ...]], list[int]]:
+    """Int lists (flat, or lists of equal-length rows) -> each one's shape, and all values in one list (in
+    order, rows flattened): one buffer to upload, cut back into views by `table_views`."""
     shapes, flat = {}, []
     for name, values in arrays.items():
         if values and isinstance(values[0], list):
@@ -177,12 +176,17 @@ def upload_tables(arrays: dict[str, list], device: torch.device) -> dict[str, to
         else:
             shapes[name] = (len(values),)
             flat.extend(values)
-    buffer, offset, tensors = upload(flat, torch.int32, device), 0, {}
+    return shapes, flat
+
+
+def table_views(buffer: torch.Tensor, shapes: dict[str, tuple[int, ...]]) -> dict[str, torch.Tensor]:
+    """Views of ``buffer`` with the ``shapes`` of `flat_tables`, in its order."""
+    views, offset = {}, 0
     for name, shape in shapes.items():
         size = shape[0] * (shape[1] if len(shape) == 2 else 1)
-        tensors[name] = buffer[offset : offset + size].view(shape)
+        views[name] = buffer[offset : offset + size].view(shape)
         offset += size
-    return tensors
+    return views
 
 
 def pointer_tables(blocks: list, device: torch.device):
@@ -190,8 +194,8 @@ def pointer_tables(blocks: list, device: torch.device):
 
     Valid when every layer's storage already holds the forward's tokens (`HogwildCache.begin_forward`
     reserves it); otherwise None, and each layer uploads its own row."""
-    found = [b.addresses() for b in blocks]
-    if not blocks or any(a is None or a.min_capacity < b.visible_length for a, b in zip(found, blocks)):
+    found = [b.addresses_with_room() for b in blocks]
+    if not blocks or None in found:
         return None
     return address_tables(found, device)
 
@@ -239,7 +243,9 @@ class TritonPlan:
     @classmethod
     def build(cls, rows: list[RowView], q_len: int, groups: int, device: torch.device) -> TritonPlan:
         blocks, arrays, sizes = plan_arrays(rows, q_len, groups)
-        return cls.assemble(blocks, upload_tables(arrays, device), sizes, pointer_tables(blocks, device))
+        shapes, flat = flat_tables(arrays)  # one upload for every table
+        tensors = table_views(upload(flat, torch.int32, device), shapes)
+        return cls.assemble(blocks, tensors, sizes, pointer_tables(blocks, device))
 
     @classmethod
     def assemble(cls, blocks, tensors: dict, sizes: dict, tables) -> TritonPlan:
@@ -361,11 +367,7 @@ class OwnBlockTables:
     @staticmethod
     def possible(rows: list[RowView]) -> bool:
         """Every own block has storage for the forward's tokens in every layer (`begin_forward` reserved it)."""
-        for row in rows:
-            found = row.own.addresses()
-            if found is None or found.min_capacity < row.own.visible_length:
-                return False
-        return True
+        return all(row.own.addresses_with_room() is not None for row in rows)
 
     def append(self, layer: int, keys: torch.Tensor, values: torch.Tensor) -> None:
         append_rows(keys, values, self.k_ptrs[layer], self.v_ptrs[layer], self.capacity[layer], self.positions,
