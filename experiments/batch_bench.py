@@ -58,6 +58,10 @@ def jobs(lm, tokenizer, problems: list[str], n: int, budget: int) -> list[BatchJ
     return out
 
 
+def throughput(tokens: int, wall: float) -> dict:
+    return {"tokens": tokens, "wall_seconds": round(wall, 2), "tokens_per_second": round(tokens / wall, 1)}
+
+
 def run_batched(lm, job_list, max_rows: int, max_jobs: int | None, graphs: bool) -> dict:
     forwards = []
     batcher = ContinuousBatcher(
@@ -77,9 +81,7 @@ def run_batched(lm, job_list, max_rows: int, max_jobs: int | None, graphs: bool)
     torch.cuda.empty_cache()
     return {
         "generations": len(finished),
-        "tokens": tokens,
-        "wall_seconds": round(wall, 2),
-        "tokens_per_second": round(tokens / wall, 1),
+        **throughput(tokens, wall),
         "forwards": len(forwards),
         "mean_rows_per_forward": round(sum(forwards) / len(forwards), 1),
         "peak_kv_bytes_per_generation": peak,
@@ -117,12 +119,7 @@ def run_hf(model, tokenizer, problems: list[str], budget: int) -> dict:
         model.set_attn_implementation(previous)
     tokens = (out.shape[1] - width) * out.shape[0]
     torch.cuda.empty_cache()
-    return {
-        "rows": len(problems),
-        "tokens": tokens,
-        "wall_seconds": round(wall, 2),
-        "tokens_per_second": round(tokens / wall, 1),
-    }
+    return {"rows": len(problems), **throughput(tokens, wall)}
 
 
 def profile_batched(lm, tokenizer, args, name: str) -> dict:
