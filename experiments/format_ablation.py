@@ -50,6 +50,16 @@ VARIANTS: dict[str, list[str]] = {
     "n2_combined_in_context": [*N2, "layout=combined", "generation.header_prefill=in_context"],
     "n2_contiguous": [*N2, "layout=contiguous"],
     "n2_interleaved": [*N2, "layout=interleaved"],
+    # the step labels alone: one worker with and without them (the rest of its format is `single`'s), and
+    # two workers without them
+    "n1_contiguous": ["protocol=hogwild", "protocol.workers=1", "layout=contiguous"],
+    "n1_contiguous_no_labels": [
+        "protocol=hogwild",
+        "protocol.workers=1",
+        "layout=contiguous",
+        "generation.step_labels=false",
+    ],  # fmt: skip
+    "n2_interleaved_no_labels": [*N2, "layout=interleaved", "generation.step_labels=false"],
 }
 
 

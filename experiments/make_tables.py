@@ -105,6 +105,28 @@ def launches_table(launches: dict) -> str:
     return "\n".join(lines)
 
 
+def real_sweep_table(summary: dict) -> str:
+    """Accuracy per cell and budget with 95 % intervals; how generations ended at the largest budget."""
+    budgets = [b["budget"] for b in summary["cells"][0]["by_budget"]]
+    lines = [
+        "| N | layout | "
+        + " | ".join(f"{b} tokens" for b in budgets)
+        + " | degenerate | ended by EOS | stopped on own answer | redundancy | tokens / worker |",
+        "|---|---|" + "---|" * len(budgets) + "---|---|---|---|---|",
+    ]
+    for c in summary["cells"]:
+        n = c["by_budget"][-1]["n"]
+        accs = " | ".join(
+            f"{b['accuracy']:.1%} [{b['ci_low']:.1%}, {b['ci_high']:.1%}]" for b in c["by_budget"]
+        ).replace("%", " %")
+        red = "–" if c["redundancy"] != c["redundancy"] else f"{c['redundancy']:.2f}"
+        lines.append(
+            f"| {c['workers']} | {c['layout']} | {accs} | {c['degenerate']} / {n} | {c['ended_by_eos']} "
+            f"| {c['stopped_on_answer']} | {red} | {c['mean_tokens_per_worker']:.0f} |"
+        )
+    return "\n".join(lines)
+
+
 def bench_meta(bench: dict) -> str:
     meta = bench["meta"]
     return (
@@ -124,6 +146,9 @@ def main() -> None:
         "targets": targets(bench),
         "profile-table": profile_table(json.loads((RESULTS / "profile_graph_h100.json").read_text())),
         "launches-table": launches_table(json.loads((RESULTS / "attention_launches_h100.json").read_text())),
+        "gsm8k-small-table": real_sweep_table(
+            json.loads((RESULTS / "real_model" / "gsm8k_small_h100.json").read_text())
+        ),
     }
     readme = HERE / "README.md"
     text = readme.read_text()

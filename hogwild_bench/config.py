@@ -147,7 +147,8 @@ class GenerationConfig:
     early_stop: bool = True
     finisher_max_tokens: int = 16
     worker_eos: WorkerEOS = WorkerEOS.done
-    step_labels: bool = True  # hogwild: label steps "**Alice [3]:** " (off: plain paragraphs)
+    step_labels: bool = True  # hogwild: label steps "**Alice [3]:** " (off: plain paragraphs; with N > 1 the
+    # first step alone opens with "**Alice:** ")
     greeting: bool = True  # hogwild: each worker opens with "Hi, I'm Alice." (off: its step label alone)
 
 

@@ -107,3 +107,14 @@ def test_greeting_off_opens_each_worker_with_its_label_alone(tmp_path):
         texts[greeting] = record["worker_texts"]
     assert texts["true"][1].startswith("**Bob [1]:** Hi, I'm Bob.")
     assert texts["false"][0].startswith("**Alice [1]:** ") and "Hi, I'm" not in texts["false"][0][:30]
+
+
+def test_unlabelled_steps_name_each_worker_once(tmp_path):
+    """Without step labels, two workers still start apart: the writer's name opens its first step only."""
+    from hogwild_bench.store import ResultStore
+
+    overrides = tiny_run_overrides(tmp_path, "dataset.limit=1", "generation.step_labels=false")
+    (record, *_) = ResultStore(run(compose_config(overrides))).records()
+    alice, bob = record["worker_texts"]
+    assert alice.startswith("**Alice:** Hi, I'm Alice.") and bob.startswith("**Bob:** Hi, I'm Bob.")
+    assert "[1]:**" not in alice + bob and "**Alice:**" not in alice[10:] and "**Bob:**" not in bob[8:]

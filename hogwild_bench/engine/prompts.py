@@ -20,8 +20,7 @@ You are {names}: {count} assistants solving one problem together, at the same ti
 workspace. Everything any of you writes appears in the workspace while it is being written, so you can \
 read each other's unfinished work and react to it right away.
 
-Work is written in short steps, each labelled with its writer and number, like **{first} [1]:** or \
-**{second} [2]:**. {layout_note}
+{steps_note} {layout_note}
 
 How to collaborate well:
 - Before you start something, read what the others are doing. If it is done or in progress, do not \
@@ -39,6 +38,12 @@ LAYOUT_NOTES = {
     "step in progress, yours last.",
 }
 
+STEPS_NOTES = {
+    True: "Work is written in short steps, each labelled with its writer and number, like **{first} [1]:** or "
+    "**{second} [2]:**.",
+    False: "Work is written in short paragraphs; each of you opens your first one with your name, like "
+    "**{first}:** or **{second}:**.",
+}
 HISTORY_HEADER = "### Past steps\n\n"
 COLLAB_PROMPT = "Quick check: am I doing redundant work? (yes/no): "
 
@@ -48,9 +53,11 @@ class PromptFormat:
     """Renders prompts for ``n_workers`` workers with a tokenizer's chat template.
 
     ``system_as_user`` folds the system prompt into the user message (for templates without a system
-    role, as in the colab notebook). ``step_labels=False`` drops the ``**Alice [1]:**`` labels (plain chain
-    of thought for a single worker). ``greeting=False`` opens each worker's first step with its label alone
-    instead of "Hi, I'm Alice.". ``think_prefix``: ``"auto"`` appends ``<think>\\n`` after the
+    role, as in the colab notebook). ``step_labels=False`` drops the ``**Alice [1]:**`` labels: plain chain
+    of thought for a single worker; with several, only the first step opens with the writer's name
+    (``**Alice:**``), since greedy workers that start from the same text would write the same text.
+    ``greeting=False`` opens each worker's first step with its label alone instead of "Hi, I'm Alice.".
+    ``think_prefix``: ``"auto"`` appends ``<think>\\n`` after the
     generation prompt when the tokenizer knows that token and the template did not add it.
     """
 
@@ -78,17 +85,19 @@ class PromptFormat:
             return SOLO_SYSTEM_PROMPT.format()
         names = self.names
         listed = ", ".join(names[:-1]) + f" and {names[-1]}"
+        steps_note = STEPS_NOTES[self.step_labels].format(first=names[0], second=names[1])
         return TEAM_SYSTEM_PROMPT.format(
-            names=listed, count=self.n_workers, first=names[0], second=names[1], layout_note=LAYOUT_NOTES[self.layout]
+            names=listed, count=self.n_workers, steps_note=steps_note, layout_note=LAYOUT_NOTES[self.layout]
         )
 
     def step_prefix(self, worker: int, step: int) -> str:
         return f"**{self.names[worker]} [{step}]:** " if self.step_labels else ""
 
     def first_step(self, worker: int) -> str:
-        if self.n_workers == 1 or not self.step_labels or not self.greeting:
+        if self.n_workers == 1:
             return self.step_prefix(worker, 1)
-        return f"{self.step_prefix(worker, 1)}Hi, I'm {self.names[worker]}."
+        opener = self.step_prefix(worker, 1) or f"**{self.names[worker]}:** "
+        return f"{opener}Hi, I'm {self.names[worker]}." if self.greeting else opener
 
     def prompt_text(self, problem: str, has_history: bool = True) -> str:
         """The full prompt, rendered with the tokenizer's chat template, ending where workers start."""
