@@ -92,6 +92,25 @@ def test_batched_generations_equal_each_generation_run_alone(alone, tokenizer, m
     assert batcher.cache.blocks == {} and batcher.reserved_bytes == 0  # finished generations free everything
 
 
+def test_prompts_admitted_together_are_prefilled_in_one_forward(alone, tokenizer):
+    """A wave of new generations costs one packed prefill forward, not one forward per prompt, and gives
+    the same results; without packed rows each prompt runs alone (it would pad the others to its length)."""
+    lm, expected = alone
+    first_forwards = {}
+    for pack_rows in (True, False):
+        lm.pack_rows = pack_rows
+        forwards: list[int] = []
+        batcher = ContinuousBatcher(lm, max_rows=64, on_step=lambda rows, seconds, into=forwards: into.append(rows))
+        try:
+            finished = list(batcher.run(jobs_for(lm, tokenizer, range(len(MIXED)))))
+        finally:
+            lm.pack_rows = True
+        assert all(comparable(f.result) == expected[f.key] for f in finished)
+        first_forwards[pack_rows] = forwards[: len(MIXED)]
+    assert first_forwards[True][0] == len(MIXED)  # every prompt in the first forward
+    assert first_forwards[False] == [1] * len(MIXED)  # one prompt per forward
+
+
 def test_a_batched_run_through_one_dynamic_compilation_equals_each_generation_alone(alone, models, tokenizer):
     """``compile_dynamic``: every forward (any rows, any tokens per row, prefills included) runs the one traced
     graph; greedy tokens and snapshots stay those of each generation run alone without compilation."""

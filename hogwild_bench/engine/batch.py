@@ -32,7 +32,8 @@ from hogwild_bench.engine.cache import HogwildCache
 from hogwild_bench.engine.generation import Steps
 from hogwild_bench.engine.model import HogwildLM, Write
 
-PREFILL_TOKENS = 32  # a request with a row this long (a prompt) runs in its own forward, not the decode step
+PREFILL_TOKENS = 32  # a request with a row this long (a prompt) is a prefill: not run in the decode rows' forward
+PREFILL_TOKENS_PER_FORWARD = 8192  # prefills waiting together share forwards of up to this many tokens (packed rows)
 
 
 class CacheNamespace:
@@ -236,12 +237,23 @@ class ContinuousBatcher:
         return None
 
     def _groups(self) -> list[list[_Running]]:
-        """Prompt prefills each in forwards of their own (a long row would pad every decode row to its
-        length), everything else in one merged forward."""
-        long, short = [], []
+        """Decode rows in one merged forward; prompt prefills in forwards of their own, since attention sees
+        rows padded to the longest and a prompt beside one-token rows would widen every row to its length.
+        With packed rows (`HogwildLM.pack_rows`) the prefills waiting together share forwards of up to
+        ``PREFILL_TOKENS_PER_FORWARD`` tokens: a wave of new generations costs a few forwards, not one each,
+        so it holds the decode rows back for less."""
+        prefills: list[tuple[list[_Running], int]] = []
+        decode = []
         for running in self.running.values():
-            (long if max(len(w.tokens) for w in running.writes) > PREFILL_TOKENS else short).append(running)
-        return [[r] for r in long] + ([short] if short else [])
+            if max(len(w.tokens) for w in running.writes) <= PREFILL_TOKENS:
+                decode.append(running)
+                continue
+            tokens = sum(len(w.tokens) for w in running.writes)
+            if self.lm.pack_rows and prefills and prefills[-1][1] + tokens <= PREFILL_TOKENS_PER_FORWARD:
+                prefills[-1] = (prefills[-1][0] + [running], prefills[-1][1] + tokens)
+            else:
+                prefills.append(([running], tokens))
+        return [group for group, _ in prefills] + ([decode] if decode else [])
 
     def _step(self) -> Iterator[Finished]:
         for group in self._groups():
