@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from hogwild_bench.engine.pieces import token_pieces
+
 BOX = "\\boxed{"
 # what an instruction-following model may copy from a prompt instead of answering
 PLACEHOLDER_ANSWERS = frozenset({"answer", "final answer", "your answer", "ans", "...", "x", "n"})
@@ -68,11 +70,16 @@ def is_placeholder(answer: str | None) -> bool:
 def stop_on_boxed(tokenizer, count: int = 1, window: int = 64):
     """A stop rule for the engine: a worker is done once its text holds ``count`` complete boxed answers.
 
-    Each check decodes only the last ``window`` tokens; the whole text is decoded (to count boxes) only
-    when that window closes a box, so the check stays cheap on every step."""
+    Each check decodes only the last ``window`` tokens, and only when one of them holds ``}``; the whole
+    text is decoded (to count boxes) only when that window closes a box, so the check stays cheap on every
+    step."""
+    pieces = token_pieces(tokenizer)
 
     def stop(tokens) -> bool:
-        if last_boxed(tokenizer.decode(list(tokens[-window:]))) is None:
+        recent = list(tokens[-window:])
+        if not any("}" in pieces[t] for t in recent):  # no box can close without its brace
+            return False
+        if last_boxed(tokenizer.decode(recent)) is None:
             return False
         return count == 1 or len(top_level_boxed(tokenizer.decode(list(tokens)))) >= count
 

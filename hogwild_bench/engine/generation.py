@@ -27,6 +27,7 @@ import torch
 from hogwild_bench.engine.blocks import storage_tokens
 from hogwild_bench.engine.layouts import HISTORY, PROMPT, Isolated, Layout, get_layout, step_block
 from hogwild_bench.engine.model import HogwildLM, Write
+from hogwild_bench.engine.pieces import token_pieces
 from hogwild_bench.engine.prompts import PromptFormat
 from hogwild_bench.engine.sampling import Sampler, SamplingParams
 
@@ -62,8 +63,12 @@ class ParagraphBoundary:
 
     def __init__(self, tokenizer, lookback: int = 8):
         self.tokenizer, self.lookback = tokenizer, lookback
+        self.pieces = token_pieces(tokenizer)
 
     def __call__(self, step_tokens: Sequence[int]) -> bool:
+        last = self.pieces[step_tokens[-1]] if step_tokens else ""
+        if last and not last.endswith("\n"):  # the text can only end in a paragraph break if this token does
+            return False
         tail = self.tokenizer.decode(list(step_tokens[-self.lookback :]))
         return bool(_SENTENCE_THEN_PARAGRAPH.search(tail))
 

@@ -1,0 +1,47 @@
+"""The per-token pre-checks of the step boundary and the boxed-answer stop never change their answer."""
+
+import random
+
+from hogwild_bench.answers import last_boxed, stop_on_boxed, top_level_boxed
+from hogwild_bench.engine.generation import _SENTENCE_THEN_PARAGRAPH, ParagraphBoundary
+from hogwild_bench.engine.pieces import token_pieces
+
+TEXTS = [
+    "First we add.\n\nThen we divide: 12/4 = 3.\n\n",
+    "So the answer is \\boxed{72}.\n\nCheck: 48 + 24 = 72! \\boxed{\\frac{1}{2}}",
+    "Hmm) 'quoted.'\n\n**Alice [2]:** next?\n\n\\boxed{a}\\boxed{b}",
+    "Ünïcödé — ok.\n\n中文。\n\n😀 done.\n\n",
+]
+
+
+def token_streams(tokenizer, seed=0):
+    """Every prefix of real texts' tokens, plus random token soup."""
+    rng = random.Random(seed)
+    for text in TEXTS:
+        ids = tokenizer.encode(text, add_special_tokens=False)
+        yield from (ids[:k] for k in range(1, len(ids) + 1))
+    vocab = len(tokenizer)
+    for _ in range(200):
+        yield [rng.randrange(vocab) for _ in range(rng.randrange(1, 40))]
+
+
+def test_the_paragraph_boundary_equals_the_regex_on_the_decoded_tail(tokenizer):
+    boundary = ParagraphBoundary(tokenizer)
+    for ids in token_streams(tokenizer):
+        expected = bool(_SENTENCE_THEN_PARAGRAPH.search(tokenizer.decode(ids[-8:])))
+        assert boundary(ids) == expected, tokenizer.decode(ids)
+    assert boundary(tokenizer.encode("Done.\n\n", add_special_tokens=False))
+
+
+def test_the_boxed_stop_equals_decoding_every_window(tokenizer):
+    for count in (1, 2):
+        stop = stop_on_boxed(tokenizer, count=count, window=16)
+        for ids in token_streams(tokenizer, seed=count):
+            window = last_boxed(tokenizer.decode(ids[-16:])) is not None
+            expected = window and (count == 1 or len(top_level_boxed(tokenizer.decode(ids))) >= count)
+            assert stop(ids) == expected, tokenizer.decode(ids)
+
+
+def test_one_table_per_tokenizer(tokenizer):
+    assert token_pieces(tokenizer) is token_pieces(tokenizer)
+    assert token_pieces(tokenizer)[tokenizer.encode("\n", add_special_tokens=False)[-1]].endswith("\n")
