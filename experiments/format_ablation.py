@@ -29,6 +29,7 @@ from hogwild_bench.runner import run, run_dir_of  # noqa: E402
 from hogwild_bench.store import ResultStore  # noqa: E402
 
 N2 = ["protocol=hogwild", "protocol.workers=2"]
+SAMPLED = ["generation.temperature=0.6", "generation.top_p=0.95"]
 VARIANTS: dict[str, list[str]] = {
     # one worker, plain chain of thought (the `single` protocol)
     "single": ["protocol=single", "protocol.workers=1"],
@@ -60,6 +61,12 @@ VARIANTS: dict[str, list[str]] = {
         "generation.step_labels=false",
     ],  # fmt: skip
     "n2_interleaved_no_labels": [*N2, "layout=interleaved", "generation.step_labels=false"],
+    # the paper's prompt layout (prompt=paper: rules in the user turn, the first worker proposes a plan)
+    "n2_paper": [*N2, "layout=combined", "prompt=paper"],
+    # sampling instead of greedy decoding (greedy workers loop on their own and each other's lines)
+    "single_sampled": ["protocol=single", "protocol.workers=1", *SAMPLED],
+    "n2_combined_sampled": [*N2, "layout=combined", *SAMPLED],
+    "n2_paper_sampled": [*N2, "layout=combined", "prompt=paper", *SAMPLED],
 }
 
 

@@ -130,6 +130,15 @@ class LayoutConfig:
 
 
 @dataclass
+class PromptConfig:
+    """Which texts frame a problem for the workers (``engine.prompts.PROMPT_STYLES``); ``system_file``
+    replaces the team prompt with a file's text, which then enters every record's key."""
+
+    name: str = "ours"
+    system_file: str | None = None
+
+
+@dataclass
 class ProtocolConfig:
     name: ProtocolName = ProtocolName.hogwild
     workers: int = 2
@@ -214,6 +223,7 @@ class RunConfig:
     dataset: DatasetConfig = MISSING
     layout: LayoutConfig = field(default_factory=LayoutConfig)
     protocol: ProtocolConfig = field(default_factory=ProtocolConfig)
+    prompt: PromptConfig = field(default_factory=PromptConfig)
     generation: GenerationConfig = field(default_factory=GenerationConfig)
     grid: GridConfig = field(default_factory=GridConfig)
     batch: BatchConfig = field(default_factory=BatchConfig)
@@ -241,6 +251,7 @@ def register_configs() -> None:
         ("dataset", DatasetConfig),
         ("layout", LayoutConfig),
         ("protocol", ProtocolConfig),
+        ("prompt", PromptConfig),
         ("logger", LoggerConfig),
     ):
         store.store(group=group, name=f"{group}_schema", node=node)
@@ -332,6 +343,9 @@ def validate(cfg: DictConfig | RunConfig) -> RunConfig:
             "protocol=independent with generation.temperature=0 makes every worker write the same text; "
             "set generation.temperature > 0 (e.g. 0.6)"
         )
+    _choice(errors, "prompt.name", cfg.prompt.name, tuple(sorted(p.stem for p in (CONF_DIR / "prompt").glob("*.yaml"))))
+    if cfg.prompt.system_file is not None and not Path(cfg.prompt.system_file).is_file():
+        errors.append(f"prompt.system_file={cfg.prompt.system_file!r} is not a file")
     b = cfg.batch
     most_workers = max([cfg.protocol.workers, *cfg.grid.workers])
     if b.max_rows < 0 or 0 < b.max_rows < most_workers:

@@ -34,6 +34,10 @@ def prompt_texts() -> dict:
     texts = {
         "system": [prompts.SOLO_SYSTEM_PROMPT, prompts.TEAM_SYSTEM_PROMPT],
         "layout_notes": prompts.LAYOUT_NOTES,
+        "styles": {
+            name: [style.team_system, style.system_as_user, style.lead_opener, style.layout_notes]
+            for name, style in prompts.PROMPT_STYLES.items()
+        },  # fmt: skip
         "history_header": prompts.HISTORY_HEADER,
         "collab": prompts.COLLAB_PROMPT,
         "names": list(prompts.WORKER_NAMES),
@@ -75,6 +79,10 @@ def result_settings(cfg) -> dict:
     settings = {"model": model, "scoring": container["scoring"]}
     for part, dropped in NOT_RESULT_KEYS.items():
         settings[part] = {k: v for k, v in container[part].items() if k not in dropped}
+    prompt = container["prompt"]
+    if prompt["system_file"]:  # the file's text, not its path, is what shapes a record
+        prompt["system_file"] = short_hash(Path(prompt["system_file"]).read_text())
+    settings["prompt"] = prompt
     settings["prompt_version"] = prompt_version()
     return settings
 

@@ -79,6 +79,8 @@ def test_bad_enum_value_lists_the_valid_ones():
         (["scoring.timeout_seconds=-1"], "scoring.timeout_seconds must be >= 1, got -1"),
         (["dataset=gsm8k", "dataset.levels=[1]"], "dataset.levels needs dataset.level_field"),
         (["model.hf_id=x"], "set exactly one weight source of model.hf_id, model.tiny_family or model.registry"),
+        (["prompt.name=mine"], "prompt.name='mine' is not valid; choose one of: ours, paper"),
+        (["prompt.system_file=/no/such/prompt.txt"], "prompt.system_file='/no/such/prompt.txt' is not a file"),
     ],
 )
 def test_validation_names_the_key_and_the_valid_range(overrides, message):
@@ -147,3 +149,12 @@ def test_the_run_directory_is_named_after_the_grid_that_runs_not_the_setting_it_
     assert {p.workers for p in grid_points(validate(cfg))} == {1, 4}
     plain = compose_config(["protocol.workers=3", "layout=contiguous"])
     assert run_dir_of(validate(plain)).name == "default-tiny_random_llama-sample-hogwild-w3-contiguous-s0"
+
+
+def test_every_prompt_config_names_a_prompt_style_of_the_engine():
+    from hogwild_bench.engine.prompts import PROMPT_STYLES
+
+    configs = sorted(p.stem for p in (ROOT / "hogwild_bench" / "conf" / "prompt").glob("*.yaml"))
+    assert configs == sorted(PROMPT_STYLES)
+    for name in configs:
+        assert validate(compose_config([f"prompt={name}"])).prompt.name == name

@@ -216,6 +216,26 @@ def test_prompt_format_names_workers_and_uses_the_chat_template():
         PromptFormat(tiny_tokenizer(), n_workers=0)
 
 
+def test_paper_prompt_puts_the_rules_in_the_user_turn_and_lets_the_first_worker_propose_a_plan():
+    from hogwild_bench.engine.prompts import PROMPT_STYLES, prompt_style
+
+    fmt = PromptFormat(tiny_tokenizer("qwen"), n_workers=3, layout="combined", style=PROMPT_STYLES["paper"])
+    text = fmt.prompt_text("What is 2+2?")
+    assert "<|im_start|>system" not in text
+    assert text.index("# Collaborative Reasoning") < text.index("Alice, Bob and Carol, solve") < text.index("2+2")
+    assert "'### Work in progress (own)'" in text, "the combined layout's sections are described"
+    contiguous = PromptFormat(tiny_tokenizer("qwen"), 2, layout="contiguous", style=PROMPT_STYLES["paper"])
+    assert "Work in progress" not in contiguous.prompt_text("Q?"), "other layouts get their own note"
+    assert fmt.first_step(0) == "**Alice [1]:** Hi, I'm Alice. Here's how we should collaborate:"
+    assert fmt.first_step(1) == "**Bob [1]:** Hi, I'm Bob."
+    solo = PromptFormat(tiny_tokenizer("qwen"), 1, layout="combined", style=PROMPT_STYLES["paper"])
+    assert "Collaborative" not in solo.prompt_text("Q?") and solo.first_step(0) == "**Alice [1]:** "
+    own = PromptFormat(tiny_tokenizer("qwen"), 2, style=prompt_style("paper", system_text="Be {brief}."))
+    assert "Be {brief}.\n\nQ?" in own.prompt_text("Q?"), "a given team prompt is used as it is"
+    with pytest.raises(ValueError, match="valid styles: ours, paper"):
+        prompt_style("mine")
+
+
 def test_reading_an_unknown_block_raises_with_the_known_names(models):
     from hogwild_bench.engine.cache import UnknownBlockError
     from hogwild_bench.engine.model import Write

@@ -77,3 +77,15 @@ def test_records_carry_versions_and_the_problem_text(tmp_path):
     assert record["code_version"].startswith("0.1.0")
     assert record["problem"] == "What is 17 + 25?" and len(record["problem_hash"]) == 16
     assert record["dataset_version"].startswith("sample:")
+
+
+def test_the_prompt_style_and_a_system_file_s_text_enter_the_key_but_not_the_file_s_path(tmp_path):
+    base = tiny_run_overrides(tmp_path, "store.run_name=styles")
+    ours, paper = (versions.settings_hash(compose_config([*base, f"prompt={name}"])) for name in ("ours", "paper"))
+    assert ours != paper
+    texts = {"a.txt": "Work together.", "b.txt": "Work together.", "c.txt": "Work alone."}
+    for name, text in texts.items():
+        (tmp_path / name).write_text(text)
+    hashes = {name: versions.settings_hash(compose_config([*base, f"prompt.system_file={tmp_path / name}"]))
+              for name in texts}  # fmt: skip
+    assert hashes["a.txt"] == hashes["b.txt"] != hashes["c.txt"] and ours not in hashes.values()

@@ -7,7 +7,7 @@ chat template (Qwen-style templates get the ``<think>`` opener reasoning models 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 
 WORKER_NAMES = ("Alice", "Bob", "Carol", "Dave", "Eve", "Frank", "Grace", "Heidi", "Ivan", "Judy", "Mallory", "Niaj")
 
@@ -48,6 +48,87 @@ HISTORY_HEADER = "### Past steps\n\n"
 COLLAB_PROMPT = "Quick check: am I doing redundant work? (yes/no): "
 
 
+PAPER_TEAM_SYSTEM_PROMPT = """\
+# Collaborative Reasoning
+
+You are one of {count} assistants, {names}, solving one problem together. All of you write at the same \
+time, and each of you can read the others' thoughts while they are being written, so you can divide the \
+work, check each other and avoid doing anything twice.
+
+{steps_note} {layout_note} The others keep writing while you write, so what you see of their work grows.
+
+# How to collaborate
+
+- Plan first: propose how to divide the problem. If you disagree about a plan, follow {first}'s.
+- Split the work into parts that do not overlap, and prefer a part nobody has started over re-checking a \
+small calculation.
+- Try different methods in parallel when it is not clear which one is faster.
+- Talk to each other: ask questions, announce what you will do next, and point out mistakes.
+- Every few steps, ask yourself whether you are repeating someone else's work. If you are, stop at once \
+(e.g. "Wait, {second} is already doing this.") and switch to something useful.
+
+When the answer is settled, any one of you writes the final answer once as \\boxed{{answer}}; it cannot be \
+changed after that.
+
+# Solve the following problem
+
+{names}, solve the next problem together. Keep track of who does what, and communicate so that no work is \
+done twice."""
+
+PAPER_LAYOUT_NOTES = {
+    **LAYOUT_NOTES,
+    "combined": "Under '### Past steps' the system gathers every finished step, in the order they were finished. "
+    "After '### Work in progress (others)' you see the other assistants' unfinished steps, each cut off at <...> "
+    "where its writer currently is; after '### Work in progress (own)' comes your own current step.",
+}
+
+
+@dataclass(frozen=True)
+class PromptStyle:
+    """The texts that frame a problem for the workers, as one named choice.
+
+    ``ours`` (the default) puts short collaboration rules in the system prompt. ``paper`` follows the layout
+    of the Hogwild! paper's prompt (arXiv 2504.06261): the rules, a section on how to collaborate and a
+    closing call to solve the problem, folded into the user message ahead of the problem, and a first
+    worker who opens by proposing a plan. Its wording is this project's own; ``system_text`` replaces the
+    team prompt with any text (e.g. a researcher's copy of the paper's exact prompt), used as it is.
+    """
+
+    name: str
+    team_system: str
+    system_as_user: bool = False
+    lead_opener: str = ""
+    layout_notes: dict[str, str] = field(default_factory=lambda: LAYOUT_NOTES)
+    system_text: str | None = None
+
+    def team_prompt(self, names: list[str], step_labels: bool, layout: str) -> str:
+        if self.system_text is not None:
+            return self.system_text
+        listed = ", ".join(names[:-1]) + f" and {names[-1]}"
+        steps_note = STEPS_NOTES[step_labels].format(first=names[0], second=names[1])
+        return self.team_system.format(names=listed, count=len(names), first=names[0], second=names[1],
+                                       steps_note=steps_note, layout_note=self.layout_notes[layout])  # fmt: skip
+
+
+PROMPT_STYLES = {
+    "ours": PromptStyle("ours", TEAM_SYSTEM_PROMPT),
+    "paper": PromptStyle(
+        "paper",
+        PAPER_TEAM_SYSTEM_PROMPT,
+        system_as_user=True,
+        lead_opener=" Here's how we should collaborate:",
+        layout_notes=PAPER_LAYOUT_NOTES,
+    ),
+}
+
+
+def prompt_style(name: str, system_text: str | None = None) -> PromptStyle:
+    """The named style, with its team prompt replaced by ``system_text`` when that is given."""
+    if name not in PROMPT_STYLES:
+        raise ValueError(f"unknown prompt style {name!r}; valid styles: {', '.join(PROMPT_STYLES)}")
+    return replace(PROMPT_STYLES[name], system_text=system_text)
+
+
 @dataclass
 class PromptFormat:
     """Renders prompts for ``n_workers`` workers with a tokenizer's chat template.
@@ -69,6 +150,7 @@ class PromptFormat:
     collab_prompt: str = COLLAB_PROMPT
     step_labels: bool = True
     greeting: bool = True
+    style: PromptStyle = field(default_factory=lambda: PROMPT_STYLES["ours"])
 
     def __post_init__(self):
         if not 1 <= self.n_workers <= len(WORKER_NAMES):
@@ -83,12 +165,7 @@ class PromptFormat:
     def system_prompt(self) -> str:
         if self.n_workers == 1:
             return SOLO_SYSTEM_PROMPT.format()
-        names = self.names
-        listed = ", ".join(names[:-1]) + f" and {names[-1]}"
-        steps_note = STEPS_NOTES[self.step_labels].format(first=names[0], second=names[1])
-        return TEAM_SYSTEM_PROMPT.format(
-            names=listed, count=self.n_workers, steps_note=steps_note, layout_note=LAYOUT_NOTES[self.layout]
-        )
+        return self.style.team_prompt(self.names, self.step_labels, self.layout)
 
     def step_prefix(self, worker: int, step: int) -> str:
         return f"**{self.names[worker]} [{step}]:** " if self.step_labels else ""
@@ -97,11 +174,14 @@ class PromptFormat:
         if self.n_workers == 1:
             return self.step_prefix(worker, 1)
         opener = self.step_prefix(worker, 1) or f"**{self.names[worker]}:** "
-        return f"{opener}Hi, I'm {self.names[worker]}." if self.greeting else opener
+        if not self.greeting:
+            return opener
+        lead = self.style.lead_opener if worker == 0 else ""
+        return f"{opener}Hi, I'm {self.names[worker]}.{lead}"
 
     def prompt_text(self, problem: str, has_history: bool = True) -> str:
         """The full prompt, rendered with the tokenizer's chat template, ending where workers start."""
-        if self.system_as_user:
+        if self.system_as_user or (self.style.system_as_user and self.n_workers > 1):
             messages = [{"role": "user", "content": f"{self.system_prompt()}\n\n{problem}"}]
         else:
             messages = [{"role": "system", "content": self.system_prompt()}, {"role": "user", "content": problem}]
