@@ -79,6 +79,7 @@ def _base_record(cfg: RunConfig, problem: Problem, point: GridPoint, budget: int
         "problem": problem.problem,
         "settings_hash": digest,
         "prompt_version": prompt_version(),
+        "prompt": cfg.prompt.name if cfg.prompt.system_file is None else f"{cfg.prompt.name}+file",
         "code_version": code_version(),
         "protocol": _value(cfg.protocol.name),
         "layout": point.layout,
