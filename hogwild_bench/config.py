@@ -134,7 +134,7 @@ class PromptConfig:
     """Which texts frame a problem for the workers (``engine.prompts.PROMPT_STYLES``); ``system_file``
     replaces the team prompt with a file's text, which then enters every record's key."""
 
-    name: str = "ours"
+    name: str = "paper"
     system_file: str | None = None
 
 

@@ -249,3 +249,12 @@ def test_reading_an_unknown_block_raises_with_the_known_names(models):
     # the written block is created, and a block written by one row can be read by another in the same forward
     lm.forward(cache, [Write(["prompt", "alice"], [8]), Write(["prompt", "alice", "bob"], [9])])
     assert cache.lengths() == {"prompt": 3, "alice": 1, "bob": 1}
+
+
+def test_the_triton_path_on_a_cpu_model_is_refused_with_the_fix(models, monkeypatch):
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    model = models("llama")
+    if model.device.type == "cuda":
+        pytest.skip("the model is on a GPU here")
+    with pytest.raises(ValueError, match="needs the model on a CUDA device .*use 'query_rotation'"):
+        HogwildLM(model, attention="triton")

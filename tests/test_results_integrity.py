@@ -73,7 +73,7 @@ def test_records_carry_versions_and_the_problem_text(tmp_path):
     overrides = tiny_run_overrides(tmp_path, "store.run_name=versions", "dataset.limit=1")
     run(compose_config(overrides))
     (record,) = ResultStore(run_dir_of(compose_config(overrides))).records()[:1]
-    assert record["prompt_version"] == versions.prompt_version() and record["prompt"] == "ours"
+    assert record["prompt_version"] == versions.prompt_version() and record["prompt"] == "paper"
     assert record["code_version"].startswith("0.1.0")
     assert record["problem"] == "What is 17 + 25?" and len(record["problem_hash"]) == 16
     assert record["dataset_version"].startswith("sample:")

@@ -8,6 +8,7 @@ normal model everywhere else (``model.generate`` included).
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -122,6 +123,11 @@ class HogwildLM:
         self.num_layers = model.config.num_hidden_layers
         self.device = model.get_input_embeddings().weight.device
         self.attention = default_attention_backend(self.device) if attention == "auto" else attention
+        if self.attention == "triton" and self.device.type != "cuda" and os.environ.get("TRITON_INTERPRET") != "1":
+            raise ValueError(
+                f"attention='triton' needs the model on a CUDA device (this one is on {self.device}) "
+                "or TRITON_INTERPRET=1 set before triton is imported; on CPU use 'query_rotation'"
+            )
         if model.config._attn_implementation != ATTENTION_NAME:
             model.set_attn_implementation(ATTENTION_NAME)
         # decode forwards (graph captures included) run the torch.compile'd model: its small kernels fused.

@@ -150,7 +150,7 @@ class PromptFormat:
     collab_prompt: str = COLLAB_PROMPT
     step_labels: bool = True
     greeting: bool = True
-    style: PromptStyle = field(default_factory=lambda: PROMPT_STYLES["ours"])
+    style: PromptStyle = field(default_factory=lambda: PROMPT_STYLES["paper"])
 
     def __post_init__(self):
         if not 1 <= self.n_workers <= len(WORKER_NAMES):
