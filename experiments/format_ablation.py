@@ -124,6 +124,8 @@ def main() -> None:
                      f"store.root={args.root}", f"store.run_name=ablation-{name}", "progress=false", "plot=false",
                      "batch.max_rows=128", "batch.cuda_graphs=true", "model.compile=false",
                      *args.set, *VARIANTS[name]]  # fmt: skip
+        if not any(o.startswith("prompt=") for o in VARIANTS[name]):
+            overrides.append("prompt=ours")  # the default when the committed rows ran (session 7); now paper
         with initialize_config_dir(config_dir=str(ROOT / "hogwild_bench" / "conf"), version_base="1.3"):
             cfg = compose("config", overrides=overrides)
         started = time.perf_counter()

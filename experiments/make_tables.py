@@ -127,6 +127,51 @@ def real_sweep_table(summary: dict) -> str:
     return "\n".join(lines)
 
 
+def ablation_table(ablation: dict) -> str:
+    """One row per format variant: accuracy at each budget (95 % interval at the largest) and how it ended."""
+    budgets = ablation["budgets"].split(",")
+    lines = [
+        "| variant | settings | " + " | ".join(budgets[:-1]) + f" | {budgets[-1]} [95 % CI] | degenerate "
+        "| ended by EOS | stopped on own answer | mean max compression | tokens / worker |",
+        "|---|---|" + "---|" * len(budgets) + "---|---|---|---|---|",
+    ]
+    for r in ablation["rows"]:
+        settings = " ".join(f"`{o}`" for o in r["overrides"] if not o.startswith("protocol=hogwild"))
+        accs = [f"{r['by_budget'][b]['accuracy']:.0%}" for b in budgets[:-1]]
+        low, high = r["ci95"]
+        last = f"**{r['accuracy']:.0%}** [{low:.1%}, {high:.1%}]"
+        ends = [f"{r['degenerate']} / {r['n']}", r["ended_by_eos"], r["stopped_on_answer"]]
+        cells = [f"`{r['variant']}`", settings, *accs, last, *ends, _f(r["mean_max_compression"], 1),
+                 f"{r['mean_tokens_per_worker']:.0f}"]  # fmt: skip
+        lines.append(("| " + " | ".join(str(c) for c in cells) + " |").replace("%", " %"))
+    return "\n".join(lines)
+
+
+def batch_table(bench: dict) -> str:
+    """The sweep benchmark's points: tokens/s, speedups and the roofline fraction."""
+    hf = {p["rows"]: p["tokens_per_second"] for p in bench["points"] if p["method"] == "hf_generate"}
+    lines = [
+        "| N | method | rows | mean rows / forward | generated tokens/s | ms per forward | x one at a time "
+        "| x HF generate | roofline tokens/s | fraction of roofline |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for p in bench["points"]:
+        if p["method"] == "hf_generate" or "workers" not in p:
+            continue
+        ms = 1e3 * p["wall_seconds"] / p["forwards"]
+        vs_hf = p["tokens_per_second"] / hf[p["rows"]] if p["rows"] in hf else None
+        roofline = [_f(p.get("roofline_tokens_per_second"), 0), _f(p.get("fraction_of_roofline"), 3)]
+        cells = [p["workers"], p["method"], p["rows"], f"{p['mean_rows_per_forward']:.1f}",
+                 f"{p['tokens_per_second']:.0f}", f"{ms:.0f}", _f(p.get("speedup_vs_one_at_a_time"), 1),
+                 _f(vs_hf), *roofline]  # fmt: skip
+        lines.append("| " + " | ".join(str(c) for c in cells) + " |")
+    for rows, tps in sorted(hf.items()):
+        lines.append(
+            f"| – | hf_generate (no Hogwild!, sampling) | {rows} | {rows} | {tps:.0f} | – | – | 1.00 | – | – |"
+        )
+    return "\n".join(lines)
+
+
 def bench_meta(bench: dict) -> str:
     meta = bench["meta"]
     return (
@@ -149,6 +194,10 @@ def main() -> None:
         "gsm8k-small-table": real_sweep_table(
             json.loads((RESULTS / "real_model" / "gsm8k_small_h100.json").read_text())
         ),
+        "format-ablation-table": ablation_table(
+            json.loads((RESULTS / "real_model" / "format_ablation_h100_session7.json").read_text())
+        ),
+        "batch-bench-table": batch_table(json.loads((RESULTS / "batch_bench_h100_session7.json").read_text())),
     }
     readme = HERE / "README.md"
     text = readme.read_text()
