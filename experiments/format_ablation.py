@@ -48,6 +48,9 @@ VARIANTS: dict[str, list[str]] = {
     "n2_combined_no_labels": [*N2, "layout=combined", "generation.step_labels=false"],
     "n2_combined_no_greeting": [*N2, "layout=combined", "generation.greeting=false"],
     "n2_combined_no_collab": [*N2, "layout=combined", "generation.collab_interval=null"],
+    # the collaboration prompt where it fires: every 128 tokens (the default 512 never fires below budget 512)
+    "n2_combined_collab128": [*N2, "layout=combined", "generation.collab_interval=128"],
+    "n2_paper_collab128": [*N2, "layout=combined", "prompt=paper", "generation.collab_interval=128"],
     "n2_combined_in_context": [*N2, "layout=combined", "generation.header_prefill=in_context"],
     "n2_contiguous": [*N2, "layout=contiguous"],
     "n2_interleaved": [*N2, "layout=interleaved"],
