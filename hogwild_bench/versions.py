@@ -34,6 +34,7 @@ def prompt_texts() -> dict:
     texts = {
         "system": [prompts.SOLO_SYSTEM_PROMPT, prompts.TEAM_SYSTEM_PROMPT],
         "layout_notes": prompts.LAYOUT_NOTES,
+        "steps_notes": {str(labels): note for labels, note in prompts.STEPS_NOTES.items()},
         "styles": {
             name: [style.team_system, style.system_as_user, style.lead_opener, style.layout_notes]
             for name, style in prompts.PROMPT_STYLES.items()

@@ -47,11 +47,15 @@ def test_an_edited_problem_is_run_again_and_an_inserted_row_is_run(tmp_path):
     assert len(latest) == 6
 
 
-def test_a_changed_prompt_text_changes_every_key(tmp_path, monkeypatch):
+@pytest.mark.parametrize(
+    "name,text",
+    [("COLLAB_PROMPT", "Am I repeating someone? "), ("STEPS_NOTES", {True: "Labelled steps.", False: "No labels."})],
+)
+def test_a_changed_prompt_text_changes_every_key(tmp_path, monkeypatch, name, text):
     overrides = tiny_run_overrides(tmp_path, "store.run_name=prompts")
     cfg = compose_config(overrides)
     before = versions.settings_hash(cfg)
-    monkeypatch.setattr("hogwild_bench.engine.prompts.COLLAB_PROMPT", "Am I repeating someone? ")
+    monkeypatch.setattr(f"hogwild_bench.engine.prompts.{name}", text)
     versions.prompt_version.cache_clear()
     try:
         assert versions.settings_hash(cfg) != before
