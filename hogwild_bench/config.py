@@ -266,15 +266,19 @@ CHAT_STYLES = ("qwen", "llama")
 CONF_DIR = Path(__file__).parent / "conf"
 
 
+def group_options(group: str) -> list[str]:
+    """The option names of a config group: its YAML files under ``conf/``."""
+    return sorted(p.stem for p in (CONF_DIR / group).glob("*.yaml"))
+
+
 def check_group_choices(choices: dict[str, Any]) -> None:
     """Refuse a config group set to its schema (``model=model_schema``): the schema is what every option of
     the group is checked against, not an option itself."""
     errors = []
     for group, choice in choices.items():
         if isinstance(choice, str) and choice == f"{group}_schema":
-            options = sorted(p.stem for p in (CONF_DIR / group).glob("*.yaml"))
             errors.append(f"{group}={choice} is the schema of the {group} configs, not one of them; "
-                          f"choose one of: {', '.join(options)}")  # fmt: skip
+                          f"choose one of: {', '.join(group_options(group))}")  # fmt: skip
     _raise_any(errors)
 
 
@@ -343,7 +347,7 @@ def validate(cfg: DictConfig | RunConfig) -> RunConfig:
             "protocol=independent with generation.temperature=0 makes every worker write the same text; "
             "set generation.temperature > 0 (e.g. 0.6)"
         )
-    _choice(errors, "prompt.name", cfg.prompt.name, tuple(sorted(p.stem for p in (CONF_DIR / "prompt").glob("*.yaml"))))
+    _choice(errors, "prompt.name", cfg.prompt.name, tuple(group_options("prompt")))
     if cfg.prompt.system_file is not None and not Path(cfg.prompt.system_file).is_file():
         errors.append(f"prompt.system_file={cfg.prompt.system_file!r} is not a file")
     b = cfg.batch

@@ -118,3 +118,17 @@ def test_unlabelled_steps_name_each_worker_once(tmp_path):
     alice, bob = record["worker_texts"]
     assert alice.startswith("**Alice:** Hi, I'm Alice.") and bob.startswith("**Bob:** Hi, I'm Bob.")
     assert "[1]:**" not in alice + bob and "**Alice:**" not in alice[10:] and "**Bob:**" not in bob[8:]
+
+
+def test_the_system_file_is_read_once_per_run(tmp_path):
+    from types import SimpleNamespace
+
+    from hogwild_bench.protocols.base import ProtocolContext
+
+    path = tmp_path / "team.txt"
+    path.write_text("Work together, {carefully}.")
+    cfg = SimpleNamespace(prompt=SimpleNamespace(name="paper", system_file=str(path)))
+    ctx = ProtocolContext(lm=None, tokenizer=None, cfg=cfg)
+    assert ctx.prompt_style.system_text == "Work together, {carefully}." and ctx.prompt_style.name == "paper"
+    path.write_text("Edited mid-run.")  # the key was computed from the first text: generations keep using it
+    assert ctx.prompt_style.system_text == "Work together, {carefully}."

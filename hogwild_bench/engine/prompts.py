@@ -87,7 +87,7 @@ PAPER_LAYOUT_NOTES = {
 class PromptStyle:
     """The texts that frame a problem for the workers, as one named choice.
 
-    ``ours`` (the default) puts short collaboration rules in the system prompt. ``paper`` follows the layout
+    ``ours`` puts short collaboration rules in the system prompt. ``paper`` (the default) follows the layout
     of the Hogwild! paper's prompt (arXiv 2504.06261): the rules, a section on how to collaborate and a
     closing call to solve the problem, folded into the user message ahead of the problem, and a first
     worker who opens by proposing a plan. Its wording is this project's own; ``system_text`` replaces the

@@ -5,10 +5,13 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import cached_property
+from pathlib import Path
 
-from hogwild_bench.engine import HogwildLM
+from hogwild_bench.engine import HogwildLM, prompts
 from hogwild_bench.engine.batch import BatchJob
 from hogwild_bench.engine.generation import drive
+from hogwild_bench.engine.prompts import PromptStyle
 
 
 @dataclass(frozen=True)
@@ -44,6 +47,13 @@ class ProtocolContext:
     lm: HogwildLM
     tokenizer: object
     cfg: object  # RunConfig
+
+    @cached_property
+    def prompt_style(self) -> PromptStyle:
+        """``prompt.name``'s style, its team prompt read from ``prompt.system_file`` once per run."""
+        prompt = self.cfg.prompt
+        text = Path(prompt.system_file).read_text() if prompt.system_file else None
+        return prompts.prompt_style(prompt.name, system_text=text)
 
 
 class Protocol(ABC):

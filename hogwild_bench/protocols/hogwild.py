@@ -3,13 +3,11 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from pathlib import Path
 
 from hogwild_bench.answers import BOXED_FINISHER, stop_on_boxed
 from hogwild_bench.collaboration import transcript_of
 from hogwild_bench.engine import Combined, GenerationOptions, HogwildGenerator, PromptFormat, SamplingParams, get_layout
 from hogwild_bench.engine.batch import BatchJob
-from hogwild_bench.engine.prompts import PromptStyle, prompt_style
 from hogwild_bench.protocols.base import BudgetOutcome, GridPoint, Protocol, register_protocol
 
 
@@ -50,13 +48,7 @@ def generator(ctx, options: GenerationOptions, fmt: PromptFormat) -> HogwildGene
 def prompt_format(ctx, workers: int, layout: str, **overrides) -> PromptFormat:
     m = ctx.cfg.model
     return PromptFormat(ctx.tokenizer, workers, layout=layout, system_as_user=m.system_as_user,
-                        think_prefix=m.think_prefix, style=configured_style(ctx.cfg.prompt), **overrides)  # fmt: skip
-
-
-def configured_style(prompt) -> PromptStyle:
-    """``prompt.name``'s style, its team prompt read from ``prompt.system_file`` when one is set."""
-    text = Path(prompt.system_file).read_text() if prompt.system_file else None
-    return prompt_style(prompt.name, system_text=text)
+                        think_prefix=m.think_prefix, style=ctx.prompt_style, **overrides)  # fmt: skip
 
 
 def transcript(snap, tokenizer) -> list:
