@@ -5,8 +5,8 @@ random ~512-token prompt) x N workers, ``--budget`` tokens per worker, combined 
 (a random model never writes the sentence-then-paragraph boundary), collaboration prompt every 256 tokens.
 For each worker count it measures generated tokens/s and wall time of:
   (a) today's one-at-a-time path (one generation in flight, its decode steps replayed from CUDA graphs),
-  (b) the batcher at each ``--rows`` (eager Triton steps; "+graphs": replayed from graphs re-captured
-      whenever the batch changes),
+  (b) the batcher at each ``--rows`` (eager Triton steps; "+graphs": decode steps replayed from graphs
+      captured once per row-count bucket, whichever generations are in flight),
   (c) plain HF ``generate`` at the same number of rows (single-thread decoding, no Hogwild!, sampling),
   (d) the roofline: rows per step / ((weight bytes + every row's unique KV bytes at the mean context) /
       copy bandwidth), with the bandwidth measured in the same run.
@@ -77,6 +77,8 @@ def run_batched(lm, job_list, max_rows: int, max_jobs: int | None, graphs: bool)
         raise RuntimeError(f"{len(errors)} generations failed: {errors[0]}")
     tokens = sum(f.result.snapshots[max(f.result.snapshots)].total_tokens for f in finished)
     peak = max(f.cost.peak_kv_bytes for f in finished)
+    graphs = batcher.graphs
+    replayed = {"graph_captures": graphs.captures, "graph_replays": graphs.replays} if graphs else {}
     del batcher
     torch.cuda.empty_cache()
     return {
@@ -85,6 +87,7 @@ def run_batched(lm, job_list, max_rows: int, max_jobs: int | None, graphs: bool)
         "forwards": len(forwards),
         "mean_rows_per_forward": round(sum(forwards) / len(forwards), 1),
         "peak_kv_bytes_per_generation": peak,
+        **replayed,
     }
 
 

@@ -63,3 +63,31 @@ def test_compiled_graph_steps_match_uncompiled_eager_in_float32(models, tokenize
     assert compiled_snap.worker_tokens == eager_snap.worker_tokens
     for a, b in zip(eager, compiled):
         torch.testing.assert_close(a.logits, b.logits, atol=1e-3, rtol=1e-3)
+
+
+@pytest.mark.parametrize("family", ["qwen2", "llama"])
+def test_batched_steps_replayed_from_bucket_graphs_equal_each_generation_alone(models, tokenizer, family):
+    """The batcher's graphs serve any generations in flight: as they finish and others join (different worker
+    counts, layouts, early stops, finishers, sampling), each generation's tokens and snapshots stay those it
+    gets alone and eager, in float32; a handful of captures serve every step."""
+    from test_batching import MIXED, comparable, jobs_for, make_generator
+
+    from hogwild_bench.engine.batch import ContinuousBatcher
+
+    model = models(family).to("cuda")
+    try:
+        lm = HogwildLM(model, attention="triton", cuda_graphs=False)
+        expected = {i: comparable(make_generator(lm, tokenizer, o, h).generate(p)) for i, (p, o, h) in enumerate(MIXED)}
+        steps: list[int] = []
+        batcher = ContinuousBatcher(
+            HogwildLM(model, attention="triton"), max_rows=6, cuda_graphs=True,
+            on_step=lambda rows, seconds: steps.append(rows),
+        )  # fmt: skip
+        finished = list(batcher.run(jobs_for(lm, tokenizer, [5, 3, 1, 0, 4, 2])))
+    finally:
+        model.to("cpu")
+    assert [f.error for f in finished] == [None] * len(MIXED)
+    for f in finished:
+        assert comparable(f.result) == expected[f.key], f"generation {f.key} changed when replayed from graphs"
+    graphs = batcher.graphs
+    assert graphs is not None and 0 < graphs.captures <= 4 and graphs.replays > len(steps) // 2

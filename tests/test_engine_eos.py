@@ -17,7 +17,7 @@ EARLY, BUDGET = 60, 100
 def run(models, tokenizer, layout, worker_eos):
     tee = TeeLM(HogwildLM(models("qwen3")), ReplayLM(models("qwen3")))
     options = GenerationOptions(n_workers=2, layout=layout, budgets=(EARLY, BUDGET), collab_interval=None,
-                                worker_eos=worker_eos, sampling=SamplingParams(temperature=1.0, seed=7))  # fmt: skip
+                                worker_eos=worker_eos, sampling=SamplingParams(temperature=1.0, seed=6))  # fmt: skip
     gen = HogwildGenerator(tee, tokenizer, options, boundary=lambda step: len(step) >= 15)
     return gen.generate("What is 2^{10}?"), tee
 

@@ -31,6 +31,7 @@ from hogwild_bench.engine.blocks import KVBlock
 from hogwild_bench.engine.cache import HogwildCache
 from hogwild_bench.engine.generation import Steps
 from hogwild_bench.engine.model import HogwildLM, Write
+from hogwild_bench.engine.sampling import Draw, draw_tokens
 
 PREFILL_TOKENS = 32  # a request with a row this long (a prompt) is a prefill: not run in the decode rows' forward
 PREFILL_TOKENS_PER_FORWARD = 8192  # prefills waiting together share forwards of up to this many tokens (packed rows)
@@ -134,9 +135,10 @@ class _Running:
     job: BatchJob
     namespace: CacheNamespace
     steps: Steps[Any]
-    writes: list[Write]
+    writes: list[Write]  # the rows of the next forward it needs
     started: float
     cost: JobCost = field(default_factory=JobCost)
+    draw: Draw | None = None  # a token choice it waits for
 
 
 class ContinuousBatcher:
@@ -160,6 +162,11 @@ class ContinuousBatcher:
         self.lm, self.max_rows, self.kv_budget = lm, max_rows, kv_budget_bytes
         self.cuda_graphs, self.on_step, self.max_jobs = cuda_graphs, on_step, max_jobs
         self.cache = lm.new_cache()
+        self.graphs = None  # decode steps replayed from graphs by row-count bucket (any generations in flight)
+        if cuda_graphs and lm.device.type == "cuda":
+            from hogwild_bench.engine.bucket_graphs import BucketGraphs
+
+            self.graphs = BucketGraphs(lm, self.cache) if BucketGraphs.usable(lm, self.cache) else None
         self.running: dict[int, _Running] = {}
         self.reserved_bytes = 0
         self._ids = itertools.count()
@@ -225,7 +232,10 @@ class ContinuousBatcher:
         running = _Running(job, namespace, None, [], time.perf_counter())  # type: ignore[arg-type]
         try:
             running.steps = job.start(namespace)
-            running.writes = next(running.steps)
+            request = next(running.steps)
+            while isinstance(request, Draw):
+                request = running.steps.send(draw_tokens([request])[0])
+            running.writes = request
         except StopIteration as stop:
             namespace.drop()
             return Finished(job.key, result=stop.value, cost=running.cost)
@@ -260,7 +270,9 @@ class ContinuousBatcher:
             writes = [w for r in group for w in r.namespace.qualify(r.writes)]
             started = time.perf_counter()
             try:
-                logits = self.lm.forward(self.cache, writes, cuda_graphs=self.cuda_graphs)
+                logits = self.graphs.forward(writes) if self.graphs is not None else None
+                if logits is None:
+                    logits = self.lm.forward(self.cache, writes, cuda_graphs=False)
             except Exception as error:  # e.g. out of memory: every generation in this forward fails
                 for running in group:
                     yield self._retire(running, error=error)
@@ -269,17 +281,38 @@ class ContinuousBatcher:
                 continue
             if self.on_step is not None:
                 self.on_step(len(writes), time.perf_counter() - started)
-            offset = 0
+            offset, waiting = 0, []
             for running in group:
                 rows = len(running.writes)
                 running.cost.forwards += 1
-                try:
-                    running.writes = running.steps.send(logits[offset : offset + rows])
-                except StopIteration as stop:
-                    yield self._retire(running, result=stop.value)
-                except Exception as error:
-                    yield self._retire(running, error=error)
+                done = self._resume(running, logits[offset : offset + rows])
+                if done is not None:
+                    yield done
+                elif running.draw is not None:
+                    waiting.append(running)
                 offset += rows
+            while waiting:  # every token choice of this step in one call (one device sync)
+                tokens = draw_tokens([r.draw for r in waiting])
+                answered, waiting = waiting, []
+                for running, chosen in zip(answered, tokens):
+                    done = self._resume(running, chosen)
+                    if done is not None:
+                        yield done
+                    elif running.draw is not None:
+                        waiting.append(running)
+
+    def _resume(self, running: _Running, value: Any) -> Finished | None:
+        """Send ``value`` to the generation and note what it asks for next (a forward or a draw)."""
+        try:
+            request = running.steps.send(value)
+        except StopIteration as stop:
+            return self._retire(running, result=stop.value)
+        except Exception as error:
+            return self._retire(running, error=error)
+        running.draw = request if isinstance(request, Draw) else None
+        if running.draw is None:
+            running.writes = request
+        return None
 
     def _retire(self, running: _Running, result: Any = None, error: BaseException | None = None) -> Finished:
         cost = running.cost

@@ -29,7 +29,7 @@ from hogwild_bench.engine.layouts import HISTORY, PROMPT, Isolated, Layout, get_
 from hogwild_bench.engine.model import HogwildLM, Write
 from hogwild_bench.engine.pieces import token_pieces
 from hogwild_bench.engine.prompts import PromptFormat
-from hogwild_bench.engine.sampling import Sampler, SamplingParams
+from hogwild_bench.engine.sampling import Draw, Sampler, SamplingParams, draw_tokens
 
 T = TypeVar("T")
 FINISHER = "finisher"
@@ -40,8 +40,9 @@ _SENTENCE_THEN_PARAGRAPH = re.compile(r"[.!?][)\]*\"'$`]*[ \t]*\n\n$")
 
 StopRule = Callable[[Sequence[int]], bool]  # a worker's tokens so far -> it has written its final answer
 # A generation written as a coroutine: it yields the rows of each forward it needs and is sent their
-# last-token logits ``[rows, V]``; it returns its result. `drive` runs one alone; `engine.batch` runs many.
-Steps = Generator[list[Write], torch.Tensor, T]
+# last-token logits ``[rows, V]``, and yields a `Draw` for each token choice and is sent the token ids; it
+# returns its result. `drive` runs one alone; `engine.batch` runs many, their draws in one call per step.
+Steps = Generator["list[Write] | Draw", "torch.Tensor | list[int]", T]
 
 
 class Finisher(Protocol):
@@ -299,7 +300,7 @@ class HogwildGenerator:
         snapshots: dict[int, Snapshot] = {}
         while True:
             rows = [i for i in range(n) if state.pending[i]]
-            logits = {}
+            logits, row_logits = {}, None
             if rows:  # none when the last active workers just ended their turn
                 row_logits = yield from self._forward([Write(views[i], state.pending[i]) for i in rows])
                 logits = {i: row_logits[k] for k, i in enumerate(rows)}
@@ -310,7 +311,8 @@ class HogwildGenerator:
             if state.finished or state.sampled >= opts.budgets[-1]:
                 break
             active = [i for i in range(n) if not state.done(i)]
-            new_tokens = sampler(torch.stack([logits[i] for i in active]))
+            active_logits = row_logits if active == rows else torch.stack([logits[i] for i in active])
+            new_tokens = yield Draw(active_logits, sampler)
             state.sampled += 1
             for i, token in zip(active, new_tokens):
                 yield from self._take(cache, state, i, token)
@@ -428,7 +430,7 @@ def finisher_steps(
     greedy = Sampler(SamplingParams(), forbidden)
     out: list[int] = []
     for _ in range(max_tokens):
-        out.append(greedy(logits[None])[0])
+        out.append((yield Draw(logits[None], greedy))[0])
         if finisher.done(tokenizer.decode(out)):
             break
         logits = (yield from forward([Write(context, out[-1:])]))[0]
@@ -442,10 +444,14 @@ def run_finisher(lm, cache, view, finisher: Finisher, tokenizer, max_tokens: int
 
 
 def drive(steps: Steps[T], lm: HogwildLM, cache) -> T:
-    """Run a generation coroutine by itself: each forward it asks for runs on ``cache`` as asked."""
+    """Run a generation coroutine by itself: each forward it asks for runs on ``cache`` as asked, each draw
+    is answered by its sampler."""
     try:
-        writes = next(steps)
+        request = next(steps)
         while True:
-            writes = steps.send(lm.forward(cache, writes))
+            if isinstance(request, Draw):
+                request = steps.send(draw_tokens([request])[0])
+            else:
+                request = steps.send(lm.forward(cache, request))
     except StopIteration as done:
         return done.value

@@ -1,16 +1,26 @@
-"""Next-token choice: greedy or temperature/top-p sampling, reproducible from a seed."""
+"""Next-token choice: greedy or temperature/top-p sampling, reproducible from a seed.
+
+Sampling uses the Gumbel-max trick with counter-based noise: row ``k`` of a sampler's ``d``-th draw adds
+noise that is a fixed function of ``(seed, d + k, token id)`` to its scaled logits and takes the argmax. A
+draw therefore depends only on its own logits and its own sampler's history -- never on which other rows
+are drawn beside it -- so `draw_tokens` can serve every generation of a batched forward in one call (one
+device sync per step, not one per generation) and still give each the tokens it would get alone.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import lru_cache
 
 import torch
+
+_MASK32 = 0xFFFFFFFF
 
 
 @dataclass(frozen=True)
 class SamplingParams:
-    """``temperature=0`` is greedy. ``seed`` fixes the draws bit-for-bit on the same device."""
+    """``temperature=0`` is greedy. ``seed`` fixes the draws."""
 
     temperature: float = 0.0
     top_p: float = 1.0
@@ -25,35 +35,96 @@ class SamplingParams:
 
 
 class Sampler:
+    """One generation's token chooser: its parameters, forbidden tokens and the count of rows drawn so far."""
+
     def __init__(self, params: SamplingParams, extra_forbidden: Sequence[int] = ()):
         self.params = params
-        self.forbidden = sorted(set(params.forbidden_token_ids) | set(extra_forbidden))
-        self._generators: dict[torch.device, torch.Generator] = {}
-        self._masks: dict[tuple[torch.device, int], torch.Tensor] = {}
-
-    def _generator(self, device: torch.device) -> torch.Generator:
-        if device not in self._generators:
-            self._generators[device] = torch.Generator(device=device).manual_seed(self.params.seed)
-        return self._generators[device]
-
-    def _mask(self, device: torch.device, vocab: int) -> torch.Tensor:
-        if (device, vocab) not in self._masks:
-            mask = torch.zeros(vocab, device=device)
-            mask[[i for i in self.forbidden if i < vocab]] = float("-inf")
-            self._masks[(device, vocab)] = mask
-        return self._masks[(device, vocab)]
+        self.forbidden = tuple(sorted(set(params.forbidden_token_ids) | set(extra_forbidden)))
+        self.draws = 0
+        seed = params.seed
+        self.seed_key = _mix32((seed & _MASK32) ^ _mix32(((seed >> 32) & _MASK32) ^ 0x9E3779B9))
 
     def __call__(self, logits: torch.Tensor) -> list[int]:
         """``logits [rows, V]`` -> one token id per row."""
-        logits = logits.float()
-        if self.forbidden:  # one add of a cached 0 / -inf row (no copy, no scatter per call)
-            logits = logits + self._mask(logits.device, logits.shape[-1])
-        if self.params.temperature == 0:
-            return logits.argmax(-1).tolist()
-        probs = torch.softmax(logits / self.params.temperature, dim=-1)
-        if self.params.top_p < 1:
-            sorted_probs, order = probs.sort(dim=-1, descending=True)
-            before = sorted_probs.cumsum(-1) - sorted_probs
-            sorted_probs = sorted_probs.masked_fill(before >= self.params.top_p, 0.0)
-            probs = torch.zeros_like(probs).scatter(-1, order, sorted_probs)
-        return torch.multinomial(probs, 1, generator=self._generator(probs.device)).flatten().tolist()
+        return draw_tokens([Draw(logits, self)])[0]
+
+
+@dataclass
+class Draw:
+    """A request for one token per row of ``logits`` chosen by ``sampler``.
+
+    A generation coroutine yields it (instead of a forward's writes) and is sent the token ids; the batcher
+    answers the draws of all generations in a step with one `draw_tokens` call."""
+
+    logits: torch.Tensor
+    sampler: Sampler
+
+
+def _mix32(x):
+    """A 32-bit integer mixer (xorshift-multiply rounds); works on Python ints and int64 tensors alike.
+    Multipliers are below 2**31, so products of 32-bit values never overflow int64."""
+    x = x ^ (x >> 16)
+    x = (x * 0x7FEB352D) & _MASK32
+    x = x ^ (x >> 15)
+    x = (x * 0x31848BAB) & _MASK32
+    return x ^ (x >> 16)
+
+
+def gumbel_noise(keys: torch.Tensor, vocab: int) -> torch.Tensor:
+    """``[rows, vocab]`` float32 standard Gumbel noise, a function of each row's 32-bit key and the token id."""
+    tokens = torch.arange(vocab, device=keys.device, dtype=torch.int64)
+    bits = _mix32(_mix32(keys[:, None] ^ tokens) ^ keys[:, None])
+    uniform = ((bits >> 8).to(torch.float32) + 0.5) * (1.0 / (1 << 24))  # in (0, 1), never 0 or 1
+    return -torch.log(-torch.log(uniform))
+
+
+@lru_cache(maxsize=64)
+def _forbidden_mask(forbidden: tuple[int, ...], vocab: int, device: str) -> torch.Tensor:
+    mask = torch.zeros(vocab, device=device)
+    mask[[i for i in forbidden if i < vocab]] = float("-inf")
+    return mask
+
+
+def _masked(logits: torch.Tensor, draws: Sequence[Draw], counts: Sequence[int]) -> torch.Tensor:
+    """Forbidden tokens at -inf: one add of a cached 0 / -inf row, or of one row per draw when they differ."""
+    sets = sorted({d.sampler.forbidden for d in draws})
+    if sets == [()]:
+        return logits
+    vocab, device = logits.shape[-1], str(logits.device)
+    if len(sets) == 1:
+        return logits + _forbidden_mask(sets[0], vocab, device)
+    table = torch.stack([_forbidden_mask(s, vocab, device) for s in sets])
+    which = [sets.index(d.sampler.forbidden) for d, n in zip(draws, counts) for _ in range(n)]
+    return logits + table[torch.tensor(which, device=logits.device)]
+
+
+def draw_tokens(draws: Sequence[Draw]) -> list[list[int]]:
+    """One token per row of every draw (row-local math: a row's token never depends on the other rows)."""
+    counts = [d.logits.shape[0] for d in draws]
+    logits = draws[0].logits if len(draws) == 1 else torch.cat([d.logits for d in draws])
+    logits = _masked(logits.float(), draws, counts)
+    rows = [(d.sampler, d.sampler.draws + k) for d in draws for k in range(d.logits.shape[0])]
+    if all(s.params.temperature == 0 for s, _ in rows):
+        chosen = logits.argmax(-1)
+    else:
+        # per row: temperature (1 for greedy rows), top-p, seed key, draw counter, greedy flag -- one upload
+        table = torch.tensor(
+            [[s.params.temperature or 1.0, s.params.top_p, s.seed_key, c, s.params.temperature == 0] for s, c in rows],
+            dtype=torch.float64,
+        ).to(logits.device)
+        keys = _mix32(table[:, 2].long() ^ _mix32(table[:, 3].long() & _MASK32))
+        scaled = logits / table[:, :1].float()
+        if any(s.params.top_p < 1 for s, _ in rows):
+            top_p = table[:, 1:2].float()
+            probs, order = torch.softmax(scaled, dim=-1).sort(dim=-1, descending=True)
+            outside = (probs.cumsum(-1) - probs >= top_p) & (top_p < 1)  # mass before the token already >= p
+            scaled = scaled.masked_fill(torch.zeros_like(outside).scatter(-1, order, outside), float("-inf"))
+        sampled = (scaled + gumbel_noise(keys, logits.shape[-1])).argmax(-1)
+        chosen = torch.where(table[:, 4].bool(), logits.argmax(-1), sampled)
+    flat = chosen.tolist()
+    out, start = [], 0
+    for draw, n in zip(draws, counts):
+        out.append(flat[start : start + n])
+        draw.sampler.draws += n
+        start += n
+    return out

@@ -257,12 +257,21 @@ def _cdiv(a: int, b: int) -> int:
     return -(-a // b)  # triton.cdiv is a jit-able function: ~5 us a call from Python
 
 
-def plan_arrays(rows: list[RowView], q_len: int, groups: int, keep_empty: bool = False, by_capacity: bool = False):
+def plan_arrays(
+    rows: list[RowView],
+    q_len: int,
+    groups: int,
+    keep_empty: bool = False,
+    by_capacity: bool = False,
+    block_m: int | None = None,
+    min_splits: int = 1,
+):
     """Host-side metadata of one forward: ``(blocks, {name: int list}, {name: int})``.
 
     Each unique block's *entries* are the (worker, RoPE delta, query start) of every view position that
     holds it. ``keep_empty`` keeps empty blocks and ``by_capacity`` sizes the work list by storage capacity
-    rather than length, so the array shapes stay fixed from step to step (CUDA graphs)."""
+    rather than length, so the array shapes stay fixed from step to step (CUDA graphs). ``block_m`` and
+    ``min_splits`` fix the query tile and the partials' stride to those of a graph captured earlier."""
     blocks, index, per_block = [], {}, []
     for r, row in enumerate(rows):
         own_offset = row.offsets[-1]
@@ -290,12 +299,13 @@ def plan_arrays(rows: list[RowView], q_len: int, groups: int, keep_empty: bool =
             arrays["ent_qstart"].append(qstart)
             used_splits.append(used)
             all_splits.append(block_splits)
-    n_splits = max(splits, default=1) or 1
+    n_splits = max(max(splits, default=1), min_splits, 1)
     # One launch. The query tile fits the rows of the block with the most splits (the long context, read by
     # most programs); a block seen by more view entries (a repeated separator) gets one program per tile.
     rows_per_block = [count * groups * q_len for count in arrays["ent_count"]]
     widest = max(range(len(blocks)), key=lambda b: (splits[b], rows_per_block[b]), default=None)
-    block_m = min(MAX_BLOCK_M, max(16, 1 << (rows_per_block[widest] - 1).bit_length())) if blocks else 16
+    if block_m is None:
+        block_m = min(MAX_BLOCK_M, max(16, 1 << (rows_per_block[widest] - 1).bit_length())) if blocks else 16
     for name in ("work_block", "work_split", "work_tile"):
         arrays[name] = []
     for b, rows_b in enumerate(rows_per_block):

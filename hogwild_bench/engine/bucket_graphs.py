@@ -1,0 +1,257 @@
+"""Batched decode steps replayed from CUDA graphs captured per row-count bucket.
+
+`DecodeGraph` serves one fixed tuple of views. In a sweep the generations in flight change every few steps
+(one finishes, the next joins), and a capture per new set of views costs more than the replays save. A
+`BucketGraph` is captured once for up to ``rows`` rows (a power of two) and serves *any* views: every table
+a decode step reads -- the Triton plan, each block's K/V addresses and capacity, each row's own-block
+address and write position, the token ids -- lives in device buffers padded to capacities fixed at capture
+and refreshed from the host (one copy each for the int32 and int64 tables) before each replay.
+
+Padding is inert: padded rows attend to nothing and write their K/V into a scratch block; padded work items
+point at a block of length 0 and return at once. A step that outgrows a capacity (more blocks, entries,
+work items or partials than captured) re-captures that bucket with headroom.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, fields
+
+import torch
+
+from hogwild_bench.engine.blocks import KVBlock
+from hogwild_bench.engine.cache import HogwildCache
+from hogwild_bench.engine.graphs import WARMUP_RUNS
+from hogwild_bench.engine.triton_attention import OwnBlockTables, TritonPlan, plan_arrays, table_views
+
+HEADROOM = 1.5  # capacities at capture: what the step needs, scaled to a full bucket, times this
+PER_BLOCK = ("ent_start", "ent_count", "length")
+PER_ENTRY = ("ent_row", "ent_delta", "ent_qstart")
+PER_WORK = ("work_block", "work_split", "work_tile")
+
+
+@dataclass(frozen=True)
+class Capacities:
+    """Table sizes a captured graph was built for (``splits`` and ``block_m`` must match exactly)."""
+
+    blocks: int  # one more than the blocks in use: the spare, empty block padded work items point at
+    entries: int
+    work: int
+    parts: int  # partials per row
+    splits: int
+    block_m: int
+
+    def holds(self, need: Capacities) -> bool:
+        return all(getattr(self, f.name) >= getattr(need, f.name) for f in fields(self)) and (
+            self.block_m == need.block_m
+        )
+
+    def grown(self, need: Capacities, scale: float) -> Capacities:
+        """Room for ``need`` scaled by ``scale`` (at least what is captured now, splits and tile exact)."""
+        size = {f.name: max(getattr(self, f.name), math.ceil(getattr(need, f.name) * scale)) for f in fields(self)}
+        return Capacities(**{**size, "splits": max(self.splits, need.splits), "block_m": self.block_m})
+
+
+def bucket_for(rows: int) -> int:
+    """The smallest power of two (at least 8) that holds ``rows`` rows."""
+    return max(8, 1 << (rows - 1).bit_length())
+
+
+class BucketGraph:
+    """Decode steps of up to ``rows`` rows of any views, replayed from one capture."""
+
+    def __init__(self, lm, cache: HogwildCache, rows: int):
+        self.lm, self.cache, self.rows = lm, cache, rows
+        self.device = lm.device
+        config = lm.model.config
+        self.groups = config.num_attention_heads // config.num_key_value_heads
+        self.graph: torch.cuda.CUDAGraph | None = None
+        self.caps: Capacities | None = None
+        self.scratch = KVBlock("bucket scratch", lm.num_layers)
+        self.captures = self.replays = 0
+
+    # -- host tables -------------------------------------------------------------------------------
+    def _plan(self, rows) -> tuple[list, dict, dict]:
+        caps = self.caps
+        return plan_arrays(
+            rows, 1, self.groups, by_capacity=True,
+            block_m=caps.block_m if caps else None, min_splits=caps.splits if caps else 1,
+        )  # fmt: skip
+
+    @staticmethod
+    def _need(blocks: list, arrays: dict, sizes: dict) -> Capacities:
+        return Capacities(
+            blocks=len(blocks) + 1, entries=sizes["n_entries"], work=len(arrays["work_block"]),
+            parts=len(arrays["row_parts"][0]), splits=sizes["n_splits"], block_m=sizes["block_m"],
+        )  # fmt: skip
+
+    def _int32_tables(self, blocks: list, arrays: dict) -> list[int]:
+        """Every plan table padded to the capacities, in `_shapes` order."""
+        caps, flat = self.caps, []
+        for name in (*PER_BLOCK, *PER_ENTRY, *PER_WORK):
+            values = arrays[name]
+            size = caps.blocks if name in PER_BLOCK else caps.entries if name in PER_ENTRY else caps.work
+            pad = len(blocks) if name == "work_block" else 0  # the spare block: length 0, nothing to do
+            flat.extend(values)
+            flat.extend([pad] * (size - len(values)))
+        for parts in arrays["row_parts"]:
+            flat.extend(parts)
+            flat.extend([0] * (caps.parts - len(parts)))
+        flat.extend([0] * (caps.parts * (self.rows - len(arrays["row_parts"]))))
+        flat.extend(arrays["row_count"])
+        flat.extend([0] * (self.rows - len(arrays["row_count"])))  # padded rows merge no partials
+        return flat
+
+    def _shapes(self) -> dict[str, tuple[int, ...]]:
+        caps, shapes = self.caps, {}
+        for name in (*PER_BLOCK, *PER_ENTRY, *PER_WORK):
+            shapes[name] = (caps.blocks if name in PER_BLOCK else caps.entries if name in PER_ENTRY else caps.work,)
+        return shapes | {"row_parts": (self.rows, caps.parts), "row_count": (self.rows,)}
+
+    def _int64_tables(self, blocks: list, tokens: Sequence[int]) -> torch.Tensor:
+        """``[3, layers, blocks]`` K/V addresses and capacities of the blocks read, the same of each row's own
+        block (padded rows: the scratch block), then the token ids and write positions, flat."""
+        layers, caps, n = self.lm.num_layers, self.caps, len(tokens)
+        read = torch.zeros(3, layers, caps.blocks, dtype=torch.int64)
+        read[:, :, : len(blocks)] = torch.stack([b.addresses().table for b in blocks], dim=2)
+        rows = self.cache.rows
+        own = self.scratch.addresses().table[:, :, None].repeat(1, 1, self.rows)
+        own[:, :, :n] = torch.stack([row.own.addresses().table for row in rows], dim=2)
+        ids = torch.zeros(2, self.rows, dtype=torch.int64)
+        ids[0, :n] = torch.tensor(tokens)
+        ids[1, :n] = torch.tensor([row.own.length for row in rows])
+        return torch.cat([read.flatten(), own.flatten(), ids.flatten()])
+
+    def _ensure_scratch(self, blocks: list) -> None:
+        template = next(b for b in blocks if all(k is not None for k in b.keys))
+        for layer in range(self.lm.num_layers):
+            if self.scratch.keys[layer] is None:
+                self.scratch._reserve(layer, 1, template.keys[layer])
+
+    # -- capture and replay ------------------------------------------------------------------------
+    def _allocate(self) -> None:
+        layers, caps = self.lm.num_layers, self.caps
+        n_i32 = sum(math.prod(shape) for shape in self._shapes().values())
+        n_i64 = 3 * layers * caps.blocks + 3 * layers * self.rows + 2 * self.rows
+        self.host_i32 = torch.empty(n_i32, dtype=torch.int32).pin_memory()
+        self.host_i64 = torch.empty(n_i64, dtype=torch.int64).pin_memory()
+        self.tables_i32 = torch.empty(n_i32, dtype=torch.int32, device=self.device)
+        self.tables_i64 = torch.empty(n_i64, dtype=torch.int64, device=self.device)
+        self.uploaded = torch.cuda.Event()
+        read, own = 3 * layers * caps.blocks, 3 * layers * self.rows
+        self.read_tables = self.tables_i64[:read].view(3, layers, caps.blocks)
+        self.own_tables = self.tables_i64[read : read + own].view(3, layers, self.rows)
+        self.input_ids = self.tables_i64[read + own : read + own + self.rows].view(self.rows, 1)
+        self.positions = self.tables_i64[read + own + self.rows :].view(self.rows, 1)
+        self.one_new = torch.ones(self.rows, dtype=torch.int32, device=self.device)
+
+    def _upload(self, flat_i32: list[int], flat_i64: torch.Tensor) -> None:
+        self.uploaded.synchronize()  # the previous step's copies have read the staging buffers
+        self.host_i32.copy_(torch.tensor(flat_i32, dtype=torch.int32))
+        self.host_i64.copy_(flat_i64)
+        self.tables_i32.copy_(self.host_i32, non_blocking=True)
+        self.tables_i64.copy_(self.host_i64, non_blocking=True)
+        self.uploaded.record()
+
+    def _capture(self, blocks: list, sizes: dict) -> None:
+        static = table_views(self.tables_i32, self._shapes())
+        sizes = dict(sizes, n_entries=self.caps.entries, n_splits=self.caps.splits)
+        self.plan = TritonPlan.assemble(blocks, static, sizes, tuple(self.read_tables))
+        self.lm.rope._freqs(self.device)  # the frequencies must exist before capture
+
+        def forward():
+            self.cache.forward_state[("triton_plan", self.device)] = self.plan.for_new_forward()
+            if self.lm.decoder is not None:
+                return self.lm.decoder(self.cache, self.input_ids, self.positions).float()
+            out = self.lm.model(
+                input_ids=self.input_ids, position_ids=self.positions, past_key_values=self.cache,
+                hogwild_cache=self.cache, use_cache=True, logits_to_keep=1,
+            )  # fmt: skip
+            return out.logits[:, -1].float()
+
+        self.cache.graph = self
+        try:
+            stream = torch.cuda.Stream(self.device)
+            stream.wait_stream(torch.cuda.current_stream(self.device))
+            with torch.cuda.stream(stream), torch.no_grad():
+                for _ in range(WARMUP_RUNS):  # writes the same K/V at the same place as the real step: harmless
+                    forward()
+            torch.cuda.current_stream(self.device).wait_stream(stream)
+            self.graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(self.graph), torch.no_grad():
+                self.logits = forward()
+        finally:
+            self.cache.graph = None
+        self.captures += 1
+
+    def append(self, layer: int, keys: torch.Tensor, values: torch.Tensor) -> None:
+        """`HogwildCache.store_new` while capturing: each row's K/V at its own block's write position."""
+        from hogwild_bench.engine.triton_attention import append_rows
+
+        k_ptrs, v_ptrs, capacity = self.own_tables[0, layer], self.own_tables[1, layer], self.own_tables[2, layer]
+        append_rows(keys, values, k_ptrs, v_ptrs, capacity, self.positions, self.one_new)
+
+    def step(self, views: Sequence[Sequence[str]], tokens: Sequence[int]) -> torch.Tensor | None:
+        """Write ``tokens[b]`` at the end of ``views[b][-1]``; float32 logits ``[rows, V]``, or None (nothing
+        written) when a block has no storage yet for the token, so the step must run eagerly."""
+        cache = self.cache
+        cache.begin_forward(views, [[t] for t in tokens])
+        ok = False
+        try:
+            rows = cache.rows
+            if not OwnBlockTables.possible(rows):
+                return None
+            blocks, arrays, sizes = self._plan(rows)
+            if any(b.addresses() is None for b in blocks):
+                return None
+            need = self._need(blocks, arrays, sizes)
+            if self.caps is None or not self.caps.holds(need):
+                start = self.caps or Capacities(**{f.name: 0 for f in fields(Capacities)} | {"block_m": need.block_m})
+                self.caps = start.grown(need, HEADROOM * self.rows / len(rows))
+                blocks, arrays, sizes = self._plan(rows)  # with the captured splits and tile
+                self._ensure_scratch(blocks)
+                self._allocate()
+                self._upload(self._int32_tables(blocks, arrays), self._int64_tables(blocks, tokens))
+                self._capture(blocks, sizes)
+            else:
+                self._upload(self._int32_tables(blocks, arrays), self._int64_tables(blocks, tokens))
+            self.graph.replay()
+            self.replays += 1
+            logits = self.logits[: len(tokens)].clone()
+            ok = True
+            return logits
+        finally:
+            cache.end_forward(ok)
+
+
+class BucketGraphs:
+    """The `BucketGraph` of each row-count bucket a batch uses, over one cache."""
+
+    def __init__(self, lm, cache: HogwildCache):
+        self.lm, self.cache = lm, cache
+        self.graphs: dict[int, BucketGraph] = {}
+
+    @staticmethod
+    def usable(lm, cache: HogwildCache) -> bool:
+        return cache.backend.graphs and lm.device.type == "cuda" and lm.cuda_graphs
+
+    @property
+    def captures(self) -> int:
+        return sum(g.captures for g in self.graphs.values())
+
+    @property
+    def replays(self) -> int:
+        return sum(g.replays for g in self.graphs.values())
+
+    def forward(self, writes) -> torch.Tensor | None:
+        """Logits of a decode step (one token per row) replayed from its bucket's graph; None when the step
+        is not a decode step or cannot replay (the caller runs it eagerly)."""
+        if any(len(w.tokens) != 1 for w in writes):
+            return None
+        if any(name not in self.cache.blocks for w in writes for name in w.view[:-1]):
+            return None  # eager forwards raise the clear error about unknown blocks
+        rows = bucket_for(len(writes))
+        if rows not in self.graphs:
+            self.graphs[rows] = BucketGraph(self.lm, self.cache, rows)
+        return self.graphs[rows].step([w.view for w in writes], [w.tokens[0] for w in writes])

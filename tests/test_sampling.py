@@ -1,0 +1,67 @@
+"""Token choice: the right distribution, reproducible from a seed, and independent of batch-mates."""
+
+import pytest
+import torch
+
+from hogwild_bench.engine.sampling import Draw, Sampler, SamplingParams, draw_tokens, gumbel_noise
+
+
+def frequencies(tokens: list[int], vocab: int) -> torch.Tensor:
+    return torch.bincount(torch.tensor(tokens), minlength=vocab).float() / len(tokens)
+
+
+def test_sampled_tokens_follow_the_tempered_softmax():
+    logits = torch.tensor([2.0, 1.0, 0.0, -1.0])
+    sampler = Sampler(SamplingParams(temperature=0.5, seed=1))
+    tokens = sampler(logits.expand(40_000, 4))
+    expected = torch.softmax(logits / 0.5, dim=-1)
+    assert torch.allclose(frequencies(tokens, 4), expected, atol=0.01)
+
+
+def test_top_p_keeps_the_smallest_head_reaching_p():
+    logits = torch.log(torch.tensor([0.5, 0.3, 0.15, 0.05]))
+    tokens = Sampler(SamplingParams(temperature=1.0, top_p=0.7, seed=2))(logits.expand(20_000, 4))
+    freq = frequencies(tokens, 4)
+    assert freq[2] == freq[3] == 0  # 0.5 + 0.3 already reaches 0.7
+    assert torch.allclose(freq[:2], torch.tensor([0.625, 0.375]), atol=0.015)
+
+
+def test_greedy_takes_the_argmax_and_never_a_forbidden_token():
+    logits = torch.tensor([[0.0, 5.0, 1.0], [3.0, 0.0, 1.0]])
+    assert Sampler(SamplingParams())(logits) == [1, 0]
+    assert Sampler(SamplingParams(), extra_forbidden=[1])(logits) == [2, 0]
+    sampled = Sampler(SamplingParams(temperature=2.0, forbidden_token_ids=(1,)))(logits.repeat(500, 1))
+    assert 1 not in sampled
+
+
+def test_draws_are_reproducible_from_the_seed_and_change_with_it():
+    logits = torch.randn(8, 50)
+    first = Sampler(SamplingParams(temperature=1.0, seed=3))
+    again = Sampler(SamplingParams(temperature=1.0, seed=3))
+    assert first(logits) == again(logits)
+    assert first(logits) == again(logits)  # the second draws of both match too ...
+    assert first(logits) != Sampler(SamplingParams(temperature=1.0, seed=4))(logits)  # ... and another seed differs
+    assert Sampler(SamplingParams(temperature=1.0, seed=3))(logits) != first(logits)  # a later draw is new noise
+
+
+@pytest.mark.parametrize("order", [(0, 1, 2), (2, 0, 1)])
+def test_a_draw_does_not_depend_on_the_draws_beside_it(order):
+    torch.manual_seed(0)
+    logits = [torch.randn(rows, 40) for rows in (2, 4, 1)]
+    params = [
+        SamplingParams(temperature=0.8, top_p=0.9, seed=5),
+        SamplingParams(),  # a greedy finisher beside samplers
+        SamplingParams(temperature=1.3, seed=6, forbidden_token_ids=(3, 7)),
+    ]
+    alone = [Sampler(p)(x) for p, x in zip(params, logits)]
+    samplers = [Sampler(p) for p in params]
+    together = draw_tokens([Draw(logits[i], samplers[i]) for i in order])
+    assert [together[order.index(i)] for i in range(3)] == alone
+    assert [s.draws for s in samplers] == [2, 4, 1]
+
+
+def test_gumbel_noise_is_standard_gumbel():
+    noise = gumbel_noise(torch.arange(64), 4096)
+    assert abs(noise.mean().item() - 0.5772) < 0.01  # Euler-Mascheroni
+    assert abs(noise.var().item() - torch.pi**2 / 6) < 0.03
+    assert not torch.equal(noise[0], noise[1])
