@@ -90,4 +90,5 @@ def test_batched_steps_replayed_from_bucket_graphs_equal_each_generation_alone(m
     for f in finished:
         assert comparable(f.result) == expected[f.key], f"generation {f.key} changed when replayed from graphs"
     graphs = batcher.graphs
-    assert graphs is not None and 0 < graphs.captures <= 4 and graphs.replays > len(steps) // 2
+    # steps that write several tokens in a row (step prefixes every 4 tokens here) run eagerly
+    assert graphs is not None and 0 < graphs.captures <= 4 and graphs.replays > 10

@@ -11,11 +11,11 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from functools import lru_cache
 
 import torch
 
 _MASK32 = 0xFFFFFFFF
+_FORBIDDEN_SETS: dict[tuple[int, ...], int] = {}  # every forbidden set seen -> its id
 
 
 @dataclass(frozen=True)
@@ -40,6 +40,8 @@ class Sampler:
     def __init__(self, params: SamplingParams, extra_forbidden: Sequence[int] = ()):
         self.params = params
         self.forbidden = tuple(sorted(set(params.forbidden_token_ids) | set(extra_forbidden)))
+        # forbidden sets can hold most of a vocabulary: hashed once here, then known by a small id
+        self.forbidden_id = _FORBIDDEN_SETS.setdefault(self.forbidden, len(_FORBIDDEN_SETS))
         self.draws = 0
         seed = params.seed
         self.seed_key = _mix32((seed & _MASK32) ^ _mix32(((seed >> 32) & _MASK32) ^ 0x9E3779B9))
@@ -78,24 +80,32 @@ def gumbel_noise(keys: torch.Tensor, vocab: int) -> torch.Tensor:
     return -torch.log(-torch.log(uniform))
 
 
-@lru_cache(maxsize=64)
-def _forbidden_mask(forbidden: tuple[int, ...], vocab: int, device: str) -> torch.Tensor:
-    mask = torch.zeros(vocab, device=device)
-    mask[[i for i in forbidden if i < vocab]] = float("-inf")
-    return mask
+_MASKS: dict[tuple[int, int, str], torch.Tensor] = {}
+
+
+def _forbidden_mask(sampler: Sampler, vocab: int, device: torch.device) -> torch.Tensor:
+    """A cached ``[vocab]`` row: 0, or -inf at the sampler's forbidden tokens."""
+    key = (sampler.forbidden_id, vocab, str(device))
+    if key not in _MASKS:
+        mask = torch.zeros(vocab, device=device)
+        mask[[i for i in sampler.forbidden if i < vocab]] = float("-inf")
+        _MASKS[key] = mask
+    return _MASKS[key]
 
 
 def _masked(logits: torch.Tensor, draws: Sequence[Draw], counts: Sequence[int]) -> torch.Tensor:
     """Forbidden tokens at -inf: one add of a cached 0 / -inf row, or of one row per draw when they differ."""
-    sets = sorted({d.sampler.forbidden for d in draws})
-    if sets == [()]:
+    by_id = {d.sampler.forbidden_id: d.sampler for d in draws if d.sampler.forbidden}
+    if not by_id:
         return logits
-    vocab, device = logits.shape[-1], str(logits.device)
-    if len(sets) == 1:
-        return logits + _forbidden_mask(sets[0], vocab, device)
-    table = torch.stack([_forbidden_mask(s, vocab, device) for s in sets])
-    which = [sets.index(d.sampler.forbidden) for d, n in zip(draws, counts) for _ in range(n)]
-    return logits + table[torch.tensor(which, device=logits.device)]
+    vocab, device = logits.shape[-1], logits.device
+    if len(by_id) == 1 and all(d.sampler.forbidden for d in draws):
+        return logits + _forbidden_mask(next(iter(by_id.values())), vocab, device)
+    ids = sorted({d.sampler.forbidden_id for d in draws})
+    samplers = {d.sampler.forbidden_id: d.sampler for d in draws}
+    table = torch.stack([_forbidden_mask(samplers[i], vocab, device) for i in ids])
+    which = [ids.index(d.sampler.forbidden_id) for d, n in zip(draws, counts) for _ in range(n)]
+    return logits + table[torch.tensor(which, device=device)]
 
 
 def draw_tokens(draws: Sequence[Draw]) -> list[list[int]]:
