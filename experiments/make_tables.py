@@ -198,6 +198,7 @@ def main() -> None:
             json.loads((RESULTS / "real_model" / "format_ablation_h100_session7.json").read_text())
         ),
         "batch-bench-table": batch_table(json.loads((RESULTS / "batch_bench_h100_session7.json").read_text())),
+        "batch-bench-session8-table": batch_table(json.loads((RESULTS / "batch_bench_h100_session8.json").read_text())),
     }
     readme = HERE / "README.md"
     text = readme.read_text()
