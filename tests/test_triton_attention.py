@@ -175,3 +175,31 @@ def test_one_append_launch_writes_each_rows_new_tokens_after_its_own_length_and_
             torch.testing.assert_close(got[1][:, length:], new_v[layer, i, :, 3 - n :], rtol=0, atol=0)
             for a, b in zip(got, torch_block.layer_kv(layer)):
                 torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
+def test_partial_slots_are_packed_per_entry_and_never_shared():
+    """Each (entry, split) gets its own partial slot, and an entry gets only its own block's splits: a short
+    separator seen by every row beside one long context must not pay for the context's splits (a stride of
+    the longest block's splits per entry made partials ~16x too large and overflowed int32 offsets in big
+    batches)."""
+    from hogwild_bench.engine.triton_attention import plan_arrays, settings
+
+    device, dim = "cpu", 8
+    context = make_block("context", 16 * settings.split, 1, dim, torch.float32, device)  # 16 splits
+    sep = make_block("sep", 3, 1, dim, torch.float32, device)
+    steps = [make_block(f"s{i}", 2 + i, 1, dim, torch.float32, device) for i in range(6)]
+    rows = []
+    for i, own in enumerate(steps):
+        view = [context, *(b for j, s in enumerate(steps) if j != i for b in (s, sep)), own]
+        own.start_write([0])
+        rows.append(RowView.build(view, 1))
+    blocks, arrays, sizes = plan_arrays(rows, 1, groups=1)
+    splits = {id(b): -(-b.visible_length // settings.split) for b in blocks}
+    entry_splits = [splits[id(blocks[b])] for b, count in enumerate(arrays["ent_count"]) for _ in range(count)]
+    assert sizes["n_slots"] == sum(entry_splits) == 6 * 16 + (len(entry_splits) - 6)
+    owned = [slot for start, n in zip(arrays["ent_slot"], entry_splits) for slot in range(start, start + n)]
+    assert sorted(owned) == list(range(sizes["n_slots"]))  # every slot belongs to exactly one (entry, split)
+    for r, (parts, count) in enumerate(zip(arrays["row_parts"], arrays["row_count"])):
+        mine = {s for e, (start, n) in enumerate(zip(arrays["ent_slot"], entry_splits)) if arrays["ent_row"][e] == r
+                for s in range(start, start + n)}  # fmt: skip
+        assert set(parts[:count]) == mine

@@ -27,19 +27,19 @@ from hogwild_bench.engine.triton_attention import OwnBlockTables, TritonPlan, pl
 
 HEADROOM = 1.5  # capacities at capture: what the step needs, scaled to a full bucket, times this
 PER_BLOCK = ("ent_start", "ent_count", "length")
-PER_ENTRY = ("ent_row", "ent_delta", "ent_qstart")
+PER_ENTRY = ("ent_row", "ent_delta", "ent_qstart", "ent_slot")
 PER_WORK = ("work_block", "work_split", "work_tile")
 
 
 @dataclass(frozen=True)
 class Capacities:
-    """Table sizes a captured graph was built for (``splits`` and ``block_m`` must match exactly)."""
+    """Table sizes a captured graph was built for (``block_m`` must match exactly)."""
 
     blocks: int  # one more than the blocks in use: the spare, empty block padded work items point at
     entries: int
     work: int
     parts: int  # partials per row
-    splits: int
+    slots: int  # partial-result slots in all
     block_m: int
 
     def holds(self, need: Capacities) -> bool:
@@ -48,9 +48,9 @@ class Capacities:
         )
 
     def grown(self, need: Capacities, scale: float) -> Capacities:
-        """Room for ``need`` scaled by ``scale`` (at least what is captured now, splits and tile exact)."""
+        """Room for ``need`` scaled by ``scale`` (at least what is captured now, the tile exact)."""
         size = {f.name: max(getattr(self, f.name), math.ceil(getattr(need, f.name) * scale)) for f in fields(self)}
-        return Capacities(**{**size, "splits": max(self.splits, need.splits), "block_m": self.block_m})
+        return Capacities(**{**size, "block_m": self.block_m})
 
 
 def bucket_for(rows: int) -> int:
@@ -74,16 +74,13 @@ class BucketGraph:
     # -- host tables -------------------------------------------------------------------------------
     def _plan(self, rows) -> tuple[list, dict, dict]:
         caps = self.caps
-        return plan_arrays(
-            rows, 1, self.groups, by_capacity=True,
-            block_m=caps.block_m if caps else None, min_splits=caps.splits if caps else 1,
-        )  # fmt: skip
+        return plan_arrays(rows, 1, self.groups, by_capacity=True, block_m=caps.block_m if caps else None)
 
     @staticmethod
     def _need(blocks: list, arrays: dict, sizes: dict) -> Capacities:
         return Capacities(
             blocks=len(blocks) + 1, entries=sizes["n_entries"], work=len(arrays["work_block"]),
-            parts=len(arrays["row_parts"][0]), splits=sizes["n_splits"], block_m=sizes["block_m"],
+            parts=len(arrays["row_parts"][0]), slots=sizes["n_slots"], block_m=sizes["block_m"],
         )  # fmt: skip
 
     def _int32_tables(self, blocks: list, arrays: dict) -> list[int]:
@@ -156,7 +153,7 @@ class BucketGraph:
 
     def _capture(self, blocks: list, sizes: dict) -> None:
         static = table_views(self.tables_i32, self._shapes())
-        sizes = dict(sizes, n_entries=self.caps.entries, n_splits=self.caps.splits)
+        sizes = dict(sizes, n_entries=self.caps.entries, n_slots=self.caps.slots)
         self.plan = TritonPlan.assemble(blocks, static, sizes, tuple(self.read_tables))
         self.lm.rope._freqs(self.device)  # the frequencies must exist before capture
 
@@ -209,7 +206,7 @@ class BucketGraph:
             if self.caps is None or not self.caps.holds(need):
                 start = self.caps or Capacities(**{f.name: 0 for f in fields(Capacities)} | {"block_m": need.block_m})
                 self.caps = start.grown(need, HEADROOM * self.rows / len(rows))
-                blocks, arrays, sizes = self._plan(rows)  # with the captured splits and tile
+                blocks, arrays, sizes = self._plan(rows)  # with the captured tile
                 self._ensure_scratch(blocks)
                 self._allocate()
                 self._upload(self._int32_tables(blocks, arrays), self._int64_tables(blocks, tokens))

@@ -45,9 +45,9 @@ def _block_attention_kernel(
     Q, stride_qr, stride_qh, stride_qt,
     K_PTRS, V_PTRS, CAPACITY, LENGTH,
     WORK_BLOCK, WORK_SPLIT, WORK_TILE,
-    ENT_START, ENT_COUNT, ENT_ROW, ENT_QSTART,
+    ENT_START, ENT_COUNT, ENT_ROW, ENT_QSTART, ENT_SLOT,
     ENT_COS, ENT_SIN,
-    O_PART, LSE_PART, stride_oe, stride_os, stride_oh, stride_ot,
+    O_PART, LSE_PART, stride_os, stride_oh, stride_ot,
     scale_log2, T,
     G: tl.constexpr, D: tl.constexpr, HALF: tl.constexpr,
     SPLIT_SIZE: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, PRECISION: tl.constexpr,
@@ -117,7 +117,9 @@ def _block_attention_kernel(
     has = l_i > 0
     out = acc / tl.where(has, l_i, 1.0)[:, None]
     lse = tl.where(has, m_i + tl.log2(tl.where(has, l_i, 1.0)), float("-inf"))  # base-2 log-sum-exp
-    o_off = gentry * stride_oe + split * stride_os + head * stride_oh + t * stride_ot
+    # each (entry, split) has its own partial slot; int64: slots x heads x D exceeds 2**31 in large batches
+    slot = tl.load(ENT_SLOT + gentry).to(tl.int64) + split
+    o_off = slot * stride_os + head * stride_oh + t * stride_ot
     tl.store(O_PART + o_off[:, None] + d[None, :], out, mask=valid[:, None])
     tl.store(LSE_PART + (o_off // D), lse, mask=valid)
 
@@ -223,10 +225,11 @@ class TritonPlan:
     ent_qstart: torch.Tensor
     length: torch.Tensor
     tables: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None  # [layers, blocks]: K ptrs, V ptrs, capacity
-    row_parts: torch.Tensor  # [rows, width]: each row's partials (entry * n_splits + split), used ones first
+    ent_slot: torch.Tensor  # each entry's first partial slot; its block's splits follow
+    row_parts: torch.Tensor  # [rows, width]: each row's partial slots, used ones first
     row_count: torch.Tensor
     n_entries: int
-    n_splits: int
+    n_slots: int
     _rotation: tuple[torch.Tensor, torch.Tensor] | None = None
 
     def rotation(self, rope: RotaryShift) -> tuple[torch.Tensor, torch.Tensor]:
@@ -250,7 +253,7 @@ class TritonPlan:
     @classmethod
     def assemble(cls, blocks, tensors: dict, sizes: dict, tables) -> TritonPlan:
         return cls(blocks=blocks, tables=tables, block_m=sizes["block_m"], n_entries=sizes["n_entries"],
-                   n_splits=sizes["n_splits"], **tensors)  # fmt: skip
+                   n_slots=sizes["n_slots"], **tensors)  # fmt: skip
 
 
 def _cdiv(a: int, b: int) -> int:
@@ -264,14 +267,15 @@ def plan_arrays(
     keep_empty: bool = False,
     by_capacity: bool = False,
     block_m: int | None = None,
-    min_splits: int = 1,
 ):
     """Host-side metadata of one forward: ``(blocks, {name: int list}, {name: int})``.
 
     Each unique block's *entries* are the (worker, RoPE delta, query start) of every view position that
-    holds it. ``keep_empty`` keeps empty blocks and ``by_capacity`` sizes the work list by storage capacity
-    rather than length, so the array shapes stay fixed from step to step (CUDA graphs). ``block_m`` and
-    ``min_splits`` fix the query tile and the partials' stride to those of a graph captured earlier."""
+    holds it. Each entry owns one partial-result slot per split of its block (packed: a short block seen by
+    many entries does not pay for the longest block's splits). ``keep_empty`` keeps empty blocks and
+    ``by_capacity`` sizes the work list and the slots by storage capacity rather than length, so the array
+    shapes stay fixed from step to step (CUDA graphs). ``block_m`` fixes the query tile to that of a graph
+    captured earlier."""
     blocks, index, per_block = [], {}, []
     for r, row in enumerate(rows):
         own_offset = row.offsets[-1]
@@ -285,10 +289,10 @@ def plan_arrays(
             is_own = position == len(row.blocks) - 1
             qstart = row.own.length - (q_len - row.n_new) if is_own else NOT_OWN
             per_block[index[id(block)]].append((r, own_offset - offset, qstart))
-    arrays = {name: [] for name in ("ent_start", "ent_count", "ent_row", "ent_delta", "ent_qstart")}
+    arrays = {name: [] for name in ("ent_start", "ent_count", "ent_row", "ent_delta", "ent_qstart", "ent_slot")}
     split = settings.split
     splits = [_cdiv(b.capacity(0) if by_capacity else b.visible_length, split) for b in blocks]
-    used_splits, all_splits = [], []  # per entry
+    used_splits, all_splits, n_slots = [], [], 0  # per entry
     for block, entries, block_splits in zip(blocks, per_block, splits):
         used = _cdiv(block.visible_length, split)
         arrays["ent_start"].append(len(arrays["ent_row"]))
@@ -297,9 +301,10 @@ def plan_arrays(
             arrays["ent_row"].append(r)
             arrays["ent_delta"].append(delta)
             arrays["ent_qstart"].append(qstart)
+            arrays["ent_slot"].append(n_slots)
+            n_slots += block_splits
             used_splits.append(used)
             all_splits.append(block_splits)
-    n_splits = max(max(splits, default=1), min_splits, 1)
     # One launch. The query tile fits the rows of the block with the most splits (the long context, read by
     # most programs); a block seen by more view entries (a repeated separator) gets one program per tile.
     rows_per_block = [count * groups * q_len for count in arrays["ent_count"]]
@@ -320,12 +325,12 @@ def plan_arrays(
     parts: list[list[int]] = [[] for _ in rows]
     widths = [0] * len(rows)
     for e, r in enumerate(arrays["ent_row"]):
-        parts[r].extend(e * n_splits + s for s in range(used_splits[e]))
+        parts[r].extend(arrays["ent_slot"][e] + s for s in range(used_splits[e]))
         widths[r] += all_splits[e]
     width = max([1, *widths])
     arrays["row_parts"] = [p + [0] * (width - len(p)) for p in parts]
     arrays["row_count"] = [len(p) for p in parts]
-    sizes = dict(n_entries=len(arrays["ent_row"]), n_splits=n_splits, block_m=block_m)
+    sizes = dict(n_entries=len(arrays["ent_row"]), n_slots=max(1, n_slots), block_m=block_m)
     return blocks, arrays, sizes
 
 
@@ -419,8 +424,8 @@ def _launch(query: torch.Tensor, out: torch.Tensor, plan: TritonPlan, layer: int
         k_ptrs = upload([b.keys[layer].data_ptr() for b in plan.blocks], torch.int64, device)
         v_ptrs = upload([b.values[layer].data_ptr() for b in plan.blocks], torch.int64, device)
         capacity = upload([b.keys[layer].shape[1] for b in plan.blocks], torch.int32, device)
-    o_part = torch.empty(plan.n_entries, plan.n_splits, heads, q_len, dim, dtype=torch.float32, device=device)
-    lse_part = torch.empty(plan.n_entries, plan.n_splits, heads, q_len, dtype=torch.float32, device=device)
+    o_part = torch.empty(plan.n_slots, heads, q_len, dim, dtype=torch.float32, device=device)
+    lse_part = torch.empty(plan.n_slots, heads, q_len, dtype=torch.float32, device=device)
     if POISON:
         out.fill_(float("nan"))
         o_part.fill_(float("nan"))
@@ -430,15 +435,15 @@ def _launch(query: torch.Tensor, out: torch.Tensor, plan: TritonPlan, layer: int
             query, query.stride(0), query.stride(1), query.stride(2),
             k_ptrs, v_ptrs, capacity, plan.length,
             plan.work_block, plan.work_split, plan.work_tile,
-            plan.ent_start, plan.ent_count, plan.ent_row, plan.ent_qstart, *plan.rotation(rope),
-            o_part, lse_part, o_part.stride(0), o_part.stride(1), o_part.stride(2), o_part.stride(3),
+            plan.ent_start, plan.ent_count, plan.ent_row, plan.ent_qstart, plan.ent_slot, *plan.rotation(rope),
+            o_part, lse_part, o_part.stride(0), o_part.stride(1), o_part.stride(2),
             scaling * 1.4426950408889634, q_len,
             G=groups, D=dim, HALF=dim // 2, SPLIT_SIZE=settings.split, BLOCK_M=plan.block_m, BLOCK_N=settings.block_n,
             PRECISION="ieee" if query.dtype == torch.float32 else "tf32",
             num_warps=settings.num_warps, num_stages=settings.num_stages if device.type == "cuda" else 1,
         )  # fmt: skip
     _merge_kernel[(n_rows, heads, q_len)](
-        o_part, lse_part, o_part.stride(1), o_part.stride(2), o_part.stride(3),
+        o_part, lse_part, o_part.stride(0), o_part.stride(1), o_part.stride(2),
         plan.row_parts, plan.row_count, plan.row_parts.shape[1],
         out, out.stride(0), out.stride(1), out.stride(2),
         D=dim, CHUNK=MERGE_CHUNK,
