@@ -44,7 +44,7 @@ class NoLaunch:
 
 def stub_kernels() -> None:
     TritonBackend.append_kernel_on = ("cuda", "cpu")  # the CUDA path's host work: K/V stored by the kernel
-    for name in ("_block_attention_kernel", "_merge_kernel", "_append_kernel"):
+    for name in ("_block_attention_kernel", "_merge_kernel", "_append_kernel", "_shift_append_kernel"):
         setattr(triton_attention, name, NoLaunch())
     attend = triton_attention.attend_rows_triton
     triton_attention.attend_rows_triton = lambda *args, **kwargs: attend(*args, **kwargs).zero_()

@@ -193,7 +193,8 @@ def test_partial_slots_are_packed_per_entry_and_never_shared():
         view = [context, *(b for j, s in enumerate(steps) if j != i for b in (s, sep)), own]
         own.start_write([0])
         rows.append(RowView.build(view, 1))
-    blocks, arrays, sizes = plan_arrays(rows, 1, groups=1)
+    blocks, tables, sizes = plan_arrays(rows, 1, groups=1)
+    arrays = {name: table.tolist() for name, table in tables.items()}
     splits = {id(b): -(-b.visible_length // settings.split) for b in blocks}
     entry_splits = [splits[id(blocks[b])] for b, count in enumerate(arrays["ent_count"]) for _ in range(count)]
     assert sizes["n_slots"] == sum(entry_splits) == 6 * 16 + (len(entry_splits) - 6)
@@ -203,3 +204,28 @@ def test_partial_slots_are_packed_per_entry_and_never_shared():
         mine = {s for e, (start, n) in enumerate(zip(arrays["ent_slot"], entry_splits)) if arrays["ent_row"][e] == r
                 for s in range(start, start + n)}  # fmt: skip
         assert set(parts[:count]) == mine
+
+
+@pytest.mark.parametrize("source_len,target_len", [(5, 0), (37, 70), (64, 3)])
+def test_one_launch_commit_equals_the_per_layer_shift(source_len, target_len):
+    """`append_shifted` (how the Triton backend commits a step on CUDA) stores exactly what
+    `KVBlock.extend_from` does, in every layer: keys rotated by the target's length, values copied, and
+    the target grows its storage when it must."""
+    from hogwild_bench.engine.triton_attention import append_shifted
+
+    device = "cuda" if ON_GPU else "cpu"
+    torch.manual_seed(source_len)
+    layers, kv_heads, dim = 3, 2, 16
+    rope = RotaryShift(1.0 / (10000 ** (torch.arange(0, dim, 2).float() / dim)))
+    source = make_block("step", source_len, kv_heads, dim, torch.float32, device, layers)
+    history = make_block("history", max(target_len, 1), kv_heads, dim, torch.float32, device, layers)
+    history.truncate(target_len)
+    targets = [history, history.copy()]  # the copy's storage is full: the commit must grow it
+    targets[0].extend_from(source, rope)
+    append_shifted(targets[1], source, rope)
+    expected, got = targets
+    assert got.length == expected.length == source_len + target_len
+    assert got.token_ids == expected.token_ids
+    for layer in range(layers):
+        for a, b in zip(got.layer_kv(layer), expected.layer_kv(layer)):
+            torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-6)

@@ -16,6 +16,7 @@ import torch
 from hogwild_bench.engine.attention import attend_rotating_keys, attend_rotating_queries
 
 if TYPE_CHECKING:
+    from hogwild_bench.engine.blocks import KVBlock
     from hogwild_bench.engine.cache import HogwildCache
 
 
@@ -34,6 +35,10 @@ class AttentionBackend:
     def attend(self, cache: HogwildCache, query: torch.Tensor, layer: int, scaling: float, groups: int) -> torch.Tensor:
         """``query [rows, heads, T, D]`` -> ``[rows, T, heads, D]`` over each row's view."""
         raise NotImplementedError
+
+    def commit(self, cache: HogwildCache, source: KVBlock, target: KVBlock) -> None:
+        """Append ``source``'s tokens to ``target`` (RoPE shift only)."""
+        target.extend_from(source, cache.rope)
 
 
 class QueryRotationBackend(AttentionBackend):
@@ -80,6 +85,15 @@ class TritonBackend(AttentionBackend):
             super().store(cache, keys, values, layer)
         else:
             tables.append(layer, keys, values)
+
+    def commit(self, cache, source, target):
+        from hogwild_bench.engine.triton_attention import append_shifted
+
+        stored = source.addresses()
+        if stored is not None and source.keys[0].device.type in self.append_kernel_on:
+            append_shifted(target, source, cache.rope)  # one launch for every layer
+        else:
+            super().commit(cache, source, target)
 
     def attend(self, cache, query, layer, scaling, groups):
         from hogwild_bench.engine.triton_attention import TritonPlan, attend_rows_triton

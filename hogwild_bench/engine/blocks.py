@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import torch
 
-from hogwild_bench.engine.rope import RotaryShift
+from hogwild_bench.engine.rope import RotaryShift, rotate_half
 
 MIN_CAPACITY = 64
 
@@ -146,17 +146,33 @@ class KVBlock:
     @torch.inference_mode()
     def extend_from(self, other: KVBlock, rope: RotaryShift) -> None:
         """Append ``other``'s tokens, re-positioned (RoPE shift by ``self.length``), never recomputed."""
+        if not self.prepare_extend(other):
+            return
+        stored = [layer for layer in range(self.num_layers) if other.keys[layer] is not None]
+        if stored:  # one rotation for every layer
+            cos, sin = rope.cos_sin(self.length, other.keys[stored[0]].device)
+        for layer in stored:
+            keys = other.keys[layer][:, : other.length].float()
+            keys = (keys * cos + rotate_half(keys) * sin).to(other.keys[layer].dtype)
+            self.keys[layer][:, self.length : self.length + other.length] = keys
+            self.values[layer][:, self.length : self.length + other.length] = other.values[layer][:, : other.length]
+        self.note_extended(other)
+
+    @torch.inference_mode()
+    def prepare_extend(self, other: KVBlock) -> bool:
+        """Checks and storage for appending ``other``'s tokens: every layer ``other`` has grows to hold them.
+        False when there is nothing to append."""
         if self.pending or other.pending:
             raise RuntimeError("cannot move blocks while a forward is writing them")
         if other.length == 0:
-            return
+            return False
         for layer in range(self.num_layers):
-            if other.keys[layer] is None:
-                continue
-            keys = rope.rotate(other.keys[layer][:, : other.length], self.length)
-            self._reserve(layer, self.length + other.length, keys)
-            self.keys[layer][:, self.length : self.length + other.length] = keys
-            self.values[layer][:, self.length : self.length + other.length] = other.values[layer][:, : other.length]
+            if other.keys[layer] is not None:
+                self._reserve(layer, self.length + other.length, other.keys[layer])
+        return True
+
+    def note_extended(self, other: KVBlock) -> None:
+        """Bookkeeping once ``other``'s K/V are stored after ``self.length``."""
         self.length += other.length
         self.token_ids.extend(other.token_ids)
 

@@ -80,25 +80,19 @@ class BucketGraph:
     def _need(blocks: list, arrays: dict, sizes: dict) -> Capacities:
         return Capacities(
             blocks=len(blocks) + 1, entries=sizes["n_entries"], work=len(arrays["work_block"]),
-            parts=len(arrays["row_parts"][0]), slots=sizes["n_slots"], block_m=sizes["block_m"],
+            parts=arrays["row_parts"].shape[1], slots=sizes["n_slots"], block_m=sizes["block_m"],
         )  # fmt: skip
 
-    def _int32_tables(self, blocks: list, arrays: dict) -> list[int]:
-        """Every plan table padded to the capacities, in `_shapes` order."""
-        caps, flat = self.caps, []
-        for name in (*PER_BLOCK, *PER_ENTRY, *PER_WORK):
-            values = arrays[name]
-            size = caps.blocks if name in PER_BLOCK else caps.entries if name in PER_ENTRY else caps.work
-            pad = len(blocks) if name == "work_block" else 0  # the spare block: length 0, nothing to do
-            flat.extend(values)
-            flat.extend([pad] * (size - len(values)))
-        for parts in arrays["row_parts"]:
-            flat.extend(parts)
-            flat.extend([0] * (caps.parts - len(parts)))
-        flat.extend([0] * (caps.parts * (self.rows - len(arrays["row_parts"]))))
-        flat.extend(arrays["row_count"])
-        flat.extend([0] * (self.rows - len(arrays["row_count"])))  # padded rows merge no partials
-        return flat
+    def _int32_tables(self, blocks: list, arrays: dict, out: torch.Tensor) -> None:
+        """Every plan table padded to the capacities, written into ``out`` in `_shapes` order."""
+        out.zero_()
+        views = table_views(out, self._shapes())
+        for name, values in arrays.items():
+            if name == "row_parts":
+                views[name][: values.shape[0], : values.shape[1]] = values
+            else:
+                views[name][: len(values)] = values
+        views["work_block"][len(arrays["work_block"]) :] = len(blocks)  # the spare block: nothing to do
 
     def _shapes(self) -> dict[str, tuple[int, ...]]:
         caps, shapes = self.caps, {}
@@ -143,10 +137,10 @@ class BucketGraph:
         self.positions = self.tables_i64[read + own + self.rows :].view(self.rows, 1)
         self.one_new = torch.ones(self.rows, dtype=torch.int32, device=self.device)
 
-    def _upload(self, flat_i32: list[int], flat_i64: torch.Tensor) -> None:
+    def _upload(self, blocks: list, arrays: dict, tokens: Sequence[int]) -> None:
         self.uploaded.synchronize()  # the previous step's copies have read the staging buffers
-        self.host_i32.copy_(torch.tensor(flat_i32, dtype=torch.int32))
-        self.host_i64.copy_(flat_i64)
+        self._int32_tables(blocks, arrays, self.host_i32)
+        self.host_i64.copy_(self._int64_tables(blocks, tokens))
         self.tables_i32.copy_(self.host_i32, non_blocking=True)
         self.tables_i64.copy_(self.host_i64, non_blocking=True)
         self.uploaded.record()
@@ -209,10 +203,10 @@ class BucketGraph:
                 blocks, arrays, sizes = self._plan(rows)  # with the captured tile
                 self._ensure_scratch(blocks)
                 self._allocate()
-                self._upload(self._int32_tables(blocks, arrays), self._int64_tables(blocks, tokens))
+                self._upload(blocks, arrays, tokens)
                 self._capture(blocks, sizes)
             else:
-                self._upload(self._int32_tables(blocks, arrays), self._int64_tables(blocks, tokens))
+                self._upload(blocks, arrays, tokens)
             self.graph.replay()
             self.replays += 1
             logits = self.logits[: len(tokens)].clone()

@@ -139,7 +139,7 @@ class HogwildCache(BlockBackedCache):
 
     def commit(self, source: str, target: str) -> None:
         """Move ``source``'s tokens to the end of ``target`` (RoPE shift only) and empty ``source``."""
-        self.writable(target).extend_from(self.block(source), self.rope)
+        self.backend.commit(self, self.block(source), self.writable(target))
         self.block(source).clear()
 
     def reserve(self, names: Sequence[str], tokens: int, like: str) -> None:

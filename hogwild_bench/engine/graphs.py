@@ -66,8 +66,8 @@ class DecodeGraph:
         groups = config.num_attention_heads // config.num_key_value_heads
         return plan_arrays(self.cache.rows, 1, groups, keep_empty=True, by_capacity=True)
 
-    def _packed(self, arrays: dict, tokens: list[int]) -> tuple[list[int], list[int]]:
-        """Every table in one int32 list (capture order), token ids and positions in one int64 list."""
+    def _packed(self, arrays: dict, tokens: list[int]) -> tuple[torch.Tensor, list[int]]:
+        """Every table in one int32 tensor (capture order), token ids and positions in one int64 list."""
         return flat_tables(arrays)[1], [*tokens, *(row.own.length for row in self.cache.rows)]
 
     # -- capture and replay -------------------------------------------------------------------------
@@ -117,10 +117,10 @@ class DecodeGraph:
         self.signature = self._signature(blocks)
         self.captures += 1
 
-    def _upload(self, flat_i32: list[int], flat_i64: list[int]) -> None:
+    def _upload(self, flat_i32: torch.Tensor, flat_i64: list[int]) -> None:
         """Host tables -> device buffers: two asynchronous copies from pinned memory."""
         self.uploaded.synchronize()  # the previous step's copies have read the staging buffers
-        self.host_i32.copy_(torch.tensor(flat_i32, dtype=torch.int32))
+        self.host_i32.copy_(flat_i32)
         self.host_i64.copy_(torch.tensor(flat_i64, dtype=torch.int64))
         self.tables_i32.copy_(self.host_i32, non_blocking=True)
         self.tables_i64.copy_(self.host_i64, non_blocking=True)

@@ -167,18 +167,11 @@ def upload(values: list | torch.Tensor, dtype: torch.dtype, device: torch.device
                      device)  # fmt: skip
 
 
-def flat_tables(arrays: dict[str, list]) -> tuple[dict[str, tuple[int, ...]], list[int]]:
-    """Int lists (flat, or lists of equal-length rows) -> each one's shape, and all values in one list (in
-    order, rows flattened): one buffer to upload, cut back into views by `table_views`."""
-    shapes, flat = {}, []
-    for name, values in arrays.items():
-        if values and isinstance(values[0], list):
-            shapes[name] = (len(values), len(values[0]))
-            flat.extend(v for row in values for v in row)
-        else:
-            shapes[name] = (len(values),)
-            flat.extend(values)
-    return shapes, flat
+def flat_tables(arrays: dict[str, torch.Tensor]) -> tuple[dict[str, tuple[int, ...]], torch.Tensor]:
+    """CPU int tensors (1-D or 2-D) -> each one's shape, and all values in one int32 tensor (in order, rows
+    flattened): one buffer to upload, cut back into views by `table_views`."""
+    shapes = {name: tuple(values.shape) for name, values in arrays.items()}
+    return shapes, torch.cat([values.flatten().to(torch.int32) for values in arrays.values()])
 
 
 def table_views(buffer: torch.Tensor, shapes: dict[str, tuple[int, ...]]) -> dict[str, torch.Tensor]:
@@ -268,70 +261,77 @@ def plan_arrays(
     by_capacity: bool = False,
     block_m: int | None = None,
 ):
-    """Host-side metadata of one forward: ``(blocks, {name: int list}, {name: int})``.
+    """Host-side metadata of one forward: ``(blocks, {name: int32 CPU tensor}, {name: int})``.
 
     Each unique block's *entries* are the (worker, RoPE delta, query start) of every view position that
     holds it. Each entry owns one partial-result slot per split of its block (packed: a short block seen by
     many entries does not pay for the longest block's splits). ``keep_empty`` keeps empty blocks and
     ``by_capacity`` sizes the work list and the slots by storage capacity rather than length, so the array
     shapes stay fixed from step to step (CUDA graphs). ``block_m`` fixes the query tile to that of a graph
-    captured earlier."""
-    blocks, index, per_block = [], {}, []
+    captured earlier. Only the walk over the views is Python; the rest is a few vector ops, since this runs
+    before every forward of a batch of hundreds of rows."""
+    blocks, index = [], {}
+    e_block, e_row, e_delta, e_qstart = [], [], [], []
     for r, row in enumerate(rows):
-        own_offset = row.offsets[-1]
+        own_offset, last = row.offsets[-1], len(row.blocks) - 1
+        own_qstart = row.own.length - (q_len - row.n_new)
         for position, (block, offset) in enumerate(zip(row.blocks, row.offsets)):
-            if block.visible_length == 0 and not keep_empty:
+            if not keep_empty and block.visible_length == 0:
                 continue
-            if id(block) not in index:
-                index[id(block)] = len(blocks)
+            b = index.get(id(block))
+            if b is None:
+                b = index[id(block)] = len(blocks)
                 blocks.append(block)
-                per_block.append([])
-            is_own = position == len(row.blocks) - 1
-            qstart = row.own.length - (q_len - row.n_new) if is_own else NOT_OWN
-            per_block[index[id(block)]].append((r, own_offset - offset, qstart))
-    arrays = {name: [] for name in ("ent_start", "ent_count", "ent_row", "ent_delta", "ent_qstart", "ent_slot")}
-    split = settings.split
-    splits = [_cdiv(b.capacity(0) if by_capacity else b.visible_length, split) for b in blocks]
-    used_splits, all_splits, n_slots = [], [], 0  # per entry
-    for block, entries, block_splits in zip(blocks, per_block, splits):
-        used = _cdiv(block.visible_length, split)
-        arrays["ent_start"].append(len(arrays["ent_row"]))
-        arrays["ent_count"].append(len(entries))
-        for r, delta, qstart in entries:
-            arrays["ent_row"].append(r)
-            arrays["ent_delta"].append(delta)
-            arrays["ent_qstart"].append(qstart)
-            arrays["ent_slot"].append(n_slots)
-            n_slots += block_splits
-            used_splits.append(used)
-            all_splits.append(block_splits)
+            e_block.append(b)
+            e_row.append(r)
+            e_delta.append(own_offset - offset)
+            e_qstart.append(own_qstart if position == last else NOT_OWN)
+    n_blocks, split = len(blocks), settings.split
+    length = torch.tensor([b.visible_length for b in blocks], dtype=torch.int64)
+    extent = torch.tensor([b.capacity(0) for b in blocks], dtype=torch.int64) if by_capacity else length
+    splits, used = (extent + split - 1) // split, (length + split - 1) // split
+    # entries grouped by block (stable: view order within a block)
+    order = torch.argsort(torch.tensor(e_block, dtype=torch.int64), stable=True)
+    ent_block = torch.tensor(e_block, dtype=torch.int64)[order]
+    ent_row = torch.tensor(e_row, dtype=torch.int64)[order]
+    ent_count = torch.bincount(ent_block, minlength=n_blocks)
+    ent_splits, ent_used = splits[ent_block], used[ent_block]
+    ent_slot = torch.cumsum(ent_splits, 0) - ent_splits
     # One launch. The query tile fits the rows of the block with the most splits (the long context, read by
     # most programs); a block seen by more view entries (a repeated separator) gets one program per tile.
-    rows_per_block = [count * groups * q_len for count in arrays["ent_count"]]
-    widest = max(range(len(blocks)), key=lambda b: (splits[b], rows_per_block[b]), default=None)
+    rows_per_block = ent_count * groups * q_len
     if block_m is None:
-        block_m = min(MAX_BLOCK_M, max(16, 1 << (rows_per_block[widest] - 1).bit_length())) if blocks else 16
-    for name in ("work_block", "work_split", "work_tile"):
-        arrays[name] = []
-    for b, rows_b in enumerate(rows_per_block):
-        for split_index in range(splits[b]):
-            for tile in range(_cdiv(rows_b, block_m)):
-                arrays["work_block"].append(b)
-                arrays["work_split"].append(split_index)
-                arrays["work_tile"].append(tile)
-    arrays["length"] = [b.visible_length for b in blocks]
-    # each row's partial slots: the used ones (in order) then padding, so the merge reads a dense prefix;
-    # the width is fixed by capacity when the shapes must not change from step to step
-    parts: list[list[int]] = [[] for _ in rows]
-    widths = [0] * len(rows)
-    for e, r in enumerate(arrays["ent_row"]):
-        parts[r].extend(arrays["ent_slot"][e] + s for s in range(used_splits[e]))
-        widths[r] += all_splits[e]
-    width = max([1, *widths])
-    arrays["row_parts"] = [p + [0] * (width - len(p)) for p in parts]
-    arrays["row_count"] = [len(p) for p in parts]
-    sizes = dict(n_entries=len(arrays["ent_row"]), n_slots=max(1, n_slots), block_m=block_m)
-    return blocks, arrays, sizes
+        widest = int(torch.argmax(splits * (1 << 32) + rows_per_block)) if n_blocks else None
+        block_m = min(MAX_BLOCK_M, max(16, 1 << (int(rows_per_block[widest]) - 1).bit_length())) if n_blocks else 16
+    tiles = (rows_per_block + block_m - 1) // block_m
+    work_block = torch.repeat_interleave(torch.arange(n_blocks), splits * tiles)
+    k = _ranks(splits * tiles)  # split-major, then tile, within each block
+    # each row's partial slots: the used ones (block order, then split) then padding, so the merge reads a
+    # dense prefix; the width is fixed by capacity when the shapes must not change from step to step
+    part_row = torch.repeat_interleave(ent_row, ent_used)
+    part_slot = torch.repeat_interleave(ent_slot, ent_used) + _ranks(ent_used)
+    by_row = torch.argsort(part_row, stable=True)
+    row_count = torch.bincount(part_row, minlength=len(rows))
+    widths = torch.zeros(len(rows), dtype=torch.int64).index_add_(0, ent_row, ent_splits)
+    width = max(1, int(widths.max())) if len(rows) else 1
+    row_parts = torch.zeros(len(rows), width, dtype=torch.int64)
+    row_parts[part_row[by_row], _ranks(row_count)] = part_slot[by_row]
+    arrays = {
+        "ent_start": torch.cumsum(ent_count, 0) - ent_count, "ent_count": ent_count, "ent_row": ent_row,
+        "ent_delta": torch.tensor(e_delta, dtype=torch.int64)[order],
+        "ent_qstart": torch.tensor(e_qstart, dtype=torch.int64)[order], "ent_slot": ent_slot,
+        "work_block": work_block, "work_split": k // tiles[work_block], "work_tile": k % tiles[work_block],
+        "length": length, "row_parts": row_parts, "row_count": row_count,
+    }  # fmt: skip
+    sizes = dict(n_entries=len(e_row), n_slots=max(1, int(ent_splits.sum())), block_m=block_m)
+    return blocks, {name: t.to(torch.int32) for name, t in arrays.items()}, sizes
+
+
+def _ranks(counts: torch.Tensor) -> torch.Tensor:
+    """``0..counts[0]-1, 0..counts[1]-1, ...``: each item's rank within its group."""
+    total = int(counts.sum())
+    starts = torch.cumsum(counts, 0) - counts
+    return torch.arange(total) - torch.repeat_interleave(starts, counts)
 
 
 @triton.jit
@@ -448,3 +448,57 @@ def _launch(query: torch.Tensor, out: torch.Tensor, plan: TritonPlan, layer: int
         out, out.stride(0), out.stride(1), out.stride(2),
         D=dim, CHUNK=MERGE_CHUNK,
     )  # fmt: skip
+
+
+@triton.jit
+def _shift_append_kernel(
+    LIKE, SRC, DST, COS, SIN, n_tokens, start, layers,
+    BLOCK_T: tl.constexpr, D: tl.constexpr, HALF: tl.constexpr,
+):  # fmt: skip
+    """Append one block's K/V to another in every layer: keys rotated by the target's length (float32 math,
+    as `RotaryShift.rotate`), values copied. ``SRC``/``DST``: `BlockAddresses` tables ``[3, layers]``;
+    ``LIKE``: a tensor of the storage dtype."""
+    layer = tl.program_id(0)
+    head = tl.program_id(1).to(tl.int64)
+    t = (tl.program_id(2) * BLOCK_T + tl.arange(0, BLOCK_T)).to(tl.int64)
+    valid = (t < n_tokens)[:, None]
+    d = tl.arange(0, D)
+    swapped = (d + HALF) % D
+    sign = tl.where(d < HALF, -1.0, 1.0)
+    dtype = LIKE.dtype.element_ty
+    src_k = tl.load(SRC + layer).to(tl.pointer_type(dtype))
+    src_v = tl.load(SRC + layers + layer).to(tl.pointer_type(dtype))
+    dst_k = tl.load(DST + layer).to(tl.pointer_type(dtype))
+    dst_v = tl.load(DST + layers + layer).to(tl.pointer_type(dtype))
+    src = head * tl.load(SRC + 2 * layers + layer) * D + t[:, None] * D
+    dst = head * tl.load(DST + 2 * layers + layer) * D + (start + t[:, None]) * D
+    k = tl.load(src_k + src + d[None, :], mask=valid, other=0.0).to(tl.float32)
+    k_sw = tl.load(src_k + src + swapped[None, :], mask=valid, other=0.0).to(tl.float32)
+    cos = tl.load(COS + d)[None, :]
+    sin = tl.load(SIN + d)[None, :]
+    tl.store(dst_k + dst + d[None, :], (k * cos + sign[None, :] * k_sw * sin).to(dtype), mask=valid)
+    tl.store(dst_v + dst + d[None, :], tl.load(src_v + src + d[None, :], mask=valid), mask=valid)
+
+
+SHIFT_BLOCK_T = 32  # tokens per program of `append_shifted`
+
+
+def append_shifted(target, source, rope: RotaryShift) -> None:
+    """`KVBlock.extend_from` in one launch for all layers (a commit otherwise costs ~15 small launches per
+    layer: with hundreds of rows in a batch, steps end every few forwards and those launches add up)."""
+    if not target.prepare_extend(source):
+        return
+    src, dst = source.addresses(), target.addresses()
+    if src is None or dst is None:  # a layer without storage: the per-layer path handles it
+        raise ValueError("append_shifted needs storage in every layer of both blocks")
+    like = source.keys[0]
+    device, n, layers = like.device, source.length, source.num_layers
+    kv_heads, dim = like.shape[0], like.shape[-1]
+    tables = upload(torch.stack([src.table, dst.table]), torch.int64, device)
+    cos, sin = rope.cos_sin(target.length, device)
+    with torch.cuda.device(device) if device.type == "cuda" else contextlib.nullcontext():
+        _shift_append_kernel[(layers, kv_heads, _cdiv(n, SHIFT_BLOCK_T))](
+            like, tables[0], tables[1], cos, sin, n, target.length, layers,
+            BLOCK_T=SHIFT_BLOCK_T, D=dim, HALF=dim // 2,
+        )  # fmt: skip
+    target.note_extended(source)
