@@ -170,6 +170,18 @@ def test_worst_case_tokens_covers_what_a_generation_allocates(alone, tokenizer):
         assert done.cost.peak_kv_bytes <= gen.worst_case_tokens(problem) * lm.kv_bytes_per_token
 
 
+def test_worst_case_tokens_covers_a_step_longer_than_its_preallocation(alone, tokenizer):
+    """Under a layout with a history a step block starts with room for 1024 tokens; a worker whose step
+    runs past that (no paragraph break for 1100 tokens) grows it, and admission must have counted the growth."""
+    lm, _ = alone
+    options = GenerationOptions(n_workers=1, layout="combined", budgets=(1300,), early_stop=False)
+    gen = HogwildGenerator(lm, tokenizer, options, boundary=lambda step: len(step) >= 1100)
+    job = BatchJob(0, lambda cache: gen.steps(cache, "2+2?"), 1, gen.worst_case_tokens("2+2?"))
+    (done,) = ContinuousBatcher(lm, max_rows=1).run([job])
+    assert done.ok and done.result.tokens_per_worker == 1300
+    assert done.cost.peak_kv_bytes <= gen.worst_case_tokens("2+2?") * lm.kv_bytes_per_token
+
+
 def test_kv_bytes_per_token_matches_the_model_shape(models):
     model = models("qwen2")
     c = model.config

@@ -228,7 +228,7 @@ class HogwildGenerator:
         """The tokens `_reserve` preallocates per block (the prompt block holds ``prompt_tokens``): what a
         generation is expected to hold at its last budget (admission control sizes batches by it)."""
         n, layout = self.options.n_workers, self.layout
-        per_worker = int(1.25 * self.options.budgets[-1]) + 256
+        per_worker = self._per_worker_tokens()
         sizes = {PROMPT: prompt_tokens, FINISHER: 64 + self.options.finisher_max_tokens}
         for i in range(n):
             sizes[step_block(i)] = min(per_worker, 1024) if layout.has_history else per_worker
@@ -237,10 +237,19 @@ class HogwildGenerator:
         sizes.update({name: len(self.fmt.encode(text)) for name, text in layout.constants.items()})
         return sizes
 
+    def _per_worker_tokens(self) -> int:
+        """What one worker writes up to the last budget: its tokens plus step prefixes and prompts (~25%)."""
+        return int(1.25 * self.options.budgets[-1]) + 256
+
     def worst_case_tokens(self, problem: str) -> int:
-        """Token slots of storage this generation allocates up to its last budget (capacity rounding included)."""
+        """Token slots of storage this generation allocates up to its last budget (capacity rounding included).
+
+        Under layouts with a history a step block is preallocated for at most 1024 tokens, but a step that
+        never reaches a paragraph break (code, a long list) grows by doubling up to the worker's whole budget:
+        admission counts it at that size, or a batch of such generations runs out of memory mid-step."""
         prompt = self.fmt.prompt_text(problem, has_history=self.layout.has_history)
         sizes = self.reserved_tokens(len(self.fmt.encode(prompt)))
+        sizes.update({step_block(i): self._per_worker_tokens() for i in range(self.options.n_workers)})
         return sum(storage_tokens(size) for size in sizes.values() if size)
 
     def _reserve(self, cache: ReservingCache, n: int) -> None:
