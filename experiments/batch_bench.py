@@ -174,8 +174,11 @@ def main() -> None:
                         help="row counts also timed with the model compiled once with dynamic shapes")  # fmt: skip
     parser.add_argument("--profile", type=int, default=0, help="rows of a short profiled batched run (0: none)")
     parser.add_argument("--layers", type=int, default=None)
+    parser.add_argument("--cpu-threads", type=int, default=1, help="torch CPU threads (0: torch's default)")
     parser.add_argument("--skip-hf", action="store_true")
     args = parser.parse_args()
+    if args.cpu_threads:
+        torch.set_num_threads(args.cpu_threads)  # as the runner does (batch.cpu_threads)
     gpu = torch.cuda.get_device_name()
     model = build_model(args.layers)
     tokenizer = tiny_tokenizer("qwen")

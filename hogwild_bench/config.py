@@ -183,6 +183,10 @@ class BatchConfig:
     # torch.compile the model once with dynamic shapes for every batched forward (with model.compile, one CUDA
     # device); off until timed on a GPU against eager batched steps (experiments/batch_bench.py --compiled-rows)
     compile_dynamic: bool = False
+    # torch CPU threads of a CUDA run (0: torch's default). The host work of a step is thousands of tiny tensor
+    # ops; with one OpenMP thread per core their wake-ups made the eager forwards of a 64-row batch 3x slower
+    # (experiments/README, session 10)
+    cpu_threads: int = 1
 
 
 @dataclass
@@ -358,6 +362,8 @@ def validate(cfg: DictConfig | RunConfig) -> RunConfig:
         errors.append(
             f"batch.max_rows must be 0 (auto) or at least the largest worker count ({most_workers}), got {b.max_rows}"
         )
+    if b.cpu_threads < 0:
+        errors.append(f"batch.cpu_threads must be 0 (torch's default) or a thread count, got {b.cpu_threads}")
     if not 0 < b.kv_memory_fraction <= 1:
         errors.append(f"batch.kv_memory_fraction must be in (0, 1], got {b.kv_memory_fraction}")
     if cfg.scoring.timeout_seconds < 1:

@@ -15,6 +15,7 @@ from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
 
+import torch
 from omegaconf import OmegaConf
 from tqdm.auto import tqdm
 
@@ -207,6 +208,8 @@ def _run_todo(cfg: RunConfig, store: ResultStore, todo: list, run_dir: Path, dig
     # a static torch.compile specialises on the batch size, which changes every few steps in a batched run: it
     # would recompile until its limit and fall back to eager (measured: 5x slower than eager). Batched runs
     # compile only with batch.compile_dynamic (one compilation for every shape).
+    if cfg.batch.cpu_threads > 0 and any(d.type == "cuda" for d in devices):
+        torch.set_num_threads(cfg.batch.cpu_threads)
     compile = cfg.model.compile and len(devices) == 1 and next(iter(devices)).type == "cuda"
     batched = cfg.batch.enabled and protocol_batchable(cfg)
     dynamic = compile and batched and cfg.batch.compile_dynamic

@@ -95,6 +95,12 @@ def test_validation_reports_every_problem_at_once():
     assert "budgets" in str(error.value) and "temperature" in str(error.value)
 
 
+def test_batch_settings_out_of_range_are_named():
+    with pytest.raises(ConfigError) as error:
+        validate(compose_config(["batch.cpu_threads=-2", "batch.kv_memory_fraction=1.5"]))
+    assert "batch.cpu_threads must be 0" in str(error.value) and "batch.kv_memory_fraction" in str(error.value)
+
+
 def test_cli_reports_config_errors_without_a_traceback(tmp_path):
     result = subprocess.run(
         [sys.executable, "-m", "hogwild_bench", "generation.budgets=[0]", f"store.root={tmp_path}"],

@@ -1,0 +1,257 @@
+"""Where a batched decode step's wall time goes, with bucket-graph replay (issue 13).
+
+The batch benchmark's setup (random Qwen2-7B shape, bf16, ~512-token random prompts, N = 2, combined
+layout, steps of 64 tokens) at each ``--rows``. Every replayed step is split into:
+  - ``prepare``: host work in `BucketGraph.step` before the replay (begin_forward, the Triton plan, the
+    padded tables and their upload),
+  - ``replay_gpu``: GPU time of the replayed graph (CUDA events around ``graph.replay()``),
+  - ``replay_host``: host time of the ``replay()`` call itself (launch),
+  - ``between``: from the end of one forward to the start of the next (token draw and its device sync,
+    the generation coroutines, admission).
+The whole run is also split (``timeline``): seconds in replayed forwards, in eager forwards (prefills,
+step prefixes, finisher prompts), in captures, and outside any forward, each synchronised at its end.
+A second pass replays the last captured graph ``--repeats`` times back to back: the GPU time of a step
+with no host work at all. Median ms of each, over replayed steps with the batch full.
+
+    python experiments/step_profile.py --out experiments/results/step_profile_h100.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "experiments"))
+
+from batch_bench import jobs, prompts  # noqa: E402
+
+from hogwild_bench.bench import build_model, copy_bandwidth  # noqa: E402
+from hogwild_bench.engine import HogwildLM  # noqa: E402
+from hogwild_bench.engine import bucket_graphs as bucket_module  # noqa: E402
+from hogwild_bench.engine.batch import ContinuousBatcher  # noqa: E402
+from hogwild_bench.tiny import tiny_tokenizer  # noqa: E402
+
+
+class StepClock:
+    """Wraps `BucketGraph.step` and the replay to time each part of a replayed step."""
+
+    def __init__(self):
+        self.steps: list[dict] = []
+        self.last_end: float | None = None
+        self.current: dict | None = None
+
+    def reset(self) -> None:
+        self.steps.clear()
+        self.last_end = None
+        self.spans = {"replayed": [0, 0.0], "eager": [0, 0.0], "capture": [0, 0.0]}
+
+    def span(self, name: str, seconds: float) -> None:
+        self.spans[name][0] += 1
+        self.spans[name][1] += seconds
+
+    def install(self) -> None:
+        self.reset()
+        clock, step, capture = self, bucket_module.BucketGraph.step, bucket_module.BucketGraph._capture
+        eager = HogwildLM.forward
+
+        def timed_forward(lm, cache, writes, *args, **kwargs):
+            start = time.perf_counter()
+            out = eager(lm, cache, writes, *args, **kwargs)
+            torch.cuda.synchronize()
+            clock.span("eager", time.perf_counter() - start)
+            return out
+
+        def timed_step(graph, views, tokens):
+            start = time.perf_counter()
+            clock.current = {"rows": len(tokens), "start": start}
+            if clock.last_end is not None:
+                clock.current["between"] = start - clock.last_end
+            replayed_before = graph.replays
+            out = step(graph, views, tokens)
+            torch.cuda.synchronize()
+            end = time.perf_counter()
+            if out is not None:
+                clock.span("replayed", end - start - clock.current.get("capture", 0.0))
+            if out is not None and graph.replays > replayed_before and "replay_start" in clock.current:
+                clock.current["total"] = end - start
+                clock.steps.append(clock.current)
+            clock.current = None
+            clock.last_end = end
+            return out
+
+        def timed_capture(graph, blocks, sizes):
+            start = time.perf_counter()
+            capture(graph, blocks, sizes)
+            torch.cuda.synchronize()
+            clock.span("capture", time.perf_counter() - start)
+            if clock.current is not None:
+                clock.current["capture"] = time.perf_counter() - start
+            real = graph.graph
+
+            class Timed:
+                def replay(self):
+                    current = clock.current
+                    if current is None:
+                        return real.replay()
+                    begin, finish = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+                    current["replay_start"] = time.perf_counter()
+                    begin.record()
+                    real.replay()
+                    finish.record()
+                    current["replay_host"] = time.perf_counter() - current["replay_start"]
+                    current["events"] = (begin, finish)
+
+            graph.graph = Timed()
+            graph.real_graph = real
+
+        HogwildLM.forward = timed_forward
+        bucket_module.BucketGraph.step = timed_step
+        bucket_module.BucketGraph._capture = timed_capture
+
+    def timeline(self, wall: float) -> dict:
+        out = {name: {"count": n, "seconds": round(sec, 2)} for name, (n, sec) in self.spans.items()}
+        out["outside_forwards_seconds"] = round(wall - sum(sec for _, sec in self.spans.values()), 2)
+        return out
+
+    def summary(self, full_rows: int) -> dict:
+        torch.cuda.synchronize()
+        rows = [s for s in self.steps if s["rows"] == full_rows and "between" in s]
+        parts = {"total": [], "prepare": [], "replay_host": [], "replay_gpu": [], "between": []}
+        for s in rows:
+            begin, finish = s["events"]
+            parts["total"].append(s["total"])
+            parts["prepare"].append(s["replay_start"] - s["start"])
+            parts["replay_host"].append(s["replay_host"])
+            parts["replay_gpu"].append(begin.elapsed_time(finish) / 1e3)
+            parts["between"].append(s["between"])
+        out = {"steps": len(rows)}
+        for name, values in parts.items():
+            out[f"{name}_ms"] = round(1e3 * statistics.median(values), 2) if values else None
+        return out
+
+
+def replay_alone(graphs, repeats: int) -> float:
+    """Median GPU ms of the biggest captured bucket's graph replayed back to back (no host work)."""
+    graph = graphs.graphs[max(graphs.graphs)].real_graph
+    for _ in range(3):
+        graph.replay()
+    times = []
+    for _ in range(repeats):
+        begin, finish = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        begin.record()
+        graph.replay()
+        finish.record()
+        finish.synchronize()
+        times.append(begin.elapsed_time(finish))
+    return round(statistics.median(times), 2)
+
+
+def replay_kernels(graphs, repeats: int = 5, top: int = 15) -> list[dict]:
+    """GPU kernels of the biggest bucket's replay (torch.profiler), by device time per replay."""
+    from torch.profiler import ProfilerActivity, profile
+
+    graph = graphs.graphs[max(graphs.graphs)].real_graph
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        for _ in range(repeats):
+            graph.replay()
+        torch.cuda.synchronize()
+    events = sorted(prof.key_averages(), key=lambda e: e.self_device_time_total, reverse=True)[:top]
+    return [
+        {"kernel": e.key[:90], "calls_per_replay": e.count / repeats,
+         "ms_per_replay": round(e.self_device_time_total / 1e3 / repeats, 3)}
+        for e in events
+    ]  # fmt: skip
+
+
+def host_profile(lm, tokenizer, args, top: int = 40) -> list[dict]:
+    """cProfile of one batched run at the first ``--rows`` (functions by own time; cProfile slows Python
+    code, so the split, not the sum, is what to read)."""
+    import cProfile
+    import pstats
+
+    rows = args.rows[0]
+    job_list = jobs(lm, tokenizer, prompts(rows // args.workers, args.prompt_tokens, tokenizer), args.workers, 128)
+    batcher = ContinuousBatcher(lm, max_rows=rows, cuda_graphs=True)
+    profiler = cProfile.Profile()
+    profiler.enable()
+    list(batcher.run(job_list))
+    torch.cuda.synchronize()
+    profiler.disable()
+    stats = pstats.Stats(profiler).stats
+    ranked = sorted(stats.items(), key=lambda item: item[1][2], reverse=True)[:top]
+    return [
+        {"function": f"{Path(file).name}:{line}:{name}", "calls": calls, "own_s": round(own, 3),
+         "cumulative_s": round(cumulative, 3)}
+        for (file, line, name), (_, calls, own, cumulative, _) in ranked
+    ]  # fmt: skip
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", required=True)
+    parser.add_argument("--rows", type=int, nargs="+", default=[64, 128])
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--budget", type=int, default=256)
+    parser.add_argument("--prompt-tokens", type=int, default=512)
+    parser.add_argument("--repeats", type=int, default=20)
+    parser.add_argument("--layers", type=int, default=None)
+    parser.add_argument("--cpu-threads", type=int, default=1, help="torch CPU threads (0: torch's default)")
+    parser.add_argument("--cprofile", action="store_true", help="also a cProfile pass at the first --rows")
+    args = parser.parse_args()
+    if args.cpu_threads:
+        torch.set_num_threads(args.cpu_threads)  # as the runner does (batch.cpu_threads)
+    model = build_model(args.layers)
+    tokenizer = tiny_tokenizer("qwen")
+    lm = HogwildLM(model, cuda_graphs=True)
+    embed = model.get_input_embeddings().weight
+    weight_bytes = sum(p.numel() * p.element_size() for p in model.parameters()) - embed.numel() * embed.element_size()
+    bandwidth = copy_bandwidth()
+    result = {
+        "gpu": torch.cuda.get_device_name(),
+        "bandwidth_bytes_per_s": bandwidth,
+        "weight_ms": round(1e3 * weight_bytes / bandwidth, 2),
+        "command": " ".join(sys.argv),
+        "points": [],
+    }
+    clock = StepClock()
+    clock.install()
+    warm = jobs(lm, tokenizer, prompts(2, 64, tokenizer, seed=99), 2, 32)
+    list(ContinuousBatcher(lm, max_rows=64).run(warm))
+    for rows in args.rows:
+        clock.reset()
+        count = rows // args.workers
+        job_list = jobs(lm, tokenizer, prompts(count, args.prompt_tokens, tokenizer), args.workers, args.budget)
+        batcher = ContinuousBatcher(lm, max_rows=rows, cuda_graphs=True)
+        torch.cuda.synchronize()
+        start = time.perf_counter()
+        finished = list(batcher.run(job_list))
+        torch.cuda.synchronize()
+        wall = time.perf_counter() - start
+        assert all(f.ok for f in finished), [str(f.error) for f in finished if not f.ok][:1]
+        point = {"rows": rows, "workers": args.workers, "wall_seconds": round(wall, 2), **clock.summary(rows)}
+        point["timeline"] = clock.timeline(wall)
+        point["replay_alone_gpu_ms"] = replay_alone(batcher.graphs, args.repeats)
+        try:
+            point["replay_kernels"] = replay_kernels(batcher.graphs)
+        except Exception as error:  # the profiler is a bonus; the timings above stand without it
+            point["replay_kernels"] = f"failed: {error}"
+        result["points"].append(point)
+        print(json.dumps(point), flush=True)
+        del batcher
+        torch.cuda.empty_cache()
+    if args.cprofile:
+        result["cprofile"] = host_profile(lm, tokenizer, args)
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(result, indent=1))
+
+
+if __name__ == "__main__":
+    main()
