@@ -65,3 +65,33 @@ def test_gumbel_noise_is_standard_gumbel():
     assert abs(noise.mean().item() - 0.5772) < 0.01  # Euler-Mascheroni
     assert abs(noise.var().item() - torch.pi**2 / 6) < 0.03
     assert not torch.equal(noise[0], noise[1])
+
+
+def kernel_available() -> bool:
+    import os
+
+    return torch.cuda.is_available() or os.environ.get("TRITON_INTERPRET") == "1"
+
+
+@pytest.mark.skipif(not kernel_available(), reason="Triton runs on CUDA, or on CPU with TRITON_INTERPRET=1")
+def test_the_one_launch_sampler_chooses_the_reference_tokens():
+    from hogwild_bench.engine.sampling import _choose, _choose_in_kernel
+
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    torch.manual_seed(0)
+    rows, vocab = 6, 5000  # a vocabulary over two of the kernel's chunks, not a multiple of one
+    logits = torch.randn(rows, vocab, device=device) * 3
+    logits[1, :4000] = float("-inf")  # forbidden tokens; the best one left sits in the last chunk
+    logits[2] = float("-inf")  # everything forbidden: token 0, as torch.argmax
+    logits[3, [10, 20, 3000]] = 50.0  # ties of the greedy row, in one chunk and across two: the first wins
+    temperature = [0.7, 1.0, 1.0, 1.0, 1.5, 0.2]
+    greedy = [0, 0, 0, 1, 0, 0]
+    table = torch.tensor(
+        [[t, 1.0, 12345 + 977 * r, 40 + r, g] for r, (t, g) in enumerate(zip(temperature, greedy))],
+        dtype=torch.float64,
+        device=device,
+    )
+    for draw in range(3):  # three draws of the same logits: new noise each time, the same choices as torch
+        table[:, 3] += draw
+        assert _choose_in_kernel(logits, table).tolist() == _choose(logits, table, top_p=False).tolist()
+    assert _choose_in_kernel(logits, table)[[2, 3]].tolist() == [0, 10]

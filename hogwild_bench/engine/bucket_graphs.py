@@ -23,7 +23,13 @@ import torch
 from hogwild_bench.engine.blocks import KVBlock
 from hogwild_bench.engine.cache import HogwildCache
 from hogwild_bench.engine.graphs import WARMUP_RUNS
-from hogwild_bench.engine.triton_attention import OwnBlockTables, TritonPlan, plan_arrays, table_views
+from hogwild_bench.engine.triton_attention import (
+    OwnBlockTables,
+    TritonPlan,
+    ViewPositions,
+    plan_arrays,
+    table_views,
+)
 
 HEADROOM = 1.5  # capacities at capture: what the step needs, scaled to a full bucket, times this
 PER_BLOCK = ("ent_start", "ent_count", "length")
@@ -70,11 +76,17 @@ class BucketGraph:
         self.caps: Capacities | None = None
         self.scratch = KVBlock("bucket scratch", lm.num_layers)
         self.captures = self.replays = 0
+        self.positions: ViewPositions | None = None  # the last step's walk over the views
 
     # -- host tables -------------------------------------------------------------------------------
     def _plan(self, rows) -> tuple[list, dict, dict]:
+        """The step's plan; the walk over the views is reused from the previous step while the rows see the
+        same blocks (most steps: only lengths, offsets and token ids change)."""
+        if self.positions is None or not self.positions.same_views(rows):
+            self.positions = ViewPositions.walk(rows)
         caps = self.caps
-        return plan_arrays(rows, 1, self.groups, by_capacity=True, block_m=caps.block_m if caps else None)
+        return plan_arrays(rows, 1, self.groups, by_capacity=True, block_m=caps.block_m if caps else None,
+                           positions=self.positions)  # fmt: skip
 
     @staticmethod
     def _need(blocks: list, arrays: dict, sizes: dict) -> Capacities:
@@ -100,19 +112,24 @@ class BucketGraph:
             shapes[name] = (caps.blocks if name in PER_BLOCK else caps.entries if name in PER_ENTRY else caps.work,)
         return shapes | {"row_parts": (self.rows, caps.parts), "row_count": (self.rows,)}
 
-    def _int64_tables(self, blocks: list, tokens: Sequence[int]) -> torch.Tensor:
-        """``[3, layers, blocks]`` K/V addresses and capacities of the blocks read, the same of each row's own
-        block (padded rows: the scratch block), then the token ids and write positions, flat."""
-        layers, caps, n = self.lm.num_layers, self.caps, len(tokens)
-        read = torch.zeros(3, layers, caps.blocks, dtype=torch.int64)
-        read[:, :, : len(blocks)] = torch.stack([b.addresses().table for b in blocks], dim=2)
-        rows = self.cache.rows
-        own = self.scratch.addresses().table[:, :, None].repeat(1, 1, self.rows)
-        own[:, :, :n] = torch.stack([row.own.addresses().table for row in rows], dim=2)
-        ids = torch.zeros(2, self.rows, dtype=torch.int64)
+    def _int64_tables(self, blocks: list, tokens: Sequence[int], out: torch.Tensor) -> None:
+        """Into ``out``: ``[3, layers, blocks]`` K/V addresses and capacities of the blocks read, the same of
+        each row's own block (padded rows: the scratch block), then the token ids and write positions. The
+        address tables are rewritten only when the blocks or their storage changed since the last step."""
+        layers, caps, n, rows = self.lm.num_layers, self.caps, len(tokens), self.cache.rows
+        addresses = [len(blocks)] + [b.addresses() for b in blocks] + [row.own.addresses() for row in rows]
+        written = self.written_addresses
+        if written is None or len(written) != len(addresses) or any(a is not w for a, w in zip(addresses, written)):
+            read = torch.zeros(3, layers, caps.blocks, dtype=torch.int64)
+            read[:, :, : len(blocks)] = torch.stack([a.table for a in addresses[1 : 1 + len(blocks)]], dim=2)
+            own = self.scratch.addresses().table[:, :, None].repeat(1, 1, self.rows)
+            own[:, :, :n] = torch.stack([a.table for a in addresses[1 + len(blocks) :]], dim=2)
+            out[: read.numel() + own.numel()] = torch.cat([read.flatten(), own.flatten()])
+            self.written_addresses = addresses
+        ids = out[-2 * self.rows :].view(2, self.rows)
+        ids.zero_()
         ids[0, :n] = torch.tensor(tokens)
         ids[1, :n] = torch.tensor([row.own.length for row in rows])
-        return torch.cat([read.flatten(), own.flatten(), ids.flatten()])
 
     def _ensure_scratch(self, blocks: list) -> None:
         template = next(b for b in blocks if all(k is not None for k in b.keys))
@@ -127,6 +144,7 @@ class BucketGraph:
         n_i64 = 3 * layers * caps.blocks + 3 * layers * self.rows + 2 * self.rows
         self.host_i32 = torch.empty(n_i32, dtype=torch.int32).pin_memory()
         self.host_i64 = torch.empty(n_i64, dtype=torch.int64).pin_memory()
+        self.written_addresses = None  # what host_i64's address tables hold
         self.tables_i32 = torch.empty(n_i32, dtype=torch.int32, device=self.device)
         self.tables_i64 = torch.empty(n_i64, dtype=torch.int64, device=self.device)
         self.uploaded = torch.cuda.Event()
@@ -140,7 +158,7 @@ class BucketGraph:
     def _upload(self, blocks: list, arrays: dict, tokens: Sequence[int]) -> None:
         self.uploaded.synchronize()  # the previous step's copies have read the staging buffers
         self._int32_tables(blocks, arrays, self.host_i32)
-        self.host_i64.copy_(self._int64_tables(blocks, tokens))
+        self._int64_tables(blocks, tokens, self.host_i64)
         self.tables_i32.copy_(self.host_i32, non_blocking=True)
         self.tables_i64.copy_(self.host_i64, non_blocking=True)
         self.uploaded.record()

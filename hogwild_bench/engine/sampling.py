@@ -108,6 +108,30 @@ def _masked(logits: torch.Tensor, draws: Sequence[Draw], counts: Sequence[int]) 
     return logits + table[torch.tensor(which, device=device)]
 
 
+def _keys(table: torch.Tensor) -> torch.Tensor:
+    """Each row's 32-bit noise key: its sampler's seed key mixed with its draw counter."""
+    return _mix32(table[:, 2].long() ^ _mix32(table[:, 3].long() & _MASK32))
+
+
+def _choose(logits: torch.Tensor, table: torch.Tensor, top_p: bool) -> torch.Tensor:
+    """The reference: tempered logits (top-p cut) plus Gumbel noise, argmax; greedy rows take the argmax."""
+    scaled = logits / table[:, :1].float()
+    if top_p:
+        p = table[:, 1:2].float()
+        probs, order = torch.softmax(scaled, dim=-1).sort(dim=-1, descending=True)
+        outside = (probs.cumsum(-1) - probs >= p) & (p < 1)  # mass before the token already >= p
+        scaled = scaled.masked_fill(torch.zeros_like(outside).scatter(-1, order, outside), float("-inf"))
+    sampled = (scaled + gumbel_noise(_keys(table), logits.shape[-1])).argmax(-1)
+    return torch.where(table[:, 4].bool(), logits.argmax(-1), sampled)
+
+
+def _choose_in_kernel(logits: torch.Tensor, table: torch.Tensor, top_p: bool = False) -> torch.Tensor:
+    """`_choose` without top-p, in one launch (`sampling_kernel`): the same tokens."""
+    from hogwild_bench.engine.sampling_kernel import gumbel_argmax
+
+    return gumbel_argmax(logits, _keys(table), table[:, 0].float(), table[:, 4].bool())
+
+
 def draw_tokens(draws: Sequence[Draw]) -> list[list[int]]:
     """One token per row of every draw (row-local math: a row's token never depends on the other rows)."""
     counts = [d.logits.shape[0] for d in draws]
@@ -122,15 +146,8 @@ def draw_tokens(draws: Sequence[Draw]) -> list[list[int]]:
             [[s.params.temperature or 1.0, s.params.top_p, s.seed_key, c, s.params.temperature == 0] for s, c in rows],
             dtype=torch.float64,
         ).to(logits.device)
-        keys = _mix32(table[:, 2].long() ^ _mix32(table[:, 3].long() & _MASK32))
-        scaled = logits / table[:, :1].float()
-        if any(s.params.top_p < 1 for s, _ in rows):
-            top_p = table[:, 1:2].float()
-            probs, order = torch.softmax(scaled, dim=-1).sort(dim=-1, descending=True)
-            outside = (probs.cumsum(-1) - probs >= top_p) & (top_p < 1)  # mass before the token already >= p
-            scaled = scaled.masked_fill(torch.zeros_like(outside).scatter(-1, order, outside), float("-inf"))
-        sampled = (scaled + gumbel_noise(keys, logits.shape[-1])).argmax(-1)
-        chosen = torch.where(table[:, 4].bool(), logits.argmax(-1), sampled)
+        top_p = any(s.params.top_p < 1 for s, _ in rows)
+        chosen = (_choose_in_kernel if logits.is_cuda and not top_p else _choose)(logits, table, top_p)
     flat = chosen.tolist()
     out, start = [], 0
     for draw, n in zip(draws, counts):

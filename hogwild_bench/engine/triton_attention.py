@@ -253,6 +253,34 @@ def _cdiv(a: int, b: int) -> int:
     return -(-a // b)  # triton.cdiv is a jit-able function: ~5 us a call from Python
 
 
+@dataclass(frozen=True)
+class ViewPositions:
+    """Every position of every row's view, in view order: its block (an index into ``unique``, the blocks in
+    first-appearance order) and its row. The only part of a plan that needs a Python walk; it stays valid
+    while the rows see the same blocks in the same order (`same_views`), so decode steps can reuse it."""
+
+    unique: list
+    pos_block: torch.Tensor  # int64 [positions]
+    row_views: list  # each row's list of blocks (identity-compared by `same_views`)
+    row_sizes: torch.Tensor  # int64 [rows]: positions per row
+
+    @classmethod
+    def walk(cls, rows: list[RowView]) -> ViewPositions:
+        unique, index, pos_block = [], {}, []
+        for row in rows:
+            for block in row.blocks:
+                b = index.get(id(block))
+                if b is None:
+                    b = index[id(block)] = len(unique)
+                    unique.append(block)
+                pos_block.append(b)
+        sizes = torch.tensor([len(row.blocks) for row in rows], dtype=torch.int64)
+        return cls(unique, torch.tensor(pos_block, dtype=torch.int64), [row.blocks for row in rows], sizes)
+
+    def same_views(self, rows: list[RowView]) -> bool:
+        return len(rows) == len(self.row_views) and all(r.blocks == v for r, v in zip(rows, self.row_views))
+
+
 def plan_arrays(
     rows: list[RowView],
     q_len: int,
@@ -260,6 +288,7 @@ def plan_arrays(
     keep_empty: bool = False,
     by_capacity: bool = False,
     block_m: int | None = None,
+    positions: ViewPositions | None = None,
 ):
     """Host-side metadata of one forward: ``(blocks, {name: int32 CPU tensor}, {name: int})``.
 
@@ -268,32 +297,34 @@ def plan_arrays(
     many entries does not pay for the longest block's splits). ``keep_empty`` keeps empty blocks and
     ``by_capacity`` sizes the work list and the slots by storage capacity rather than length, so the array
     shapes stay fixed from step to step (CUDA graphs). ``block_m`` fixes the query tile to that of a graph
-    captured earlier. Only the walk over the views is Python; the rest is a few vector ops, since this runs
-    before every forward of a batch of hundreds of rows."""
-    blocks, index = [], {}
-    e_block, e_row, e_delta, e_qstart = [], [], [], []
-    for r, row in enumerate(rows):
-        own_offset, last = row.offsets[-1], len(row.blocks) - 1
-        own_qstart = row.own.length - (q_len - row.n_new)
-        for position, (block, offset) in enumerate(zip(row.blocks, row.offsets)):
-            if not keep_empty and block.visible_length == 0:
-                continue
-            b = index.get(id(block))
-            if b is None:
-                b = index[id(block)] = len(blocks)
-                blocks.append(block)
-            e_block.append(b)
-            e_row.append(r)
-            e_delta.append(own_offset - offset)
-            e_qstart.append(own_qstart if position == last else NOT_OWN)
+    captured earlier. ``positions``: the rows' `ViewPositions`, when known (else walked here). Apart from that
+    walk everything is vector ops, since this runs before every forward of a batch of hundreds of rows."""
+    positions = positions or ViewPositions.walk(rows)
+    unique, pos_block = positions.unique, positions.pos_block
+    pos_row = torch.repeat_interleave(torch.arange(len(rows)), positions.row_sizes)
+    row_first = torch.cumsum(positions.row_sizes, 0) - positions.row_sizes
+    own_pos = row_first + positions.row_sizes - 1
+    visible = torch.tensor([b.visible_length for b in unique], dtype=torch.int64)
+    seen = visible[pos_block]
+    before = torch.cumsum(seen, 0) - seen  # visible tokens before each position, over all rows
+    offset = before - before[row_first][pos_row]  # ... within its row: the block's offset in the view
+    delta = offset[own_pos][pos_row] - offset
+    own_qstart = torch.tensor([row.own.length - (q_len - row.n_new) for row in rows], dtype=torch.int64)
+    qstart = torch.full_like(pos_block, NOT_OWN)
+    qstart[own_pos] = own_qstart
+    kept_block = visible > 0 if not keep_empty else torch.ones(len(unique), dtype=torch.bool)
+    keep = kept_block[pos_block]
+    renumber = torch.cumsum(kept_block, 0) - 1  # kept blocks in first-appearance order
+    blocks = [b for b, k in zip(unique, kept_block.tolist()) if k]
+    e_block, e_row = renumber[pos_block[keep]], pos_row[keep]
+    e_delta, e_qstart = delta[keep], qstart[keep]
     n_blocks, split = len(blocks), settings.split
-    length = torch.tensor([b.visible_length for b in blocks], dtype=torch.int64)
+    length = visible[kept_block]
     extent = torch.tensor([b.capacity(0) for b in blocks], dtype=torch.int64) if by_capacity else length
     splits, used = (extent + split - 1) // split, (length + split - 1) // split
     # entries grouped by block (stable: view order within a block)
-    order = torch.argsort(torch.tensor(e_block, dtype=torch.int64), stable=True)
-    ent_block = torch.tensor(e_block, dtype=torch.int64)[order]
-    ent_row = torch.tensor(e_row, dtype=torch.int64)[order]
+    order = torch.argsort(e_block, stable=True)
+    ent_block, ent_row = e_block[order], e_row[order]
     ent_count = torch.bincount(ent_block, minlength=n_blocks)
     ent_splits, ent_used = splits[ent_block], used[ent_block]
     ent_slot = torch.cumsum(ent_splits, 0) - ent_splits
@@ -318,8 +349,7 @@ def plan_arrays(
     row_parts[part_row[by_row], _ranks(row_count)] = part_slot[by_row]
     arrays = {
         "ent_start": torch.cumsum(ent_count, 0) - ent_count, "ent_count": ent_count, "ent_row": ent_row,
-        "ent_delta": torch.tensor(e_delta, dtype=torch.int64)[order],
-        "ent_qstart": torch.tensor(e_qstart, dtype=torch.int64)[order], "ent_slot": ent_slot,
+        "ent_delta": e_delta[order], "ent_qstart": e_qstart[order], "ent_slot": ent_slot,
         "work_block": work_block, "work_split": k // tiles[work_block], "work_tile": k % tiles[work_block],
         "length": length, "row_parts": row_parts, "row_count": row_count,
     }  # fmt: skip

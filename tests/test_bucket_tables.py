@@ -1,0 +1,128 @@
+"""The tables a bucket graph replays from, built incrementally from step to step, equal tables built afresh.
+
+A `BucketGraph` reuses the previous step's walk over the views and its K/V address tables while the rows see
+the same blocks with the same storage. This runs a churning batch on CPU (joins, leaves, step commits,
+finishers, early ends) with the capture and replay stubbed -- replay yields random logits -- and checks
+every replayed step's host tables against a fresh build. The GPU tests check replayed tokens end to end."""
+
+import pytest
+import torch
+from conftest import LAYOUTS
+
+from hogwild_bench.answers import BOXED_FINISHER
+from hogwild_bench.engine import GenerationOptions, HogwildGenerator, HogwildLM
+from hogwild_bench.engine import bucket_graphs as bucket_module
+from hogwild_bench.engine.batch import BatchJob, ContinuousBatcher
+from hogwild_bench.engine.triton_attention import plan_arrays
+
+
+class _NoEvent:
+    def synchronize(self):
+        pass
+
+    def record(self):
+        pass
+
+
+def _host_buffers(graph):
+    """`BucketGraph._allocate` without pinned memory or a device: the host staging buffers only."""
+    size_i32 = sum(torch.Size(shape).numel() for shape in graph._shapes().values())
+    layers, caps = graph.lm.num_layers, graph.caps
+    size_i64 = 3 * layers * caps.blocks + 3 * layers * graph.rows + 2 * graph.rows
+    graph.host_i32, graph.tables_i32 = (
+        torch.zeros(size_i32, dtype=torch.int32),
+        torch.zeros(size_i32, dtype=torch.int32),
+    )
+    graph.host_i64, graph.tables_i64 = (
+        torch.zeros(size_i64, dtype=torch.int64),
+        torch.zeros(size_i64, dtype=torch.int64),
+    )
+    graph.uploaded, graph.written_addresses = _NoEvent(), None
+
+
+def _random_replay(graph, blocks, sizes):
+    noise = torch.Generator().manual_seed(graph.captures)
+    vocab = graph.lm.model.config.vocab_size
+
+    class Replay:
+        def replay(self):
+            graph.logits = torch.randn(graph.rows, vocab, generator=noise)
+
+    graph.graph = Replay()
+    graph.captures += 1
+
+
+def _jobs(lm, tokenizer, count):
+    for index in range(count):
+        options = GenerationOptions(
+            n_workers=1 + index % 3,
+            layout=LAYOUTS[index % 3],
+            budgets=(10 + index % 5, 40),
+            collab_interval=9,
+            early_stop=False,
+            worker_eos="forbid",
+        )
+        gen = HogwildGenerator(lm, tokenizer, options, finisher=BOXED_FINISHER, boundary=lambda s: len(s) >= 20)
+        problem = "What is 2+2?" * (1 + index % 4)
+        yield BatchJob(index, lambda cache, g=gen, p=problem: g.steps(cache, p), options.n_workers,
+                       gen.worst_case_tokens(problem))  # fmt: skip
+
+
+def test_incremental_step_tables_equal_tables_built_afresh(models, tokenizer, monkeypatch):
+    monkeypatch.setattr(bucket_module.BucketGraph, "_allocate", _host_buffers)
+    monkeypatch.setattr(bucket_module.BucketGraph, "_capture", _random_replay)
+    upload, plan, checked, reused = bucket_module.BucketGraph._upload, bucket_module.BucketGraph._plan, [], []
+
+    def noted_plan(graph, rows):
+        before = graph.positions
+        out = plan(graph, rows)
+        reused.append(before is graph.positions)
+        return out
+
+    def checked_upload(graph, blocks, arrays, tokens):
+        upload(graph, blocks, arrays, tokens)
+        rows = graph.cache.rows
+        fresh_blocks, fresh, _ = plan_arrays(rows, 1, graph.groups, by_capacity=True, block_m=graph.caps.block_m)
+        assert fresh_blocks == blocks
+        expect_i32, expect_i64 = torch.zeros_like(graph.host_i32), torch.zeros_like(graph.host_i64)
+        graph._int32_tables(fresh_blocks, fresh, expect_i32)
+        kept, graph.written_addresses = graph.written_addresses, None
+        graph._int64_tables(fresh_blocks, tokens, expect_i64)
+        graph.written_addresses = kept
+        assert torch.equal(graph.host_i32, expect_i32) and torch.equal(graph.host_i64, expect_i64)
+        checked.append(len(rows))
+
+    monkeypatch.setattr(bucket_module.BucketGraph, "_upload", checked_upload)
+    monkeypatch.setattr(bucket_module.BucketGraph, "_plan", noted_plan)
+    lm = HogwildLM(models("qwen2"), attention="query_rotation")
+    batcher = ContinuousBatcher(lm, max_rows=12)
+    batcher.graphs = bucket_module.BucketGraphs(lm, batcher.cache)
+    finished = list(batcher.run(_jobs(lm, tokenizer, 14)))
+    assert all(f.ok for f in finished), [str(f.error) for f in finished if not f.ok]
+    assert len(checked) > 50 and len(set(checked)) > 3, "steps of changing batches were replayed"
+    assert 0.3 < sum(reused) / len(reused) < 1, "most steps reuse the walk; membership changes rebuild it"
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_a_walk_reused_across_steps_gives_the_fresh_plan(seed):
+    """Two rows, three blocks: lengths change (one block emptied) under an unchanged walk."""
+    from hogwild_bench.engine.attention import RowView
+    from hogwild_bench.engine.blocks import KVBlock
+    from hogwild_bench.engine.triton_attention import ViewPositions
+
+    torch.manual_seed(seed)
+    blocks = [KVBlock(name, 1) for name in "abc"]
+    for block in blocks:
+        block._reserve(0, 600, torch.zeros(1, 1, 4))
+    rows = lambda: [
+        RowView.build([blocks[0], blocks[1], blocks[2]], 1),
+        RowView.build([blocks[0], blocks[2], blocks[1]], 1),
+    ]  # noqa: E731
+    walk = ViewPositions.walk(rows())
+    for lengths in ([5, 300, 1], [5, 0, 2], [300, 7, 9]):
+        for block, length in zip(blocks, lengths):
+            block.length = length
+        fresh_blocks, fresh, fresh_sizes = plan_arrays(rows(), 1, 2, by_capacity=True)
+        again_blocks, again, again_sizes = plan_arrays(rows(), 1, 2, by_capacity=True, positions=walk)
+        assert walk.same_views(rows()) and fresh_blocks == again_blocks and fresh_sizes == again_sizes
+        assert all(torch.equal(fresh[name], again[name]) for name in fresh)
