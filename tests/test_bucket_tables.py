@@ -74,9 +74,9 @@ def test_incremental_step_tables_equal_tables_built_afresh(models, tokenizer, mo
     upload, plan, checked, reused = bucket_module.BucketGraph._upload, bucket_module.BucketGraph._plan, [], []
 
     def noted_plan(graph, rows):
-        before = graph.positions
+        before = graph.view_walk
         out = plan(graph, rows)
-        reused.append(before is graph.positions)
+        reused.append(before is graph.view_walk)
         return out
 
     def checked_upload(graph, blocks, arrays, tokens):

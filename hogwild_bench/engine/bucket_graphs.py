@@ -76,17 +76,17 @@ class BucketGraph:
         self.caps: Capacities | None = None
         self.scratch = KVBlock("bucket scratch", lm.num_layers)
         self.captures = self.replays = 0
-        self.positions: ViewPositions | None = None  # the last step's walk over the views
+        self.view_walk: ViewPositions | None = None  # the last step's walk over the views
 
     # -- host tables -------------------------------------------------------------------------------
     def _plan(self, rows) -> tuple[list, dict, dict]:
         """The step's plan; the walk over the views is reused from the previous step while the rows see the
         same blocks (most steps: only lengths, offsets and token ids change)."""
-        if self.positions is None or not self.positions.same_views(rows):
-            self.positions = ViewPositions.walk(rows)
+        if self.view_walk is None or not self.view_walk.same_views(rows):
+            self.view_walk = ViewPositions.walk(rows)
         caps = self.caps
         return plan_arrays(rows, 1, self.groups, by_capacity=True, block_m=caps.block_m if caps else None,
-                           positions=self.positions)  # fmt: skip
+                           positions=self.view_walk)  # fmt: skip
 
     @staticmethod
     def _need(blocks: list, arrays: dict, sizes: dict) -> Capacities:
