@@ -35,6 +35,10 @@ from hogwild_bench.engine.sampling import Draw, draw_tokens
 
 PREFILL_TOKENS = 32  # a request with a row this long (a prompt) is a prefill: not run in the decode rows' forward
 PREFILL_TOKENS_PER_FORWARD = 8192  # prefills waiting together share forwards of up to this many tokens (packed rows)
+# With bucket graphs: generations writing several tokens (a step header, a collaboration prompt, a finisher
+# prompt) run in an eager forward of their own, beside the replayed one-token rows; they wait up to this many
+# rounds to share it, unless they hold a quarter of the rows in flight
+INSERT_WAIT_ROUNDS = 3
 
 
 class CacheNamespace:
@@ -170,6 +174,7 @@ class ContinuousBatcher:
         self.running: dict[int, _Running] = {}
         self.reserved_bytes = 0
         self._ids = itertools.count()
+        self._insert_wait = 0  # rounds the generations writing several tokens have waited
 
     @property
     def rows_in_flight(self) -> int:
@@ -263,7 +268,22 @@ class ContinuousBatcher:
                 prefills[-1] = (prefills[-1][0] + [running], prefills[-1][1] + tokens)
             else:
                 prefills.append(([running], tokens))
-        return [group for group, _ in prefills] + ([decode] if decode else [])
+        groups = [group for group, _ in prefills]
+        if self.graphs is None:
+            return groups + ([decode] if decode else [])
+        # One token per row replays from a graph; a forward with any longer write runs eagerly, so in a sweep
+        # (where some row starts a new step nearly every forward) those few generations get a forward of
+        # their own instead of taking every row off the graph. Generations never see each other: splitting
+        # by generation changes no generation's forwards, only when they run.
+        single = [r for r in decode if all(len(w.tokens) == 1 for w in r.writes)]
+        inserts = [r for r in decode if any(len(w.tokens) > 1 for w in r.writes)]
+        if inserts:
+            waiting_rows = sum(len(r.writes) for r in inserts)
+            due = self._insert_wait >= INSERT_WAIT_ROUNDS or not single or 4 * waiting_rows >= self.rows_in_flight
+            self._insert_wait = 0 if due else self._insert_wait + 1
+            if due:
+                groups.append(inserts)
+        return groups + ([single] if single else [])
 
     def _step(self) -> Iterator[Finished]:
         for group in self._groups():
