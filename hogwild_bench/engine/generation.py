@@ -27,7 +27,7 @@ import torch
 from hogwild_bench.engine.blocks import storage_tokens
 from hogwild_bench.engine.layouts import HISTORY, PROMPT, Isolated, Layout, get_layout, step_block
 from hogwild_bench.engine.model import HogwildLM, Write
-from hogwild_bench.engine.pieces import token_pieces
+from hogwild_bench.engine.pieces import token_pieces, vocabulary
 from hogwild_bench.engine.prompts import PromptFormat
 from hogwild_bench.engine.sampling import Draw, Sampler, SamplingParams, draw_tokens
 
@@ -77,7 +77,7 @@ class ParagraphBoundary:
 def end_of_turn_ids(tokenizer) -> set[int]:
     """The tokenizer's EOS and the end-of-turn tokens of common chat templates that it knows."""
     ids = {tokenizer.eos_token_id} if tokenizer.eos_token_id is not None else set()
-    vocab = tokenizer.get_vocab()
+    vocab = vocabulary(tokenizer)
     ids |= {vocab[t] for t in END_OF_TURN_TOKENS if t in vocab}
     return ids
 

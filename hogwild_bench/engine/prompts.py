@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
 
+from hogwild_bench.engine.pieces import vocabulary
+
 WORKER_NAMES = ("Alice", "Bob", "Carol", "Dave", "Eve", "Frank", "Grace", "Heidi", "Ivan", "Judy", "Mallory", "Niaj")
 
 SOLO_SYSTEM_PROMPT = (
@@ -187,7 +189,7 @@ class PromptFormat:
             messages = [{"role": "system", "content": self.system_prompt()}, {"role": "user", "content": problem}]
         text = self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
         if self.think_prefix == "auto":
-            vocab = self.tokenizer.get_vocab()
+            vocab = vocabulary(self.tokenizer)
             if "<think>" in vocab and "<think>" not in text[-20:]:
                 text += "<think>\n"
         elif self.think_prefix:
