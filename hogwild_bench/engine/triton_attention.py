@@ -40,7 +40,37 @@ POISON = bool(os.environ.get("HOGWILD_TRITON_POISON"))  # fill outputs with NaN 
 NOT_OWN = 1 << 30  # query start for blocks other than the writer's own: nothing is masked
 
 
-@triton.jit
+def _jit(tables: tuple[str, ...] = (), sizes: tuple[str, ...] = ()):
+    """``triton.jit`` that does not specialise on the alignment of the plan's table pointers (views at varying
+    offsets of one uploaded buffer) nor on the values of the sizes that change from forward to forward: a
+    real sweep compiled 75 kernel variants (~60 s) before this. Triton versions without
+    ``do_not_specialize_on_alignment`` get the plain decorator."""
+
+    def wrap(fn):
+        try:
+            return triton.jit(fn, do_not_specialize=sizes, do_not_specialize_on_alignment=tables)
+        except TypeError:
+            return triton.jit(fn, do_not_specialize=sizes)
+
+    return wrap
+
+
+@_jit(
+    tables=(
+        "K_PTRS",
+        "V_PTRS",
+        "CAPACITY",
+        "LENGTH",
+        "WORK_BLOCK",
+        "WORK_SPLIT",
+        "WORK_TILE",
+        "ENT_START",
+        "ENT_COUNT",
+        "ENT_ROW",
+        "ENT_QSTART",
+        "ENT_SLOT",
+    )
+)
 def _block_attention_kernel(
     Q, stride_qr, stride_qh, stride_qt,
     K_PTRS, V_PTRS, CAPACITY, LENGTH,
@@ -124,7 +154,7 @@ def _block_attention_kernel(
     tl.store(LSE_PART + (o_off // D), lse, mask=valid)
 
 
-@triton.jit
+@_jit(tables=("ROW_PARTS", "ROW_COUNT"), sizes=("max_parts",))
 def _merge_kernel(
     O_PART, LSE_PART, stride_op, stride_oh, stride_ot,
     ROW_PARTS, ROW_COUNT, max_parts,
@@ -364,7 +394,7 @@ def _ranks(counts: torch.Tensor) -> torch.Tensor:
     return torch.arange(total) - torch.repeat_interleave(starts, counts)
 
 
-@triton.jit
+@_jit(tables=("K_PTRS", "V_PTRS", "CAPACITY", "POS", "N_NEW"))
 def _append_kernel(
     NEW_K, NEW_V, stride_r, stride_h, stride_t, K_PTRS, V_PTRS, CAPACITY, POS, N_NEW, Q_LEN, D: tl.constexpr
 ):
@@ -480,7 +510,7 @@ def _launch(query: torch.Tensor, out: torch.Tensor, plan: TritonPlan, layer: int
     )  # fmt: skip
 
 
-@triton.jit
+@_jit(sizes=("n_tokens", "start"))
 def _shift_append_kernel(
     LIKE, SRC, DST, COS, SIN, n_tokens, start, layers,
     BLOCK_T: tl.constexpr, D: tl.constexpr, HALF: tl.constexpr,
