@@ -199,6 +199,9 @@ def main() -> None:
         ),
         "batch-bench-table": batch_table(json.loads((RESULTS / "batch_bench_h100_session7.json").read_text())),
         "batch-bench-session8-table": batch_table(json.loads((RESULTS / "batch_bench_h100_session8.json").read_text())),
+        "batch-bench-session10-table": batch_table(
+            json.loads((RESULTS / "batch_bench_h100_session10.json").read_text())
+        ),
     }
     readme = HERE / "README.md"
     text = readme.read_text()

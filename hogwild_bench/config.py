@@ -177,9 +177,10 @@ class BatchConfig:
     enabled: bool = True  # false: one generation at a time (CUDA graphs on its stable views)
     max_rows: int = 0  # rows (workers of all generations in flight) per forward; 0: auto (64 on CUDA, 16 on CPU)
     kv_memory_fraction: float = 0.8  # of the GPU memory free after loading the model, for the batch's KV storage
-    # replay batched decode steps from graphs captured per row-count bucket (CUDA, Triton); off by default: the
-    # real GSM8K sweep hit an illegal memory access with it on (session 8, experiments/README), not yet found
-    cuda_graphs: bool = False
+    # replay batched one-token decode steps from graphs captured per row-count bucket (CUDA, Triton). On since
+    # session 10: the session-8 crash (partial-slot offsets past int32) is fixed, and real sweeps have run
+    # ~25 minutes with it since, without a failure (experiments/README)
+    cuda_graphs: bool = True
     # torch.compile the model once with dynamic shapes for every batched forward (with model.compile, one CUDA
     # device); off until timed on a GPU against eager batched steps (experiments/batch_bench.py --compiled-rows)
     compile_dynamic: bool = False
