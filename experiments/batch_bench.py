@@ -28,7 +28,7 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from hogwild_bench.bench import build_model, copy_bandwidth, random_model_options  # noqa: E402
+from hogwild_bench.bench import build_model, copy_bandwidth, random_model_options, weight_bytes_read  # noqa: E402
 from hogwild_bench.engine import HogwildGenerator, HogwildLM  # noqa: E402
 from hogwild_bench.engine.batch import BatchJob, ContinuousBatcher  # noqa: E402
 from hogwild_bench.tiny import tiny_tokenizer  # noqa: E402
@@ -183,8 +183,7 @@ def main() -> None:
     model = build_model(args.layers)
     tokenizer = tiny_tokenizer("qwen")
     lm = HogwildLM(model, cuda_graphs=True)
-    embed = model.get_input_embeddings().weight
-    weight_bytes = sum(p.numel() * p.element_size() for p in model.parameters()) - embed.numel() * embed.element_size()
+    weight_bytes = weight_bytes_read(model)
     bandwidth = copy_bandwidth()
     kvb = lm.kv_bytes_per_token
     print(f"{gpu}: weights {weight_bytes / 1e9:.2f} GB, copy bandwidth {bandwidth / 1e12:.2f} TB/s", flush=True)

@@ -24,11 +24,12 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 
-def top(stats: dict, column: int, count: int) -> list[dict]:
+def top(stats: dict, column: int, count: int, digits: int = 2) -> list[dict]:
+    """The ``count`` functions of ``pstats.Stats(...).stats`` ranked by ``column`` (2: own time, 3: cumulative)."""
     ranked = sorted(stats.items(), key=lambda item: item[1][column], reverse=True)[:count]
     return [
-        {"function": f"{Path(file).name}:{line}:{name}", "calls": calls, "own_s": round(own, 2),
-         "cumulative_s": round(cumulative, 2)}
+        {"function": f"{Path(file).name}:{line}:{name}", "calls": calls, "own_s": round(own, digits),
+         "cumulative_s": round(cumulative, digits)}
         for (file, line, name), (_, calls, own, cumulative, _) in ranked
     ]  # fmt: skip
 

@@ -32,8 +32,9 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "experiments"))
 
 from batch_bench import jobs, prompts  # noqa: E402
+from profile_sweep import top as top_functions  # noqa: E402
 
-from hogwild_bench.bench import build_model, copy_bandwidth  # noqa: E402
+from hogwild_bench.bench import build_model, copy_bandwidth, weight_bytes_read  # noqa: E402
 from hogwild_bench.engine import HogwildLM  # noqa: E402
 from hogwild_bench.engine import bucket_graphs as bucket_module  # noqa: E402
 from hogwild_bench.engine.batch import ContinuousBatcher  # noqa: E402
@@ -171,7 +172,7 @@ def replay_kernels(graphs, repeats: int = 5, top: int = 15) -> list[dict]:
     ]  # fmt: skip
 
 
-def host_profile(lm, tokenizer, args, top: int = 40) -> list[dict]:
+def host_profile(lm, tokenizer, args, count: int = 40) -> list[dict]:
     """cProfile of one batched run at the first ``--rows`` (functions by own time; cProfile slows Python
     code, so the split, not the sum, is what to read)."""
     import cProfile
@@ -185,13 +186,7 @@ def host_profile(lm, tokenizer, args, top: int = 40) -> list[dict]:
     list(batcher.run(job_list))
     torch.cuda.synchronize()
     profiler.disable()
-    stats = pstats.Stats(profiler).stats
-    ranked = sorted(stats.items(), key=lambda item: item[1][2], reverse=True)[:top]
-    return [
-        {"function": f"{Path(file).name}:{line}:{name}", "calls": calls, "own_s": round(own, 3),
-         "cumulative_s": round(cumulative, 3)}
-        for (file, line, name), (_, calls, own, cumulative, _) in ranked
-    ]  # fmt: skip
+    return top_functions(pstats.Stats(profiler).stats, 2, count, digits=3)
 
 
 def main() -> None:
@@ -211,8 +206,7 @@ def main() -> None:
     model = build_model(args.layers)
     tokenizer = tiny_tokenizer("qwen")
     lm = HogwildLM(model, cuda_graphs=True)
-    embed = model.get_input_embeddings().weight
-    weight_bytes = sum(p.numel() * p.element_size() for p in model.parameters()) - embed.numel() * embed.element_size()
+    weight_bytes = weight_bytes_read(model)
     bandwidth = copy_bandwidth()
     result = {
         "gpu": torch.cuda.get_device_name(),

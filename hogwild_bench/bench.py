@@ -46,6 +46,12 @@ def build_model(layers: int | None = None):
     return model.eval()
 
 
+def weight_bytes_read(model) -> int:
+    """Bytes of weights a decode step reads: every parameter but the embedding table (only a row per token)."""
+    embed = model.get_input_embeddings().weight
+    return sum(p.numel() * p.element_size() for p in model.parameters()) - embed.numel() * embed.element_size()
+
+
 def copy_bandwidth(nbytes: int = 2 << 30) -> float:
     """Device-to-device copy bandwidth in bytes/s, counting bytes read plus written (median of 20)."""
     src = torch.randn(nbytes // 2, dtype=torch.bfloat16, device="cuda")
@@ -286,8 +292,7 @@ def main(argv=None) -> None:
     lm = HogwildLM(model, cuda_graphs=False)
     lm_graph = HogwildLM(model, cuda_graphs=True)
     lm_compiled = HogwildLM(model, cuda_graphs=True, compile=True)
-    embed = model.get_input_embeddings().weight
-    weight_bytes = sum(p.numel() * p.element_size() for p in model.parameters()) - embed.numel() * embed.element_size()
+    weight_bytes = weight_bytes_read(model)
     kv_bytes_per_token = 2 * shape[0] * shape[1] * shape[2] * 2
     bandwidth = copy_bandwidth()
     print(f"{gpu}: weights read per step {weight_bytes / 1e9:.2f} GB, copy bandwidth {bandwidth / 1e12:.2f} TB/s")
