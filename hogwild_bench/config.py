@@ -179,7 +179,7 @@ class BatchConfig:
     kv_memory_fraction: float = 0.8  # of the GPU memory free after loading the model, for the batch's KV storage
     # replay batched one-token decode steps from graphs captured per row-count bucket (CUDA, Triton). On since
     # session 10: the session-8 crash (partial-slot offsets past int32) is fixed, and real sweeps have run
-    # ~25 minutes with it since, without a failure (experiments/README)
+    # ~25 minutes with it since without a crash (one out-of-memory failure, fixed by admission in session 9)
     cuda_graphs: bool = True
     # torch.compile the model once with dynamic shapes for every batched forward (with model.compile, one CUDA
     # device); off until timed on a GPU against eager batched steps (experiments/batch_bench.py --compiled-rows)

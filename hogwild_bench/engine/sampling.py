@@ -125,7 +125,7 @@ def _choose(logits: torch.Tensor, table: torch.Tensor, top_p: bool) -> torch.Ten
     return torch.where(table[:, 4].bool(), logits.argmax(-1), sampled)
 
 
-def _choose_in_kernel(logits: torch.Tensor, table: torch.Tensor, top_p: bool = False) -> torch.Tensor:
+def _choose_in_kernel(logits: torch.Tensor, table: torch.Tensor) -> torch.Tensor:
     """`_choose` without top-p, in one launch (`sampling_kernel`): the same tokens."""
     from hogwild_bench.engine.sampling_kernel import gumbel_argmax
 
@@ -147,7 +147,7 @@ def draw_tokens(draws: Sequence[Draw]) -> list[list[int]]:
             dtype=torch.float64,
         ).to(logits.device)
         top_p = any(s.params.top_p < 1 for s, _ in rows)
-        chosen = (_choose_in_kernel if logits.is_cuda and not top_p else _choose)(logits, table, top_p)
+        chosen = _choose_in_kernel(logits, table) if logits.is_cuda and not top_p else _choose(logits, table, top_p)
     flat = chosen.tolist()
     out, start = [], 0
     for draw, n in zip(draws, counts):
