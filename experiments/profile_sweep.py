@@ -38,6 +38,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seconds", type=float, required=True)
     parser.add_argument("--out", required=True)
+    parser.add_argument("--stats", help="also write the raw profile here (read it with pstats)")
     parser.add_argument("overrides", nargs="*")
     args = parser.parse_args()
     command = " ".join(["experiments/profile_sweep.py", *sys.argv[1:]])
@@ -56,6 +57,8 @@ def main() -> None:
         profiler.disable()
         timer.cancel()
     wall = time.perf_counter() - start
+    if args.stats:
+        profiler.dump_stats(args.stats)
     stats = pstats.Stats(profiler).stats
     calls = {f"{Path(f).name}:{name}": s[1] for (f, _, name), s in stats.items() if name in ("step", "forward")}
     result = {

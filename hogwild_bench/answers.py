@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from hogwild_bench.engine.pieces import token_pieces
+from hogwild_bench.engine.pieces import tokens_holding
 
 BOX = "\\boxed{"
 # what an instruction-following model may copy from a prompt instead of answering
@@ -70,16 +70,17 @@ def is_placeholder(answer: str | None) -> bool:
 def stop_on_boxed(tokenizer, count: int = 1, window: int = 64):
     """A stop rule for the engine: a worker is done once its text holds ``count`` complete boxed answers.
 
-    Each check decodes only the last ``window`` tokens, and only when one of them holds ``}``; the whole
-    text is decoded (to count boxes) only when that window closes a box, so the check stays cheap on every
-    step."""
-    pieces = token_pieces(tokenizer)
+    Each check decodes only the last ``window`` tokens, and only when one of them holds ``}``; it scans for
+    balanced boxes only when that text holds ``\\boxed{``, and decodes the whole text (to count boxes) only
+    when the window closes a box, so the check stays cheap on every step."""
+    braces = tokens_holding(tokenizer, "}")
 
     def stop(tokens) -> bool:
         recent = list(tokens[-window:])
-        if not any("}" in pieces[t] for t in recent):  # no box can close without its brace
+        if not braces.any_in(recent):  # no box can close without its brace
             return False
-        if last_boxed(tokenizer.decode(recent)) is None:
+        text = tokenizer.decode(recent)
+        if BOX not in text or last_boxed(text) is None:
             return False
         return count == 1 or len(top_level_boxed(tokenizer.decode(list(tokens)))) >= count
 

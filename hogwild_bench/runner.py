@@ -22,7 +22,7 @@ from tqdm.auto import tqdm
 from hogwild_bench.collaboration import collaboration_metrics
 from hogwild_bench.config import Attention, ConfigError, ProtocolName, RunConfig, validate
 from hogwild_bench.engine import HogwildLM
-from hogwild_bench.engine.batch import ContinuousBatcher, Finished, JobCost
+from hogwild_bench.engine.batch import BatchTimes, ContinuousBatcher, Finished, JobCost
 from hogwild_bench.loading import load_model
 from hogwild_bench.metrics import repetition
 from hogwild_bench.protocols import BudgetOutcome, GridPoint, ProtocolContext, build_protocol
@@ -219,10 +219,10 @@ def _run_todo(cfg: RunConfig, store: ResultStore, todo: list, run_dir: Path, dig
     config_dict = OmegaConf.to_container(OmegaConf.structured(cfg), resolve=True, enum_to_str=True)
     tracker = make_tracker(cfg.logger, cfg.store.run_name, config_dict, run_dir, (cfg.shard.index, cfg.shard.count))
     hits: list[bool] = []
-    speed = Throughput()
+    speed, times = Throughput(), BatchTimes()
     bar = tqdm(total=len(todo), desc=cfg.store.run_name, unit="gen", disable=not cfg.progress)
     try:
-        for done, finished in enumerate(_generations(cfg, lm, protocol, todo, speed), start=1):
+        for done, finished in enumerate(_generations(cfg, lm, protocol, todo, speed, times), start=1):
             problem, point, missing = finished.key
             if finished.ok:
                 try:
@@ -255,6 +255,8 @@ def _run_todo(cfg: RunConfig, store: ResultStore, todo: list, run_dir: Path, dig
     finally:
         bar.close()
         tracker.finish()
+        if times.replayed or times.eager or times.prefill:
+            log.info("batch time: %s", times.summary())
 
 
 def collaboration_cells(records: list[dict]) -> list[dict]:
@@ -313,7 +315,9 @@ def kv_budget_bytes(cfg: RunConfig, lm: HogwildLM) -> int | None:
     return int(cfg.batch.kv_memory_fraction * free)
 
 
-def _generations(cfg: RunConfig, lm: HogwildLM, protocol, todo: list, speed: Throughput) -> Iterator[Finished]:
+def _generations(
+    cfg: RunConfig, lm: HogwildLM, protocol, todo: list, speed: Throughput, times: BatchTimes
+) -> Iterator[Finished]:
     """Every (problem, point) of ``todo`` as a `Finished` generation, in completion order."""
     if not protocol.batchable:
         for item in todo:
@@ -332,6 +336,7 @@ def _generations(cfg: RunConfig, lm: HogwildLM, protocol, todo: list, speed: Thr
         max_jobs=None if batched else 1,
         cuda_graphs=cfg.batch.cuda_graphs if batched else cfg.model.cuda_graphs,
         on_step=speed,
+        times=times,
     )
     failed: list[Finished] = []
 

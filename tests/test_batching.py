@@ -92,6 +92,27 @@ def test_batched_generations_equal_each_generation_run_alone(alone, tokenizer, m
     assert batcher.cache.blocks == {} and batcher.reserved_bytes == 0  # finished generations free everything
 
 
+def test_the_batch_accounts_for_its_time_and_forwards(alone, tokenizer):
+    """`BatchTimes` counts every forward once (by kind) and splits the run's time into its phases; the time
+    the caller spends with a finished generation (scoring, storing) is ``outside``, not the engine's."""
+    import time
+
+    lm, _ = alone
+    steps = []
+    batcher = ContinuousBatcher(lm, max_rows=64, on_step=lambda rows, seconds: steps.append(rows))
+    started = time.perf_counter()
+    for _ in batcher.run(jobs_for(lm, tokenizer, range(len(MIXED)))):
+        time.sleep(0.02)
+    wall = time.perf_counter() - started
+    times = batcher.times
+    assert times.replayed + times.eager + times.prefill == len(steps) and times.replayed == 0  # no graphs on CPU
+    assert times.prefill >= 1 and times.eager > times.prefill
+    assert times.outside >= 0.02 * len(MIXED)
+    phases = times.forward + times.draw + times.resume + times.admit + times.outside
+    assert 0.9 * wall <= phases <= wall
+    assert "eager" in times.summary() and "outside" in times.summary()
+
+
 def test_prompts_admitted_together_are_prefilled_in_one_forward(alone, tokenizer):
     """A wave of new generations costs one packed prefill forward, not one forward per prompt, and gives
     the same results; without packed rows each prompt runs alone (it would pad the others to its length)."""

@@ -4,7 +4,7 @@ import random
 
 from hogwild_bench.answers import last_boxed, stop_on_boxed, top_level_boxed
 from hogwild_bench.engine.generation import _SENTENCE_THEN_PARAGRAPH, ParagraphBoundary
-from hogwild_bench.engine.pieces import token_pieces, vocabulary
+from hogwild_bench.engine.pieces import token_pieces, tokens_holding, vocabulary
 
 TEXTS = [
     "First we add.\n\nThen we divide: 12/4 = 3.\n\n",
@@ -40,6 +40,15 @@ def test_the_boxed_stop_equals_decoding_every_window(tokenizer):
             window = last_boxed(tokenizer.decode(ids[-16:])) is not None
             expected = window and (count == 1 or len(top_level_boxed(tokenizer.decode(ids))) >= count)
             assert stop(ids) == expected, tokenizer.decode(ids)
+
+
+def test_tokens_holding_a_fragment_equals_reading_each_token_text(tokenizer):
+    pieces = token_pieces(tokenizer)
+    for fragment in ("}", "\n"):
+        holding = tokens_holding(tokenizer, fragment)
+        for ids in token_streams(tokenizer, seed=len(fragment)):
+            assert holding.any_in(ids) == any(fragment in pieces[t] for t in ids), tokenizer.decode(ids)
+    assert tokens_holding(tokenizer, "}") is tokens_holding(tokenizer, "}")
 
 
 def test_one_table_per_tokenizer(tokenizer):

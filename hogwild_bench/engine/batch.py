@@ -130,6 +130,31 @@ class Finished:
         return self.error is None
 
 
+@dataclass
+class BatchTimes:
+    """Where a batched run's wall time went, in seconds (a sweep's host cost shows up here, not in a profile
+    of one step): ``forward`` launching forwards (a replay enqueues; an eager forward runs the model's module
+    code), ``draw`` choosing tokens (it waits for the GPU to finish the step), ``resume`` the generations'
+    own code between forwards (stop rules, step boundaries, snapshots), ``admit`` starting generations
+    (prompt texts, tokenisation), ``outside`` the caller's time between finished generations (scoring,
+    storing). Forward counts: ``replayed`` from bucket graphs, ``eager`` decode/insert forwards, ``prefill``."""
+
+    forward: float = 0.0
+    draw: float = 0.0
+    resume: float = 0.0
+    admit: float = 0.0
+    outside: float = 0.0
+    replayed: int = 0
+    eager: int = 0
+    prefill: int = 0
+
+    def summary(self) -> str:
+        seconds = ", ".join(
+            f"{name} {getattr(self, name):.1f}" for name in ("forward", "draw", "resume", "admit", "outside")
+        )
+        return f"{seconds} s; forwards: {self.replayed} replayed, {self.eager} eager, {self.prefill} prefill"
+
+
 class AdmissionError(RuntimeError):
     """A generation that cannot run even alone within the batch's row or memory limits."""
 
@@ -150,7 +175,8 @@ class ContinuousBatcher:
     no limit) and ``kv_budget_bytes`` of reserved KV storage (None: no memory limit), yielding each
     `Finished` as soon as it completes.
 
-    ``on_step(rows, seconds)`` is called after every merged forward (progress displays)."""
+    ``on_step(rows, seconds)`` is called after every merged forward (progress displays); ``times`` (a
+    `BatchTimes`, default a new one) adds up where the run's time goes."""
 
     def __init__(
         self,
@@ -160,6 +186,7 @@ class ContinuousBatcher:
         cuda_graphs: bool = False,
         on_step: Callable[[int, float], None] | None = None,
         max_jobs: int | None = None,
+        times: BatchTimes | None = None,
     ):
         if max_rows < 1:
             raise ValueError(f"max_rows must be >= 1, got {max_rows}")
@@ -175,6 +202,7 @@ class ContinuousBatcher:
         self.reserved_bytes = 0
         self._ids = itertools.count()
         self._insert_wait = 0  # rounds the generations writing several tokens have waited
+        self.times = times if times is not None else BatchTimes()
 
     @property
     def rows_in_flight(self) -> int:
@@ -218,19 +246,27 @@ class ContinuousBatcher:
                 reason = self._too_big(job)
                 if reason is not None:
                     waiting.popleft()
-                    yield Finished(job.key, error=AdmissionError(reason))
+                    yield from self._hand(Finished(job.key, error=AdmissionError(reason)))
                     continue
                 if not self._fits(job):
                     break
                 waiting.popleft()
+                started = time.perf_counter()
                 done = self._admit(job)
+                self.times.admit += time.perf_counter() - started
                 if done is not None:
-                    yield done
+                    yield from self._hand(done)
             if not self.running:
                 if not waiting and exhausted:
                     return
                 continue
             yield from self._step()
+
+    def _hand(self, finished: Finished) -> Iterator[Finished]:
+        """Yield ``finished`` to the caller, timing how long the caller keeps it (``times.outside``)."""
+        started = time.perf_counter()
+        yield finished
+        self.times.outside += time.perf_counter() - started
 
     def _admit(self, job: BatchJob) -> Finished | None:
         namespace = CacheNamespace(self.cache, f"g{next(self._ids)}/")
@@ -288,38 +324,54 @@ class ContinuousBatcher:
     def _step(self) -> Iterator[Finished]:
         for group in self._groups():
             writes = [w for r in group for w in r.namespace.qualify(r.writes)]
-            started = time.perf_counter()
+            times, started = self.times, time.perf_counter()
             try:
                 logits = self.graphs.forward(writes) if self.graphs is not None else None
-                if logits is None:
+                if logits is not None:
+                    times.replayed += 1
+                else:
                     logits = self.lm.forward(self.cache, writes, cuda_graphs=False)
+                    if max(len(w.tokens) for w in writes) > PREFILL_TOKENS:
+                        times.prefill += 1
+                    else:
+                        times.eager += 1
             except Exception as error:  # e.g. out of memory: every generation in this forward fails
                 for running in group:
-                    yield self._retire(running, error=error)
+                    yield from self._hand(self._retire(running, error=error))
                 if torch.cuda.is_available():
                     torch.cuda.empty_cache()
                 continue
+            seconds = time.perf_counter() - started
+            times.forward += seconds
             if self.on_step is not None:
-                self.on_step(len(writes), time.perf_counter() - started)
-            offset, waiting = 0, []
+                self.on_step(len(writes), seconds)
+            offset, waiting, finished = 0, [], []
+            started = time.perf_counter()
             for running in group:
                 rows = len(running.writes)
                 running.cost.forwards += 1
                 done = self._resume(running, logits[offset : offset + rows])
                 if done is not None:
-                    yield done
+                    finished.append(done)
                 elif running.draw is not None:
                     waiting.append(running)
                 offset += rows
+            times.resume += time.perf_counter() - started
             while waiting:  # every token choice of this step in one call (one device sync)
+                started = time.perf_counter()
                 tokens = draw_tokens([r.draw for r in waiting])
+                drawn = time.perf_counter()
+                times.draw += drawn - started
                 answered, waiting = waiting, []
                 for running, chosen in zip(answered, tokens):
                     done = self._resume(running, chosen)
                     if done is not None:
-                        yield done
+                        finished.append(done)
                     elif running.draw is not None:
                         waiting.append(running)
+                times.resume += time.perf_counter() - drawn
+            for done in finished:
+                yield from self._hand(done)
 
     def _resume(self, running: _Running, value: Any) -> Finished | None:
         """Send ``value`` to the generation and note what it asks for next (a forward or a draw)."""

@@ -26,6 +26,30 @@ class TokenPieces(dict):
         return text
 
 
+class TokensHolding:
+    """The token ids whose text contains ``fragment``, each classified the first time it is seen, so that
+    "does any of these 64 tokens hold ``}``?" is a set operation rather than 64 Python-level lookups (it runs
+    for every sampled token of every row: 26 M lookups in 150 s of a real sweep)."""
+
+    def __init__(self, pieces: TokenPieces, fragment: str):
+        self.pieces, self.fragment = pieces, fragment
+        self.seen: set[int] = set()
+        self.holding: set[int] = set()
+
+    def any_in(self, tokens) -> bool:
+        for token in set(tokens).difference(self.seen):
+            self.seen.add(token)
+            if self.fragment in self.pieces[token]:
+                self.holding.add(token)
+        return not self.holding.isdisjoint(tokens)
+
+
+@lru_cache(maxsize=16)
+def tokens_holding(tokenizer, fragment: str) -> TokensHolding:
+    """The one `TokensHolding` of ``tokenizer`` for ``fragment``."""
+    return TokensHolding(token_pieces(tokenizer), fragment)
+
+
 @lru_cache(maxsize=8)
 def _vocabulary(tokenizer, size: int) -> dict[str, int]:
     return tokenizer.get_vocab()
