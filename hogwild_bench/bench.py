@@ -29,16 +29,26 @@ QWEN2_7B_SHAPE = dict(
     vocab_size=152064, max_position_embeddings=65536, rope_parameters={"rope_type": "default", "rope_theta": 1e6},
     tie_word_embeddings=False,
 )  # fmt: skip
+QWEN25_15B_SHAPE = dict(
+    hidden_size=1536, intermediate_size=8960, num_hidden_layers=28, num_attention_heads=12, num_key_value_heads=2,
+    vocab_size=151936, max_position_embeddings=32768, rope_parameters={"rope_type": "default", "rope_theta": 1e6},
+    tie_word_embeddings=True,
+)  # fmt: skip
+SHAPES = {"7b": QWEN2_7B_SHAPE, "1.5b": QWEN25_15B_SHAPE}  # random-weight models of real shapes
 # method -> attention backend; "graph": Triton steps replayed from CUDA graphs, "compiled": the same with the
 # model torch.compile'd around the engine's op
 METHODS = (("torch", "query_rotation"), ("triton", "triton"), ("graph", "triton"), ("compiled", "triton"))
 STEP_TOKENS = 64  # length of each worker's current step in the history layouts
 
 
-def build_model(layers: int | None = None):
+def build_model(layers: int | None = None, shape_name: str = "7b"):
+    """A random-weight bf16 Qwen2 of shape ``shape_name`` (`SHAPES`: the 7B of the decode bench, or the 1.5B of
+    the real GSM8K sweep) on CUDA, optionally with fewer layers."""
     from transformers import AutoModelForCausalLM, Qwen2Config
 
-    shape = dict(QWEN2_7B_SHAPE, **({"num_hidden_layers": layers} if layers else {}))
+    if shape_name not in SHAPES:
+        raise ValueError(f"unknown model shape {shape_name!r}; valid: {', '.join(SHAPES)}")
+    shape = dict(SHAPES[shape_name], **({"num_hidden_layers": layers} if layers else {}))
     config = Qwen2Config(**shape)
     torch.manual_seed(0)
     with torch.device("cuda"):
@@ -47,9 +57,11 @@ def build_model(layers: int | None = None):
 
 
 def weight_bytes_read(model) -> int:
-    """Bytes of weights a decode step reads: every parameter but the embedding table (only a row per token)."""
+    """Bytes of weights a decode step reads: every parameter but the embedding table (only a row per token),
+    unless the output layer is that same table (tied embeddings: read whole for the logits)."""
     embed = model.get_input_embeddings().weight
-    return sum(p.numel() * p.element_size() for p in model.parameters()) - embed.numel() * embed.element_size()
+    total = sum(p.numel() * p.element_size() for p in model.parameters())  # a tied table is counted once
+    return total if model.get_output_embeddings().weight is embed else total - embed.numel() * embed.element_size()
 
 
 def copy_bandwidth(nbytes: int = 2 << 30) -> float:

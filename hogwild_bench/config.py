@@ -188,6 +188,9 @@ class BatchConfig:
     # ops; with one OpenMP thread per core their wake-ups made the eager forwards of a 64-row batch 3x slower
     # (experiments/README, session 10)
     cpu_threads: int = 1
+    # with graphs: generations writing several tokens at once (a step header, a collaboration prompt) run in an
+    # eager forward of their own beside the replayed rows; they wait up to this many forwards to share one
+    insert_wait_rounds: int = 3
 
 
 @dataclass
@@ -363,6 +366,8 @@ def validate(cfg: DictConfig | RunConfig) -> RunConfig:
         errors.append(
             f"batch.max_rows must be 0 (auto) or at least the largest worker count ({most_workers}), got {b.max_rows}"
         )
+    if b.insert_wait_rounds < 0:
+        errors.append(f"batch.insert_wait_rounds must be >= 0 (0: no waiting), got {b.insert_wait_rounds}")
     if b.cpu_threads < 0:
         errors.append(f"batch.cpu_threads must be 0 (torch's default) or a thread count, got {b.cpu_threads}")
     if not 0 < b.kv_memory_fraction <= 1:

@@ -33,6 +33,7 @@ from hogwild_bench.tracking import make_tracker
 from hogwild_bench.versions import code_version, prompt_version, settings_hash
 
 log = logging.getLogger("hogwild_bench")
+TIMES_LOG_SECONDS = 60.0  # a batched run logs where its time went (BatchTimes) this often, and at its end
 
 
 def _value(x):
@@ -220,6 +221,7 @@ def _run_todo(cfg: RunConfig, store: ResultStore, todo: list, run_dir: Path, dig
     tracker = make_tracker(cfg.logger, cfg.store.run_name, config_dict, run_dir, (cfg.shard.index, cfg.shard.count))
     hits: list[bool] = []
     speed, times = Throughput(), BatchTimes()
+    logged_times = time.perf_counter()
     bar = tqdm(total=len(todo), desc=cfg.store.run_name, unit="gen", disable=not cfg.progress)
     try:
         for done, finished in enumerate(_generations(cfg, lm, protocol, todo, speed, times), start=1):
@@ -245,6 +247,9 @@ def _run_todo(cfg: RunConfig, store: ResultStore, todo: list, run_dir: Path, dig
             bar.set_postfix(acc="-" if accuracy is None else f"{accuracy:.3f}", tok_s=f"{speed.tokens_per_second:.0f}",
                             rows=speed.rows)  # fmt: skip
             tracker.log_problem(done, len(todo), accuracy, tokens_per_second=speed.tokens_per_second)
+            if time.perf_counter() - logged_times >= TIMES_LOG_SECONDS:
+                logged_times = time.perf_counter()
+                log.info("batch time so far: %s", times.summary())
         records = store.records()
         transcripts = [
             {k: r.get(k) for k in ("problem_id", "protocol", "workers", "layout", "budget", "response",
@@ -337,6 +342,7 @@ def _generations(
         cuda_graphs=cfg.batch.cuda_graphs if batched else cfg.model.cuda_graphs,
         on_step=speed,
         times=times,
+        insert_wait_rounds=cfg.batch.insert_wait_rounds,
     )
     failed: list[Finished] = []
 

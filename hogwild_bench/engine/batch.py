@@ -36,8 +36,8 @@ from hogwild_bench.engine.sampling import Draw, draw_tokens
 PREFILL_TOKENS = 32  # a request with a row this long (a prompt) is a prefill: not run in the decode rows' forward
 PREFILL_TOKENS_PER_FORWARD = 8192  # prefills waiting together share forwards of up to this many tokens (packed rows)
 # With bucket graphs: generations writing several tokens (a step header, a collaboration prompt, a finisher
-# prompt) run in an eager forward of their own, beside the replayed one-token rows; they wait up to this many
-# rounds to share it, unless they hold a quarter of the rows in flight
+# prompt) run in an eager forward of their own, beside the replayed one-token rows; by default they wait up to
+# this many rounds to share it, unless they hold a quarter of the rows in flight
 INSERT_WAIT_ROUNDS = 3
 
 
@@ -187,6 +187,7 @@ class ContinuousBatcher:
         on_step: Callable[[int, float], None] | None = None,
         max_jobs: int | None = None,
         times: BatchTimes | None = None,
+        insert_wait_rounds: int = INSERT_WAIT_ROUNDS,
     ):
         if max_rows < 1:
             raise ValueError(f"max_rows must be >= 1, got {max_rows}")
@@ -202,6 +203,7 @@ class ContinuousBatcher:
         self.reserved_bytes = 0
         self._ids = itertools.count()
         self._insert_wait = 0  # rounds the generations writing several tokens have waited
+        self.insert_wait_rounds = insert_wait_rounds
         self.times = times if times is not None else BatchTimes()
 
     @property
@@ -315,7 +317,7 @@ class ContinuousBatcher:
         inserts = [r for r in decode if any(len(w.tokens) > 1 for w in r.writes)]
         if inserts:
             waiting_rows = sum(len(r.writes) for r in inserts)
-            due = self._insert_wait >= INSERT_WAIT_ROUNDS or not single or 4 * waiting_rows >= self.rows_in_flight
+            due = self._insert_wait >= self.insert_wait_rounds or not single or 4 * waiting_rows >= self.rows_in_flight
             self._insert_wait = 0 if due else self._insert_wait + 1
             if due:
                 groups.append(inserts)

@@ -309,10 +309,9 @@ class HogwildGenerator:
         snapshots: dict[int, Snapshot] = {}
         while True:
             rows = [i for i in range(n) if state.pending[i]]
-            logits, row_logits = {}, None
+            row_logits = None
             if rows:  # none when the last active workers just ended their turn
                 row_logits = yield from self._forward([Write(views[i], state.pending[i]) for i in rows])
-                logits = {i: row_logits[k] for k, i in enumerate(rows)}
             state.pending = [[] for _ in range(n)]
             for budget in opts.budgets:
                 if budget == state.sampled or (state.finished and budget > state.sampled):
@@ -320,7 +319,8 @@ class HogwildGenerator:
             if state.finished or state.sampled >= opts.budgets[-1]:
                 break
             active = [i for i in range(n) if not state.done(i)]
-            active_logits = row_logits if active == rows else torch.stack([logits[i] for i in active])
+            # every active worker wrote a row (a worker that is done writes none, or its last token)
+            active_logits = row_logits if active == rows else row_logits[[rows.index(i) for i in active]]
             new_tokens = yield Draw(active_logits, sampler)
             state.sampled += 1
             for i, token in zip(active, new_tokens):

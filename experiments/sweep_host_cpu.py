@@ -1,0 +1,144 @@
+"""Host cost of a real sweep's replayed decode steps, on a CPU: bucket-graph tables, the generation
+coroutines (step boundaries, the boxed-answer stop, snapshots) and token draws, per row and step.
+
+On the H100 a real GSM8K sweep (1.5B, ~200 rows) spends most of its time on the host (BatchTimes in the run's
+log). This runs the same host code without a GPU: `ContinuousBatcher` with bucket graphs whose capture and
+replay are stubbed (a replay returns random logits, as `tests/test_bucket_tables.py` does), the framework's
+stop rule and paragraph boundary, collaboration prompts and the finisher, on a 2-layer tiny model (the eager
+forwards -- prefills, step headers -- are the tiny model's, so only the replayed path is representative).
+Random logits write random text: a step ends every ~``--step`` tokens (``--step 0``: at paragraph breaks).
+
+    python experiments/sweep_host_cpu.py --out experiments/results/sweep_host_cpu.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import cProfile
+import json
+import pstats
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "experiments"))
+
+from profile_sweep import top  # noqa: E402
+
+from hogwild_bench.answers import BOXED_FINISHER, stop_on_boxed  # noqa: E402
+from hogwild_bench.engine import GenerationOptions, HogwildGenerator, HogwildLM  # noqa: E402
+from hogwild_bench.engine import bucket_graphs as bucket_module  # noqa: E402
+from hogwild_bench.engine.batch import BatchJob, ContinuousBatcher  # noqa: E402
+from hogwild_bench.engine.sampling import SamplingParams  # noqa: E402
+from hogwild_bench.tiny import tiny_model, tiny_tokenizer  # noqa: E402
+
+LAYOUTS = ("combined", "contiguous", "interleaved")
+
+
+class _Ready:
+    def synchronize(self):
+        pass
+
+    def record(self):
+        pass
+
+
+def _host_buffers(graph) -> None:
+    """`BucketGraph._allocate` on the host: staging buffers only, no pinned memory or device copy."""
+    size_i32 = sum(torch.Size(shape).numel() for shape in graph._shapes().values())
+    layers, caps = graph.lm.num_layers, graph.caps
+    size_i64 = 3 * layers * caps.blocks + 3 * layers * graph.rows + 2 * graph.rows
+    graph.host_i32, graph.tables_i32 = (
+        torch.zeros(size_i32, dtype=torch.int32),
+        torch.zeros(size_i32, dtype=torch.int32),
+    )
+    graph.host_i64, graph.tables_i64 = (
+        torch.zeros(size_i64, dtype=torch.int64),
+        torch.zeros(size_i64, dtype=torch.int64),
+    )
+    graph.uploaded, graph.written_addresses = _Ready(), None
+
+
+def _random_replay(graph, blocks, sizes) -> None:
+    noise = torch.Generator().manual_seed(graph.captures)
+    vocab = graph.lm.model.config.vocab_size
+
+    class Replay:
+        def replay(self):
+            graph.logits = torch.randn(graph.rows, vocab, generator=noise) * 3
+
+    graph.graph = Replay()
+    graph.captures += 1
+
+
+def jobs(lm, tokenizer, count: int, budget: int, step: int) -> list[BatchJob]:
+    out = []
+    stop = stop_on_boxed(tokenizer)
+    for index in range(count):
+        workers = (1, 2, 4)[index % 3]
+        options = GenerationOptions(
+            n_workers=workers, layout=LAYOUTS[(index // 3) % 3], budgets=(budget // 4, budget // 2, budget),
+            collab_interval=budget // 2, sampling=SamplingParams(temperature=1.0, seed=index),
+        )  # fmt: skip
+        boundary = (lambda s: len(s) >= step) if step else None
+        gen = HogwildGenerator(lm, tokenizer, options, boundary=boundary, stop=stop, finisher=BOXED_FINISHER)
+        problem = f"Problem {index}: what is {index} + {index * 7}? " * 4
+        out.append(BatchJob(index, lambda cache, g=gen, p=problem: g.steps(cache, p), workers,
+                            gen.worst_case_tokens(problem)))  # fmt: skip
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", required=True)
+    parser.add_argument("--rows", type=int, default=256)
+    parser.add_argument("--generations", type=int, default=150)
+    parser.add_argument("--budget", type=int, default=128)
+    parser.add_argument("--step", type=int, default=48, help="tokens per step (0: paragraph breaks)")
+    parser.add_argument("--cprofile", action="store_true")
+    args = parser.parse_args()
+    torch.manual_seed(0)
+    torch.set_num_threads(1)
+    bucket_module.BucketGraph._allocate = _host_buffers
+    bucket_module.BucketGraph._capture = _random_replay
+    tokenizer = tiny_tokenizer()
+    lm = HogwildLM(tiny_model("qwen2", num_hidden_layers=2), attention="query_rotation")
+    batcher = ContinuousBatcher(lm, max_rows=args.rows)
+    batcher.graphs = bucket_module.BucketGraphs(lm, batcher.cache)
+    job_list = jobs(lm, tokenizer, args.generations, args.budget, args.step)
+    profiler = cProfile.Profile() if args.cprofile else None
+    started = time.perf_counter()
+    if profiler:
+        profiler.enable()
+    finished = list(batcher.run(job_list))
+    if profiler:
+        profiler.disable()
+    wall = time.perf_counter() - started
+    assert all(f.ok for f in finished), [str(f.error) for f in finished if not f.ok][:1]
+    times = batcher.times
+    sampled = sum(max(f.result.snapshots.values(), key=lambda s: s.budget).total_tokens for f in finished)
+    result = {
+        "command": " ".join(["experiments/sweep_host_cpu.py", *sys.argv[1:]]),
+        "wall_seconds": round(wall, 2),
+        "tokens": sampled,
+        "times": {k: round(v, 2) if isinstance(v, float) else v for k, v in vars(times).items()},
+        "ms_per_replayed_step": {
+            phase: round(1000 * getattr(times, phase) / times.replayed, 2) for phase in ("forward", "draw", "resume")
+        },
+        "us_per_token": {
+            phase: round(1e6 * getattr(times, phase) / sampled, 1) for phase in ("forward", "draw", "resume")
+        },
+    }
+    if profiler:
+        result["top_own"] = top(pstats.Stats(profiler).stats, 2, 30)
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(result, indent=1))
+    print(json.dumps({k: v for k, v in result.items() if k != "top_own"}, indent=1))
+
+
+if __name__ == "__main__":
+    main()
