@@ -23,6 +23,7 @@ import json
 import statistics
 import sys
 import time
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import torch
@@ -35,7 +36,7 @@ from batch_bench import jobs, prompts  # noqa: E402
 from profile_sweep import top as top_functions  # noqa: E402
 
 from hogwild_bench.bench import build_model, copy_bandwidth, weight_bytes_read  # noqa: E402
-from hogwild_bench.engine import HogwildLM  # noqa: E402
+from hogwild_bench.engine import HogwildLM, triton_attention  # noqa: E402
 from hogwild_bench.engine import bucket_graphs as bucket_module  # noqa: E402
 from hogwild_bench.engine.batch import ContinuousBatcher  # noqa: E402
 from hogwild_bench.tiny import tiny_tokenizer  # noqa: E402
@@ -200,10 +201,14 @@ def main() -> None:
     parser.add_argument("--layers", type=int, default=None)
     parser.add_argument("--shape", default="7b", help="random model shape: 7b (decode bench) or 1.5b (real sweep)")
     parser.add_argument("--cpu-threads", type=int, default=1, help="torch CPU threads (0: torch's default)")
+    parser.add_argument("--kernel", default="", help="attention KernelSettings to use, e.g. split=512,num_stages=2")
     parser.add_argument("--cprofile", action="store_true", help="also a cProfile pass at the first --rows")
     args = parser.parse_args()
     if args.cpu_threads:
         torch.set_num_threads(args.cpu_threads)  # as the runner does (batch.cpu_threads)
+    if args.kernel:
+        fields = dict(item.split("=") for item in args.kernel.split(","))
+        triton_attention.settings = replace(triton_attention.settings, **{k: int(v) for k, v in fields.items()})
     model = build_model(args.layers, args.shape)
     tokenizer = tiny_tokenizer("qwen")
     lm = HogwildLM(model, cuda_graphs=True)
@@ -214,6 +219,7 @@ def main() -> None:
         "bandwidth_bytes_per_s": bandwidth,
         "weight_ms": round(1e3 * weight_bytes / bandwidth, 2),
         "command": " ".join(sys.argv),
+        "kernel_settings": asdict(triton_attention.settings),
         "points": [],
     }
     clock = StepClock()
