@@ -38,7 +38,7 @@ PREFILL_TOKENS_PER_FORWARD = 8192  # prefills waiting together share forwards of
 # With bucket graphs: generations writing several tokens (a step header, a collaboration prompt, a finisher
 # prompt) run in an eager forward of their own, beside the replayed one-token rows; by default they wait up to
 # this many rounds to share it, unless they hold a quarter of the rows in flight
-INSERT_WAIT_ROUNDS = 3
+INSERT_WAIT_ROUNDS = 8
 
 
 class CacheNamespace:
