@@ -3,9 +3,10 @@ coroutines (step boundaries, the boxed-answer stop, snapshots) and token draws, 
 
 On the H100 a real GSM8K sweep (1.5B, ~200 rows) spends most of its time on the host (BatchTimes in the run's
 log). This runs the same host code without a GPU: `ContinuousBatcher` with bucket graphs whose capture and
-replay are stubbed (a replay returns random logits, as `tests/test_bucket_tables.py` does), the framework's
-stop rule and paragraph boundary, collaboration prompts and the finisher, on a 2-layer tiny model (the eager
-forwards -- prefills, step headers -- are the tiny model's, so only the replayed path is representative).
+replay are stubbed (`tests/helpers.py`: a replay returns random logits, as in `tests/test_bucket_tables.py`),
+the framework's stop rule and paragraph boundary, collaboration prompts and the finisher, on a 2-layer tiny
+model (the eager forwards -- prefills, step headers -- are the tiny model's, so only the replayed path is
+representative).
 Random logits write random text: a step ends every ~``--step`` tokens (``--step 0``: at paragraph breaks).
 
     python experiments/sweep_host_cpu.py --out experiments/results/sweep_host_cpu.json
@@ -26,7 +27,9 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "experiments"))
+sys.path.insert(0, str(ROOT / "tests"))
 
+from helpers import host_buffers, random_replay  # noqa: E402  (the stubs of tests/test_bucket_tables.py)
 from profile_sweep import top  # noqa: E402
 
 from hogwild_bench.answers import BOXED_FINISHER, stop_on_boxed  # noqa: E402
@@ -37,42 +40,6 @@ from hogwild_bench.engine.sampling import SamplingParams  # noqa: E402
 from hogwild_bench.tiny import tiny_model, tiny_tokenizer  # noqa: E402
 
 LAYOUTS = ("combined", "contiguous", "interleaved")
-
-
-class _Ready:
-    def synchronize(self):
-        pass
-
-    def record(self):
-        pass
-
-
-def _host_buffers(graph) -> None:
-    """`BucketGraph._allocate` on the host: staging buffers only, no pinned memory or device copy."""
-    size_i32 = sum(torch.Size(shape).numel() for shape in graph._shapes().values())
-    layers, caps = graph.lm.num_layers, graph.caps
-    size_i64 = 3 * layers * caps.blocks + 3 * layers * graph.rows + 2 * graph.rows
-    graph.host_i32, graph.tables_i32 = (
-        torch.zeros(size_i32, dtype=torch.int32),
-        torch.zeros(size_i32, dtype=torch.int32),
-    )
-    graph.host_i64, graph.tables_i64 = (
-        torch.zeros(size_i64, dtype=torch.int64),
-        torch.zeros(size_i64, dtype=torch.int64),
-    )
-    graph.uploaded, graph.written_addresses = _Ready(), None
-
-
-def _random_replay(graph, blocks, sizes) -> None:
-    noise = torch.Generator().manual_seed(graph.captures)
-    vocab = graph.lm.model.config.vocab_size
-
-    class Replay:
-        def replay(self):
-            graph.logits = torch.randn(graph.rows, vocab, generator=noise) * 3
-
-    graph.graph = Replay()
-    graph.captures += 1
 
 
 def jobs(lm, tokenizer, count: int, budget: int, step: int) -> list[BatchJob]:
@@ -103,8 +70,8 @@ def main() -> None:
     args = parser.parse_args()
     torch.manual_seed(0)
     torch.set_num_threads(1)
-    bucket_module.BucketGraph._allocate = _host_buffers
-    bucket_module.BucketGraph._capture = _random_replay
+    bucket_module.BucketGraph._allocate = host_buffers
+    bucket_module.BucketGraph._capture = random_replay(scale=3.0)
     tokenizer = tiny_tokenizer()
     lm = HogwildLM(tiny_model("qwen2", num_hidden_layers=2), attention="query_rotation")
     batcher = ContinuousBatcher(lm, max_rows=args.rows)

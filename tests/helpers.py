@@ -114,3 +114,47 @@ class TeeLM:
         from hogwild_bench.engine.model import Write
 
         return self.forward(cache, [Write([*(context or []), name], list(token_ids))])[0]
+
+
+# -- bucket graphs without a GPU: their host tables are built for real, capture and replay are stubbed --------
+class _Ready:
+    """Stands in for the CUDA event that says the staging buffers were copied."""
+
+    def synchronize(self):
+        pass
+
+    def record(self):
+        pass
+
+
+def host_buffers(graph) -> None:
+    """`BucketGraph._allocate` without pinned memory or a device: the host staging buffers only."""
+    size_i32 = sum(torch.Size(shape).numel() for shape in graph._shapes().values())
+    layers, caps = graph.lm.num_layers, graph.caps
+    size_i64 = 3 * layers * caps.blocks + 3 * layers * graph.rows + 2 * graph.rows
+    graph.host_i32, graph.tables_i32 = (
+        torch.zeros(size_i32, dtype=torch.int32),
+        torch.zeros(size_i32, dtype=torch.int32),
+    )
+    graph.host_i64, graph.tables_i64 = (
+        torch.zeros(size_i64, dtype=torch.int64),
+        torch.zeros(size_i64, dtype=torch.int64),
+    )
+    graph.uploaded, graph.written_addresses = _Ready(), None
+
+
+def random_replay(scale: float = 1.0):
+    """A `BucketGraph._capture` stand-in whose replays yield random logits (``scale`` x standard normal)."""
+
+    def capture(graph, blocks, sizes) -> None:
+        noise = torch.Generator().manual_seed(graph.captures)
+        vocab = graph.lm.model.config.vocab_size
+
+        class Replay:
+            def replay(self):
+                graph.logits = torch.randn(graph.rows, vocab, generator=noise) * scale
+
+        graph.graph = Replay()
+        graph.captures += 1
+
+    return capture

@@ -8,48 +8,13 @@ every replayed step's host tables against a fresh build. The GPU tests check rep
 import pytest
 import torch
 from conftest import LAYOUTS
+from helpers import host_buffers, random_replay
 
 from hogwild_bench.answers import BOXED_FINISHER
 from hogwild_bench.engine import GenerationOptions, HogwildGenerator, HogwildLM
 from hogwild_bench.engine import bucket_graphs as bucket_module
 from hogwild_bench.engine.batch import BatchJob, ContinuousBatcher
 from hogwild_bench.engine.triton_attention import plan_arrays
-
-
-class _NoEvent:
-    def synchronize(self):
-        pass
-
-    def record(self):
-        pass
-
-
-def _host_buffers(graph):
-    """`BucketGraph._allocate` without pinned memory or a device: the host staging buffers only."""
-    size_i32 = sum(torch.Size(shape).numel() for shape in graph._shapes().values())
-    layers, caps = graph.lm.num_layers, graph.caps
-    size_i64 = 3 * layers * caps.blocks + 3 * layers * graph.rows + 2 * graph.rows
-    graph.host_i32, graph.tables_i32 = (
-        torch.zeros(size_i32, dtype=torch.int32),
-        torch.zeros(size_i32, dtype=torch.int32),
-    )
-    graph.host_i64, graph.tables_i64 = (
-        torch.zeros(size_i64, dtype=torch.int64),
-        torch.zeros(size_i64, dtype=torch.int64),
-    )
-    graph.uploaded, graph.written_addresses = _NoEvent(), None
-
-
-def _random_replay(graph, blocks, sizes):
-    noise = torch.Generator().manual_seed(graph.captures)
-    vocab = graph.lm.model.config.vocab_size
-
-    class Replay:
-        def replay(self):
-            graph.logits = torch.randn(graph.rows, vocab, generator=noise)
-
-    graph.graph = Replay()
-    graph.captures += 1
 
 
 def _jobs(lm, tokenizer, count):
@@ -69,8 +34,8 @@ def _jobs(lm, tokenizer, count):
 
 
 def test_incremental_step_tables_equal_tables_built_afresh(models, tokenizer, monkeypatch):
-    monkeypatch.setattr(bucket_module.BucketGraph, "_allocate", _host_buffers)
-    monkeypatch.setattr(bucket_module.BucketGraph, "_capture", _random_replay)
+    monkeypatch.setattr(bucket_module.BucketGraph, "_allocate", host_buffers)
+    monkeypatch.setattr(bucket_module.BucketGraph, "_capture", random_replay())
     upload, plan, checked, reused = bucket_module.BucketGraph._upload, bucket_module.BucketGraph._plan, [], []
 
     def noted_plan(graph, rows):

@@ -41,6 +41,11 @@ PREFILL_TOKENS_PER_FORWARD = 8192  # prefills waiting together share forwards of
 INSERT_WAIT_ROUNDS = 8
 
 
+def _is_prefill(writes: Sequence[Write]) -> bool:
+    """A forward request with a row longer than ``PREFILL_TOKENS`` (a prompt) is a prefill."""
+    return max(len(w.tokens) for w in writes) > PREFILL_TOKENS
+
+
 class CacheNamespace:
     """One generation's blocks inside a shared `HogwildCache`: block ``name`` is stored as ``prefix + name``.
 
@@ -298,7 +303,7 @@ class ContinuousBatcher:
         prefills: list[tuple[list[_Running], int]] = []
         decode = []
         for running in self.running.values():
-            if max(len(w.tokens) for w in running.writes) <= PREFILL_TOKENS:
+            if not _is_prefill(running.writes):
                 decode.append(running)
                 continue
             tokens = sum(len(w.tokens) for w in running.writes)
@@ -333,7 +338,7 @@ class ContinuousBatcher:
                     times.replayed += 1
                 else:
                     logits = self.lm.forward(self.cache, writes, cuda_graphs=False)
-                    if max(len(w.tokens) for w in writes) > PREFILL_TOKENS:
+                    if _is_prefill(writes):
                         times.prefill += 1
                     else:
                         times.eager += 1
