@@ -310,6 +310,13 @@ def max_rows(cfg: RunConfig, lm: HogwildLM) -> int:
     return 64 if lm.device.type == "cuda" else 16
 
 
+def lanes(cfg: RunConfig, lm: HogwildLM, cuda_graphs: bool) -> int:
+    """``batch.lanes``, or auto: 2 where the host's work can overlap the device's (graphs on CUDA), else 1."""
+    if cfg.batch.lanes:
+        return cfg.batch.lanes
+    return 2 if cuda_graphs and lm.device.type == "cuda" else 1
+
+
 def kv_budget_bytes(cfg: RunConfig, lm: HogwildLM) -> int | None:
     """``batch.kv_memory_fraction`` of the GPU memory free now (after the model loaded); None on CPU."""
     import torch
@@ -334,15 +341,17 @@ def _generations(
                 yield Finished(item, error=error)
         return
     batched = cfg.batch.enabled
+    cuda_graphs = cfg.batch.cuda_graphs if batched else cfg.model.cuda_graphs
     batcher = ContinuousBatcher(
         lm,
         max_rows=max_rows(cfg, lm) if batched else max(p.workers for _, p, _ in todo),
         kv_budget_bytes=kv_budget_bytes(cfg, lm),
         max_jobs=None if batched else 1,
-        cuda_graphs=cfg.batch.cuda_graphs if batched else cfg.model.cuda_graphs,
+        cuda_graphs=cuda_graphs,
         on_step=speed,
         times=times,
         insert_wait_rounds=cfg.batch.insert_wait_rounds,
+        lanes=lanes(cfg, lm, cuda_graphs) if batched else 1,
     )
     failed: list[Finished] = []
 

@@ -76,12 +76,22 @@ def alone(models, tokenizer):
     return lm, {i: comparable(make_generator(lm, tokenizer, o, h).generate(p)) for i, (p, o, h) in enumerate(MIXED)}
 
 
-@pytest.mark.parametrize("max_rows,order", [(64, [0, 1, 2, 3, 4, 5]), (4, [5, 3, 1, 0, 4, 2])])
-def test_batched_generations_equal_each_generation_run_alone(alone, tokenizer, max_rows, order):
+@pytest.mark.parametrize(
+    "max_rows,order,lanes", [(64, [0, 1, 2, 3, 4, 5], 1), (4, [5, 3, 1, 0, 4, 2], 1), (8, [5, 3, 1, 0, 4, 2], 2)]
+)
+def test_batched_generations_equal_each_generation_run_alone(alone, tokenizer, max_rows, order, lanes):
+    """Also in two lanes stepped in turn (the host's work for one beside the device's for the other)."""
     lm, expected = alone
-    steps = []
-    batcher = ContinuousBatcher(lm, max_rows=max_rows, on_step=lambda rows, seconds: steps.append(rows))
+    steps, lane_rows = [], []
+
+    def on_step(rows, seconds):
+        steps.append(rows)
+        lane_rows.append([lane.rows for lane in batcher.lanes])
+
+    batcher = ContinuousBatcher(lm, max_rows=max_rows, on_step=on_step, lanes=lanes)
     finished = list(batcher.run(jobs_for(lm, tokenizer, order)))
+    assert all(rows <= max_rows // lanes for step in lane_rows for rows in step), "each lane keeps to its share"
+    assert any(all(step) for step in lane_rows), "every lane had generations at once"
     assert [f.error for f in finished] == [None] * len(MIXED)
     assert sorted(f.key for f in finished) == sorted(order)
     for f in finished:

@@ -65,11 +65,12 @@ def test_compiled_graph_steps_match_uncompiled_eager_in_float32(models, tokenize
         torch.testing.assert_close(a.logits, b.logits, atol=1e-3, rtol=1e-3)
 
 
-@pytest.mark.parametrize("family", ["qwen2", "llama"])
-def test_batched_steps_replayed_from_bucket_graphs_equal_each_generation_alone(models, tokenizer, family):
+@pytest.mark.parametrize("family,lanes", [("qwen2", 1), ("llama", 1), ("qwen2", 2)])
+def test_batched_steps_replayed_from_bucket_graphs_equal_each_generation_alone(models, tokenizer, family, lanes):
     """The batcher's graphs serve any generations in flight: as they finish and others join (different worker
     counts, layouts, early stops, finishers, sampling), each generation's tokens and snapshots stay those it
-    gets alone and eager, in float32; a handful of captures serve every step."""
+    gets alone and eager, in float32; a handful of captures serve every step. In two lanes (each with its own
+    graphs, the host preparing one while the device runs the other) too."""
     from test_batching import MIXED, comparable, jobs_for, make_generator
 
     from hogwild_bench.engine.batch import ContinuousBatcher
@@ -80,8 +81,8 @@ def test_batched_steps_replayed_from_bucket_graphs_equal_each_generation_alone(m
         expected = {i: comparable(make_generator(lm, tokenizer, o, h).generate(p)) for i, (p, o, h) in enumerate(MIXED)}
         steps: list[int] = []
         batcher = ContinuousBatcher(
-            HogwildLM(model, attention="triton"), max_rows=6, cuda_graphs=True,
-            on_step=lambda rows, seconds: steps.append(rows),
+            HogwildLM(model, attention="triton"), max_rows=6 * lanes, cuda_graphs=True,
+            on_step=lambda rows, seconds: steps.append(rows), lanes=lanes,
         )  # fmt: skip
         finished = list(batcher.run(jobs_for(lm, tokenizer, [5, 3, 1, 0, 4, 2])))
     finally:
@@ -89,6 +90,6 @@ def test_batched_steps_replayed_from_bucket_graphs_equal_each_generation_alone(m
     assert [f.error for f in finished] == [None] * len(MIXED)
     for f in finished:
         assert comparable(f.result) == expected[f.key], f"generation {f.key} changed when replayed from graphs"
-    graphs = batcher.graphs
     # steps that write several tokens in a row (step prefixes every 4 tokens here) run eagerly
-    assert graphs is not None and 0 < graphs.captures <= 4 and graphs.replays > 10
+    for lane in batcher.lanes:
+        assert lane.graphs is not None and 0 < lane.graphs.captures <= 4 and lane.graphs.replays > 10

@@ -31,7 +31,7 @@ from hogwild_bench.engine.blocks import KVBlock
 from hogwild_bench.engine.cache import HogwildCache
 from hogwild_bench.engine.generation import Steps
 from hogwild_bench.engine.model import HogwildLM, Write
-from hogwild_bench.engine.sampling import Draw, draw_tokens
+from hogwild_bench.engine.sampling import Draw, PendingTokens, draw_tokens, enqueue_draws
 
 PREFILL_TOKENS = 32  # a request with a row this long (a prompt) is a prefill: not run in the decode rows' forward
 PREFILL_TOKENS_PER_FORWARD = 8192  # prefills waiting together share forwards of up to this many tokens (packed rows)
@@ -171,8 +171,26 @@ class _Running:
     steps: Steps[Any]
     writes: list[Write]  # the rows of the next forward it needs
     started: float
+    lane: _Lane | None = None
     cost: JobCost = field(default_factory=JobCost)
     draw: Draw | None = None  # a token choice it waits for
+
+
+@dataclass
+class _Lane:
+    """A set of generations stepped together. With two lanes the host prepares one lane's next forward (its
+    generations' code, the step tables) while the device runs the other's; generations never see each other,
+    so which lane a generation runs in changes only when its forwards run, never what they compute."""
+
+    graphs: Any = None  # its own `BucketGraphs` (own staging buffers), or None: eager forwards
+    members: dict[int, _Running] = field(default_factory=dict)
+    insert_wait: int = 0  # rounds its generations writing several tokens have waited
+    drawing: list[_Running] = field(default_factory=list)  # generations whose tokens are being chosen
+    tokens: PendingTokens | None = None  # those choices, on the device
+
+    @property
+    def rows(self) -> int:
+        return sum(r.job.rows for r in self.members.values())
 
 
 class ContinuousBatcher:
@@ -180,8 +198,10 @@ class ContinuousBatcher:
     no limit) and ``kv_budget_bytes`` of reserved KV storage (None: no memory limit), yielding each
     `Finished` as soon as it completes.
 
-    ``on_step(rows, seconds)`` is called after every merged forward (progress displays); ``times`` (a
-    `BatchTimes`, default a new one) adds up where the run's time goes."""
+    ``lanes`` splits the generations in flight into that many sets stepped in turn, each holding up to its
+    share of ``max_rows`` (a lone generation may take more): with 2 on a GPU the host's work for one set
+    overlaps the device's work for the other. ``on_step(rows, seconds)`` is called after every forward
+    (progress displays); ``times`` (a `BatchTimes`, default a new one) adds up where the run's time goes."""
 
     def __init__(
         self,
@@ -193,23 +213,36 @@ class ContinuousBatcher:
         max_jobs: int | None = None,
         times: BatchTimes | None = None,
         insert_wait_rounds: int = INSERT_WAIT_ROUNDS,
+        lanes: int = 1,
     ):
         if max_rows < 1:
             raise ValueError(f"max_rows must be >= 1, got {max_rows}")
+        if lanes < 1:
+            raise ValueError(f"lanes must be >= 1, got {lanes}")
         self.lm, self.max_rows, self.kv_budget = lm, max_rows, kv_budget_bytes
         self.cuda_graphs, self.on_step, self.max_jobs = cuda_graphs, on_step, max_jobs
         self.cache = lm.new_cache()
-        self.graphs = None  # decode steps replayed from graphs by row-count bucket (any generations in flight)
+        self.lanes = [_Lane() for _ in range(lanes)]
         if cuda_graphs and lm.device.type == "cuda":
             from hogwild_bench.engine.bucket_graphs import BucketGraphs
 
-            self.graphs = BucketGraphs(lm, self.cache) if BucketGraphs.usable(lm, self.cache) else None
+            if BucketGraphs.usable(lm, self.cache):  # decode steps replayed from graphs by row-count bucket
+                for lane in self.lanes:
+                    lane.graphs = BucketGraphs(lm, self.cache)
         self.running: dict[int, _Running] = {}
         self.reserved_bytes = 0
         self._ids = itertools.count()
-        self._insert_wait = 0  # rounds the generations writing several tokens have waited
         self.insert_wait_rounds = insert_wait_rounds
         self.times = times if times is not None else BatchTimes()
+
+    @property
+    def graphs(self):
+        """The first lane's `BucketGraphs` (None: eager forwards); each lane has its own."""
+        return self.lanes[0].graphs
+
+    @graphs.setter
+    def graphs(self, graphs) -> None:
+        self.lanes[0].graphs = graphs
 
     @property
     def rows_in_flight(self) -> int:
@@ -218,10 +251,13 @@ class ContinuousBatcher:
     def job_bytes(self, job: BatchJob) -> int:
         return job.kv_tokens * self.lm.kv_bytes_per_token
 
-    def _fits(self, job: BatchJob) -> bool:
+    def _fits(self, job: BatchJob, lane: _Lane) -> bool:
         if self.max_jobs is not None and len(self.running) >= self.max_jobs:
             return False
-        rows_ok = self.rows_in_flight + job.rows <= self.max_rows
+        share = -(-self.max_rows // len(self.lanes))
+        rows_ok = self.rows_in_flight + job.rows <= self.max_rows and (
+            not lane.members or lane.rows + job.rows <= share
+        )
         return rows_ok and (self.kv_budget is None or self.reserved_bytes + self.job_bytes(job) <= self.kv_budget)
 
     def _too_big(self, job: BatchJob) -> str | None:
@@ -240,34 +276,34 @@ class ContinuousBatcher:
         waiting: deque[BatchJob] = deque()
         exhausted = False
         while True:
-            # admit in queue order while the next one fits (a job never overtakes an earlier one)
-            while True:
-                if not waiting and not exhausted:
-                    nxt = next(queue, None)
-                    exhausted = nxt is None
-                    if nxt is not None:
-                        waiting.append(nxt)
-                if not waiting:
-                    break
-                job = waiting[0]
-                reason = self._too_big(job)
-                if reason is not None:
+            for lane in self.lanes:
+                yield from self._collect(lane)
+                # admit in queue order while the next one fits (a job never overtakes an earlier one)
+                while True:
+                    if not waiting and not exhausted:
+                        nxt = next(queue, None)
+                        exhausted = nxt is None
+                        if nxt is not None:
+                            waiting.append(nxt)
+                    if not waiting:
+                        break
+                    job = waiting[0]
+                    reason = self._too_big(job)
+                    if reason is not None:
+                        waiting.popleft()
+                        yield from self._hand(Finished(job.key, error=AdmissionError(reason)))
+                        continue
+                    if not self._fits(job, lane):
+                        break
                     waiting.popleft()
-                    yield from self._hand(Finished(job.key, error=AdmissionError(reason)))
-                    continue
-                if not self._fits(job):
-                    break
-                waiting.popleft()
-                started = time.perf_counter()
-                done = self._admit(job)
-                self.times.admit += time.perf_counter() - started
-                if done is not None:
-                    yield from self._hand(done)
-            if not self.running:
-                if not waiting and exhausted:
-                    return
-                continue
-            yield from self._step()
+                    started = time.perf_counter()
+                    done = self._admit(job, lane)
+                    self.times.admit += time.perf_counter() - started
+                    if done is not None:
+                        yield from self._hand(done)
+                yield from self._launch(lane)
+            if not self.running and not waiting and exhausted:
+                return
 
     def _hand(self, finished: Finished) -> Iterator[Finished]:
         """Yield ``finished`` to the caller, timing how long the caller keeps it (``times.outside``)."""
@@ -275,9 +311,9 @@ class ContinuousBatcher:
         yield finished
         self.times.outside += time.perf_counter() - started
 
-    def _admit(self, job: BatchJob) -> Finished | None:
+    def _admit(self, job: BatchJob, lane: _Lane) -> Finished | None:
         namespace = CacheNamespace(self.cache, f"g{next(self._ids)}/")
-        running = _Running(job, namespace, None, [], time.perf_counter())  # type: ignore[arg-type]
+        running = _Running(job, namespace, None, [], time.perf_counter(), lane)  # type: ignore[arg-type]
         try:
             running.steps = job.start(namespace)
             request = next(running.steps)
@@ -290,19 +326,21 @@ class ContinuousBatcher:
         except Exception as error:
             namespace.drop()
             return Finished(job.key, error=error, cost=running.cost)
-        self.running[id(running)] = running
+        self.running[id(running)] = lane.members[id(running)] = running
         self.reserved_bytes += self.job_bytes(job)
         return None
 
-    def _groups(self) -> list[list[_Running]]:
-        """Decode rows in one merged forward; prompt prefills in forwards of their own, since attention sees
-        rows padded to the longest and a prompt beside one-token rows would widen every row to its length.
-        With packed rows (`HogwildLM.pack_rows`) the prefills waiting together share forwards of up to
-        ``PREFILL_TOKENS_PER_FORWARD`` tokens: a wave of new generations costs a few forwards, not one each,
-        so it holds the decode rows back for less."""
+    def _groups(self, lane: _Lane) -> list[list[_Running]]:
+        """A lane's forwards: decode rows in one merged forward; prompt prefills in forwards of their own, since
+        attention sees rows padded to the longest and a prompt beside one-token rows would widen every row to
+        its length. With packed rows (`HogwildLM.pack_rows`) the prefills waiting together share forwards of up
+        to ``PREFILL_TOKENS_PER_FORWARD`` tokens: a wave of new generations costs a few forwards, not one each,
+        so it holds the decode rows back for less. Generations waiting for their tokens are in none."""
         prefills: list[tuple[list[_Running], int]] = []
         decode = []
-        for running in self.running.values():
+        for running in lane.members.values():
+            if running.draw is not None:
+                continue
             if not _is_prefill(running.writes):
                 decode.append(running)
                 continue
@@ -312,7 +350,7 @@ class ContinuousBatcher:
             else:
                 prefills.append(([running], tokens))
         groups = [group for group, _ in prefills]
-        if self.graphs is None:
+        if lane.graphs is None:
             return groups + ([decode] if decode else [])
         # One token per row replays from a graph; a forward with any longer write runs eagerly, so in a sweep
         # (where some row starts a new step nearly every forward) those few generations get a forward of
@@ -322,18 +360,21 @@ class ContinuousBatcher:
         inserts = [r for r in decode if any(len(w.tokens) > 1 for w in r.writes)]
         if inserts:
             waiting_rows = sum(len(r.writes) for r in inserts)
-            due = self._insert_wait >= self.insert_wait_rounds or not single or 4 * waiting_rows >= self.rows_in_flight
-            self._insert_wait = 0 if due else self._insert_wait + 1
+            due = lane.insert_wait >= self.insert_wait_rounds or not single or 4 * waiting_rows >= lane.rows
+            lane.insert_wait = 0 if due else lane.insert_wait + 1
             if due:
                 groups.append(inserts)
         return groups + ([single] if single else [])
 
-    def _step(self) -> Iterator[Finished]:
-        for group in self._groups():
+    def _launch(self, lane: _Lane) -> Iterator[Finished]:
+        """Run the lane's forwards, hand each generation its logits and put the token choices they ask for on
+        the device without waiting for them (`_collect` takes them)."""
+        finished, drawing = [], []
+        for group in self._groups(lane):
             writes = [w for r in group for w in r.namespace.qualify(r.writes)]
             times, started = self.times, time.perf_counter()
             try:
-                logits = self.graphs.forward(writes) if self.graphs is not None else None
+                logits = lane.graphs.forward(writes) if lane.graphs is not None else None
                 if logits is not None:
                     times.replayed += 1
                 else:
@@ -343,8 +384,7 @@ class ContinuousBatcher:
                     else:
                         times.eager += 1
             except Exception as error:  # e.g. out of memory: every generation in this forward fails
-                for running in group:
-                    yield from self._hand(self._retire(running, error=error))
+                finished += [self._retire(running, error=error) for running in group]
                 if torch.cuda.is_available():
                     torch.cuda.empty_cache()
                 continue
@@ -352,7 +392,7 @@ class ContinuousBatcher:
             times.forward += seconds
             if self.on_step is not None:
                 self.on_step(len(writes), seconds)
-            offset, waiting, finished = 0, [], []
+            offset = 0
             started = time.perf_counter()
             for running in group:
                 rows = len(running.writes)
@@ -361,24 +401,41 @@ class ContinuousBatcher:
                 if done is not None:
                     finished.append(done)
                 elif running.draw is not None:
-                    waiting.append(running)
+                    drawing.append(running)
                 offset += rows
             times.resume += time.perf_counter() - started
-            while waiting:  # every token choice of this step in one call (one device sync)
-                started = time.perf_counter()
+        if drawing:  # every token choice of the lane's forwards in one call
+            started = time.perf_counter()
+            lane.tokens, lane.drawing = enqueue_draws([r.draw for r in drawing]), drawing
+            self.times.draw += time.perf_counter() - started
+        for done in finished:
+            yield from self._hand(done)
+
+    def _collect(self, lane: _Lane) -> Iterator[Finished]:
+        """Wait for the lane's token choices and send them to their generations (a generation that asks for
+        another choice at once gets it here, waited for)."""
+        if lane.tokens is None:
+            return
+        started = time.perf_counter()
+        tokens, answered = lane.tokens.result(), lane.drawing
+        lane.tokens, lane.drawing = None, []
+        finished = []
+        while answered:
+            drawn = time.perf_counter()
+            self.times.draw += drawn - started
+            waiting = []
+            for running, chosen in zip(answered, tokens):
+                done = self._resume(running, chosen)
+                if done is not None:
+                    finished.append(done)
+                elif running.draw is not None:
+                    waiting.append(running)
+            self.times.resume += time.perf_counter() - drawn
+            started, answered = time.perf_counter(), waiting
+            if waiting:
                 tokens = draw_tokens([r.draw for r in waiting])
-                drawn = time.perf_counter()
-                times.draw += drawn - started
-                answered, waiting = waiting, []
-                for running, chosen in zip(answered, tokens):
-                    done = self._resume(running, chosen)
-                    if done is not None:
-                        finished.append(done)
-                    elif running.draw is not None:
-                        waiting.append(running)
-                times.resume += time.perf_counter() - drawn
-            for done in finished:
-                yield from self._hand(done)
+        for done in finished:
+            yield from self._hand(done)
 
     def _resume(self, running: _Running, value: Any) -> Finished | None:
         """Send ``value`` to the generation and note what it asks for next (a forward or a draw)."""
@@ -399,5 +456,6 @@ class ContinuousBatcher:
         cost.peak_kv_bytes = running.namespace.storage_bytes()
         running.namespace.drop()
         del self.running[id(running)]
+        running.lane.members.pop(id(running), None)
         self.reserved_bytes -= self.job_bytes(running.job)
         return Finished(running.job.key, result=result, error=error, cost=cost)

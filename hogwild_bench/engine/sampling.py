@@ -105,7 +105,7 @@ def _masked(logits: torch.Tensor, draws: Sequence[Draw], counts: Sequence[int]) 
     samplers = {d.sampler.forbidden_id: d.sampler for d in draws}
     table = torch.stack([_forbidden_mask(samplers[i], vocab, device) for i in ids])
     which = [ids.index(d.sampler.forbidden_id) for d, n in zip(draws, counts) for _ in range(n)]
-    return logits + table[torch.tensor(which, device=device)]
+    return logits + table[_to_device(which, torch.int64, device)]
 
 
 def _keys(table: torch.Tensor) -> torch.Tensor:
@@ -132,8 +132,47 @@ def _choose_in_kernel(logits: torch.Tensor, table: torch.Tensor) -> torch.Tensor
     return gumbel_argmax(logits, _keys(table), table[:, 0].float(), table[:, 4].bool())
 
 
-def draw_tokens(draws: Sequence[Draw]) -> list[list[int]]:
-    """One token per row of every draw (row-local math: a row's token never depends on the other rows)."""
+class PendingTokens:
+    """Token choices enqueued on the device: `result` waits for these alone (an event of their own, not the
+    whole stream), so the host can prepare other work while the device computes them."""
+
+    def __init__(self, draws: Sequence[Draw], chosen: torch.Tensor):
+        self.counts = [d.logits.shape[0] for d in draws]
+        self.event = None
+        if chosen.is_cuda:
+            self.chosen = torch.empty(chosen.shape, dtype=chosen.dtype, pin_memory=True)
+            self.chosen.copy_(chosen, non_blocking=True)
+            self.event = torch.cuda.Event()
+            self.event.record()
+        else:
+            self.chosen = chosen
+
+    def ready(self) -> bool:
+        return self.event is None or self.event.query()
+
+    def result(self) -> list[list[int]]:
+        """One list of token ids per draw (waits for the device)."""
+        if self.event is not None:
+            self.event.synchronize()
+        flat = self.chosen.tolist()
+        out, start = [], 0
+        for n in self.counts:
+            out.append(flat[start : start + n])
+            start += n
+        return out
+
+
+def _to_device(values: list, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """A small host table on ``device`` without a device sync (a pageable upload may wait for the stream)."""
+    table = torch.tensor(values, dtype=dtype)
+    if device.type != "cuda":
+        return table.to(device)
+    return table.pin_memory().to(device, non_blocking=True)
+
+
+def enqueue_draws(draws: Sequence[Draw]) -> PendingTokens:
+    """One token per row of every draw, computed on the logits' device without waiting for it (row-local
+    math: a row's token never depends on the other rows). Each sampler counts its rows as drawn at once."""
     counts = [d.logits.shape[0] for d in draws]
     logits = draws[0].logits if len(draws) == 1 else torch.cat([d.logits for d in draws])
     logits = _masked(logits.float(), draws, counts)
@@ -142,16 +181,18 @@ def draw_tokens(draws: Sequence[Draw]) -> list[list[int]]:
         chosen = logits.argmax(-1)
     else:
         # per row: temperature (1 for greedy rows), top-p, seed key, draw counter, greedy flag -- one upload
-        table = torch.tensor(
+        table = _to_device(
             [[s.params.temperature or 1.0, s.params.top_p, s.seed_key, c, s.params.temperature == 0] for s, c in rows],
-            dtype=torch.float64,
-        ).to(logits.device)
+            torch.float64,
+            logits.device,
+        )
         top_p = any(s.params.top_p < 1 for s, _ in rows)
         chosen = _choose_in_kernel(logits, table) if logits.is_cuda and not top_p else _choose(logits, table, top_p)
-    flat = chosen.tolist()
-    out, start = [], 0
     for draw, n in zip(draws, counts):
-        out.append(flat[start : start + n])
         draw.sampler.draws += n
-        start += n
-    return out
+    return PendingTokens(draws, chosen)
+
+
+def draw_tokens(draws: Sequence[Draw]) -> list[list[int]]:
+    """`enqueue_draws`, waited for: one list of token ids per draw."""
+    return enqueue_draws(draws).result()
