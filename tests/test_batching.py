@@ -102,40 +102,6 @@ def test_batched_generations_equal_each_generation_run_alone(alone, tokenizer, m
     assert batcher.cache.blocks == {} and batcher.reserved_bytes == 0  # finished generations free everything
 
 
-class OneTokenSteps:
-    """A stand-in for a lane's `BucketGraphs` on CPU: takes the one-token-per-row steps (computed eagerly,
-    exactly) and declines the rest, so the batcher splits forwards as it does with CUDA graphs."""
-
-    def __init__(self, lm, cache):
-        self.lm, self.cache = lm, cache
-
-    def forward(self, writes):
-        if any(len(w.tokens) != 1 for w in writes):
-            return None
-        return self.lm.forward(self.cache, writes, cuda_graphs=False)
-
-
-def test_generations_writing_several_tokens_share_forwards_across_lanes(alone, tokenizer, monkeypatch):
-    """With graphs, generations writing a step header wait a few forwards to share one eager forward; in
-    two lanes those waiting in either lane share it, joining the lane that runs it -- and every generation
-    still gets exactly what it gets alone."""
-    lm, expected = alone
-    moves = []
-    move = ContinuousBatcher._move
-    monkeypatch.setattr(
-        ContinuousBatcher, "_move", staticmethod(lambda r, lane: (moves.append(r.lane is not lane), move(r, lane)))
-    )
-    batcher = ContinuousBatcher(lm, max_rows=12, lanes=2, insert_wait_rounds=2)
-    for lane in batcher.lanes:
-        lane.graphs = OneTokenSteps(lm, batcher.cache)
-    finished = list(batcher.run(jobs_for(lm, tokenizer, [5, 3, 1, 0, 4, 2])))
-    assert [f.error for f in finished] == [None] * len(MIXED)
-    for f in finished:
-        assert comparable(f.result) == expected[f.key], f"generation {f.key} changed"
-    assert any(moves), "a generation joined the other lane to share an insert forward"
-    assert batcher.times.eager > 0 and batcher.times.replayed > batcher.times.eager
-
-
 def test_the_batch_accounts_for_its_time_and_forwards(alone, tokenizer):
     """`BatchTimes` counts every forward once (by kind) and splits the run's time into its phases; the time
     the caller spends with a finished generation (scoring, storing) is ``outside``, not the engine's."""

@@ -46,11 +46,6 @@ def _is_prefill(writes: Sequence[Write]) -> bool:
     return max(len(w.tokens) for w in writes) > PREFILL_TOKENS
 
 
-def _is_insert(writes: Sequence[Write]) -> bool:
-    """A decode request with a row of several tokens (a step header, a collaboration prompt)."""
-    return 1 < max(len(w.tokens) for w in writes) <= PREFILL_TOKENS
-
-
 class CacheNamespace:
     """One generation's blocks inside a shared `HogwildCache`: block ``name`` is stored as ``prefix + name``.
 
@@ -189,6 +184,7 @@ class _Lane:
 
     graphs: Any = None  # its own `BucketGraphs` (own staging buffers), or None: eager forwards
     members: dict[int, _Running] = field(default_factory=dict)
+    insert_wait: int = 0  # rounds its generations writing several tokens have waited
     drawing: list[_Running] = field(default_factory=list)  # generations whose tokens are being chosen
     tokens: PendingTokens | None = None  # those choices, on the device
 
@@ -237,7 +233,6 @@ class ContinuousBatcher:
         self.reserved_bytes = 0
         self._ids = itertools.count()
         self.insert_wait_rounds = insert_wait_rounds
-        self._insert_wait = 0  # forwards the generations writing several tokens have waited
         self.times = times if times is not None else BatchTimes()
 
     @property
@@ -362,25 +357,14 @@ class ContinuousBatcher:
         # their own instead of taking every row off the graph. Generations never see each other: splitting
         # by generation changes no generation's forwards, only when they run.
         single = [r for r in decode if all(len(w.tokens) == 1 for w in r.writes)]
-        # they wait to share one eager forward with those of every lane: a generation waiting in another lane
-        # moves to this one (lanes only order the forwards; moving one changes nothing it computes)
-        inserts = [r for other in self.lanes for r in other.members.values() if r.draw is None and _is_insert(r.writes)]
+        inserts = [r for r in decode if any(len(w.tokens) > 1 for w in r.writes)]
         if inserts:
             waiting_rows = sum(len(r.writes) for r in inserts)
-            due = self._insert_wait >= self.insert_wait_rounds or not single or 4 * waiting_rows >= self.rows_in_flight
-            self._insert_wait = 0 if due else self._insert_wait + 1
+            due = lane.insert_wait >= self.insert_wait_rounds or not single or 4 * waiting_rows >= lane.rows
+            lane.insert_wait = 0 if due else lane.insert_wait + 1
             if due:
-                for running in inserts:
-                    self._move(running, lane)
                 groups.append(inserts)
         return groups + ([single] if single else [])
-
-    @staticmethod
-    def _move(running: _Running, lane: _Lane) -> None:
-        if running.lane is not lane:
-            del running.lane.members[id(running)]
-            lane.members[id(running)] = running
-            running.lane = lane
 
     def _launch(self, lane: _Lane) -> Iterator[Finished]:
         """Run the lane's forwards, hand each generation its logits and put the token choices they ask for on
