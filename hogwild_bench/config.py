@@ -194,8 +194,10 @@ class BatchConfig:
     # (experiments/results/real_model/sweep_throughput_h100_session11.json)
     insert_wait_rounds: int = 8
     # generations in flight split into this many sets stepped in turn, so the host prepares one set's forward
-    # while the GPU runs the other's (0: auto, 2 when decode steps replay from graphs on CUDA, else 1)
-    lanes: int = 0
+    # while the GPU runs the other's. 2 was 7-13 % faster on a real 1.5B sweep (experiments/README, session 12),
+    # but its longer run ran out of GPU memory before the fix for finished generations' blocks kept alive by
+    # bucket graphs; 1 until a long run with 2 has been timed since
+    lanes: int = 1
 
 
 @dataclass
@@ -371,8 +373,8 @@ def validate(cfg: DictConfig | RunConfig) -> RunConfig:
         errors.append(
             f"batch.max_rows must be 0 (auto) or at least the largest worker count ({most_workers}), got {b.max_rows}"
         )
-    if b.lanes < 0:
-        errors.append(f"batch.lanes must be 0 (auto) or a number of lanes >= 1, got {b.lanes}")
+    if b.lanes < 1:
+        errors.append(f"batch.lanes must be a number of lanes >= 1, got {b.lanes}")
     if b.insert_wait_rounds < 0:
         errors.append(f"batch.insert_wait_rounds must be >= 0 (0: no waiting), got {b.insert_wait_rounds}")
     if b.cpu_threads < 0:

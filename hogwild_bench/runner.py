@@ -310,13 +310,6 @@ def max_rows(cfg: RunConfig, lm: HogwildLM) -> int:
     return 64 if lm.device.type == "cuda" else 16
 
 
-def lanes(cfg: RunConfig, lm: HogwildLM, cuda_graphs: bool) -> int:
-    """``batch.lanes``, or auto: 2 where the host's work can overlap the device's (graphs on CUDA), else 1."""
-    if cfg.batch.lanes:
-        return cfg.batch.lanes
-    return 2 if cuda_graphs and lm.device.type == "cuda" else 1
-
-
 def kv_budget_bytes(cfg: RunConfig, lm: HogwildLM) -> int | None:
     """``batch.kv_memory_fraction`` of the GPU memory free now (after the model loaded); None on CPU."""
     import torch
@@ -351,7 +344,7 @@ def _generations(
         on_step=speed,
         times=times,
         insert_wait_rounds=cfg.batch.insert_wait_rounds,
-        lanes=lanes(cfg, lm, cuda_graphs) if batched else 1,
+        lanes=cfg.batch.lanes if batched else 1,
     )
     failed: list[Finished] = []
 

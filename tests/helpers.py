@@ -158,3 +158,27 @@ def random_replay(scale: float = 1.0):
         graph.captures += 1
 
     return capture
+
+
+def track_blocks(monkeypatch) -> list:
+    """Weak references to every `KVBlock` created from now on (see `live_blocks`)."""
+    import weakref
+
+    from hogwild_bench.engine.blocks import KVBlock
+
+    refs, init = [], KVBlock.__init__
+
+    def tracking(block, *args, **kwargs):
+        init(block, *args, **kwargs)
+        refs.append(weakref.ref(block))
+
+    monkeypatch.setattr(KVBlock, "__init__", tracking)
+    return refs
+
+
+def live_blocks(refs: list) -> list:
+    """The tracked blocks something still refers to (after a garbage collection)."""
+    import gc
+
+    gc.collect()
+    return [block for block in (ref() for ref in refs) if block is not None]

@@ -177,6 +177,30 @@ def test_a_generation_that_fails_does_not_stop_the_others(alone, tokenizer):
     assert comparable(finished[0].result) == expected[0] and comparable(finished[2].result) == expected[2]
 
 
+def test_token_choices_that_fail_end_only_their_generations(alone, tokenizer, monkeypatch):
+    """A token choice that fails on the device (out of memory) ends the generations whose choice it was, in
+    their lane; the other lane's generations finish as they would alone."""
+    import hogwild_bench.engine.batch as batch_module
+
+    lm, expected = alone
+    calls, enqueue = [], batch_module.enqueue_draws
+
+    def failing_once(draws):
+        calls.append(len(draws))
+        if len(calls) == 5:
+            raise torch.OutOfMemoryError("CUDA out of memory (test)")
+        return enqueue(draws)
+
+    monkeypatch.setattr(batch_module, "enqueue_draws", failing_once)
+    batcher = ContinuousBatcher(lm, max_rows=4, lanes=2)
+    finished = {f.key: f for f in batcher.run(jobs_for(lm, tokenizer, [0, 4]))}
+    failed = [key for key, f in finished.items() if not f.ok]
+    assert len(failed) == 1 and "out of memory" in str(finished[failed[0]].error)
+    (ok,) = [key for key in finished if key not in failed]
+    assert comparable(finished[ok].result) == expected[ok]
+    assert batcher.cache.blocks == {} and batcher.reserved_bytes == 0
+
+
 def test_admission_refuses_what_cannot_fit_alone_and_queues_what_fits_later(alone, tokenizer):
     lm, expected = alone
     jobs = list(jobs_for(lm, tokenizer, [0, 1, 2]))

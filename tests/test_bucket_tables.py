@@ -8,7 +8,7 @@ every replayed step's host tables against a fresh build. The GPU tests check rep
 import pytest
 import torch
 from conftest import LAYOUTS
-from helpers import host_buffers, random_replay
+from helpers import host_buffers, live_blocks, random_replay, track_blocks
 
 from hogwild_bench.answers import BOXED_FINISHER
 from hogwild_bench.engine import GenerationOptions, HogwildGenerator, HogwildLM
@@ -66,6 +66,25 @@ def test_incremental_step_tables_equal_tables_built_afresh(models, tokenizer, mo
     assert all(f.ok for f in finished), [str(f.error) for f in finished if not f.ok]
     assert len(checked) > 50 and len(set(checked)) > 3, "steps of changing batches were replayed"
     assert 0.3 < sum(reused) / len(reused) < 1, "most steps reuse the walk; membership changes rebuild it"
+
+
+@pytest.mark.parametrize("lanes", [1, 2])
+def test_a_finished_generation_leaves_nothing_holding_its_storage(models, tokenizer, monkeypatch, lanes):
+    """The batch admits new generations into the memory a finished one frees, so once a generation is done
+    nothing may keep its blocks (their K/V storage) alive -- not the walk of a bucket that last ran it."""
+    monkeypatch.setattr(bucket_module.BucketGraph, "_allocate", host_buffers)
+    monkeypatch.setattr(bucket_module.BucketGraph, "_capture", random_replay())
+    refs = track_blocks(monkeypatch)
+    lm = HogwildLM(models("qwen2"), attention="query_rotation")
+    batcher = ContinuousBatcher(lm, max_rows=12, lanes=lanes)
+    for lane in batcher.lanes:
+        lane.graphs = bucket_module.BucketGraphs(lm, batcher.cache)
+    finished = list(batcher.run(_jobs(lm, tokenizer, 8)))
+    assert all(f.ok for f in finished), [str(f.error) for f in finished if not f.ok]
+    assert sum(g.replays for lane in batcher.lanes for g in lane.graphs.graphs.values()) > 10
+    assert [b.name for b in live_blocks(refs)] == ["bucket scratch"] * len(
+        [g for lane in batcher.lanes for g in lane.graphs.graphs.values()]
+    )
 
 
 @pytest.mark.parametrize("seed", range(3))

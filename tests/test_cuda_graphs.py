@@ -66,11 +66,14 @@ def test_compiled_graph_steps_match_uncompiled_eager_in_float32(models, tokenize
 
 
 @pytest.mark.parametrize("family,lanes", [("qwen2", 1), ("llama", 1), ("qwen2", 2)])
-def test_batched_steps_replayed_from_bucket_graphs_equal_each_generation_alone(models, tokenizer, family, lanes):
+def test_batched_steps_replayed_from_bucket_graphs_equal_each_generation_alone(
+    models, tokenizer, family, lanes, monkeypatch
+):
     """The batcher's graphs serve any generations in flight: as they finish and others join (different worker
     counts, layouts, early stops, finishers, sampling), each generation's tokens and snapshots stay those it
     gets alone and eager, in float32; a handful of captures serve every step. In two lanes (each with its own
     graphs, the host preparing one while the device runs the other) too."""
+    from helpers import live_blocks, track_blocks
     from test_batching import MIXED, comparable, jobs_for, make_generator
 
     from hogwild_bench.engine.batch import ContinuousBatcher
@@ -79,6 +82,7 @@ def test_batched_steps_replayed_from_bucket_graphs_equal_each_generation_alone(m
     try:
         lm = HogwildLM(model, attention="triton", cuda_graphs=False)
         expected = {i: comparable(make_generator(lm, tokenizer, o, h).generate(p)) for i, (p, o, h) in enumerate(MIXED)}
+        blocks = track_blocks(monkeypatch)
         steps: list[int] = []
         batcher = ContinuousBatcher(
             HogwildLM(model, attention="triton"), max_rows=6 * lanes, cuda_graphs=True,
@@ -93,3 +97,5 @@ def test_batched_steps_replayed_from_bucket_graphs_equal_each_generation_alone(m
     # steps that write several tokens in a row (step prefixes every 4 tokens here) run eagerly
     for lane in batcher.lanes:
         assert lane.graphs is not None and 0 < lane.graphs.captures <= 4 and lane.graphs.replays > 10
+    # nothing keeps a finished generation's storage: not a capture's plan, not a bucket's last walk
+    assert {b.name for b in live_blocks(blocks)} == {"bucket scratch"}

@@ -406,7 +406,12 @@ class ContinuousBatcher:
             times.resume += time.perf_counter() - started
         if drawing:  # every token choice of the lane's forwards in one call
             started = time.perf_counter()
-            lane.tokens, lane.drawing = enqueue_draws([r.draw for r in drawing]), drawing
+            try:
+                lane.tokens, lane.drawing = enqueue_draws([r.draw for r in drawing]), drawing
+            except Exception as error:  # e.g. out of memory: these generations fail, the others go on
+                finished += [self._retire(running, error=error) for running in drawing]
+                if torch.cuda.is_available():
+                    torch.cuda.empty_cache()
             self.times.draw += time.perf_counter() - started
         for done in finished:
             yield from self._hand(done)
@@ -454,6 +459,10 @@ class ContinuousBatcher:
         cost = running.cost
         cost.seconds = time.perf_counter() - running.started
         cost.peak_kv_bytes = running.namespace.storage_bytes()
+        blocks = list(running.namespace.blocks.values())
+        for lane in self.lanes:
+            if lane.graphs is not None:
+                lane.graphs.release(blocks)
         running.namespace.drop()
         del self.running[id(running)]
         running.lane.members.pop(id(running), None)

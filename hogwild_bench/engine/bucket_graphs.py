@@ -166,11 +166,13 @@ class BucketGraph:
     def _capture(self, blocks: list, sizes: dict) -> None:
         static = table_views(self.tables_i32, self._shapes())
         sizes = dict(sizes, n_entries=self.caps.entries, n_slots=self.caps.slots)
-        self.plan = TritonPlan.assemble(blocks, static, sizes, tuple(self.read_tables))
+        # a local: the graph replays from the device tables alone, and a plan kept here would keep the blocks
+        # of the generations in flight at capture (their K/V storage) alive after they finish
+        plan = TritonPlan.assemble(blocks, static, sizes, tuple(self.read_tables))
         self.lm.rope._freqs(self.device)  # the frequencies must exist before capture
 
         def forward():
-            self.cache.forward_state[("triton_plan", self.device)] = self.plan.for_new_forward()
+            self.cache.forward_state[("triton_plan", self.device)] = plan.for_new_forward()
             if self.lm.decoder is not None:
                 return self.lm.decoder(self.cache, self.input_ids, self.positions).float()
             out = self.lm.model(
@@ -252,6 +254,16 @@ class BucketGraphs:
     @property
     def replays(self) -> int:
         return sum(g.replays for g in self.graphs.values())
+
+    def release(self, blocks: Sequence[KVBlock]) -> None:
+        """Forget the last step's walk of every graph that holds one of ``blocks`` (a finished generation's),
+        so their K/V storage is freed now, not when that bucket next replays (a bucket may not run again for
+        a long time, and the batch admits new generations in the memory it counts as freed)."""
+        gone = {id(block) for block in blocks}
+        for graph in self.graphs.values():
+            walk = graph.view_walk
+            if walk is not None and any(id(block) in gone for block in walk.unique):
+                graph.view_walk = None
 
     def forward(self, writes) -> torch.Tensor | None:
         """Logits of a decode step (one token per row) replayed from its bucket's graph; None when the step
