@@ -334,13 +334,12 @@ def _generations(
                 yield Finished(item, error=error)
         return
     batched = cfg.batch.enabled
-    cuda_graphs = cfg.batch.cuda_graphs if batched else cfg.model.cuda_graphs
     batcher = ContinuousBatcher(
         lm,
         max_rows=max_rows(cfg, lm) if batched else max(p.workers for _, p, _ in todo),
         kv_budget_bytes=kv_budget_bytes(cfg, lm),
         max_jobs=None if batched else 1,
-        cuda_graphs=cuda_graphs,
+        cuda_graphs=cfg.batch.cuda_graphs if batched else cfg.model.cuda_graphs,
         on_step=speed,
         times=times,
         insert_wait_rounds=cfg.batch.insert_wait_rounds,

@@ -384,9 +384,7 @@ class ContinuousBatcher:
                     else:
                         times.eager += 1
             except Exception as error:  # e.g. out of memory: every generation in this forward fails
-                finished += [self._retire(running, error=error) for running in group]
-                if torch.cuda.is_available():
-                    torch.cuda.empty_cache()
+                finished += self._fail(group, error)
                 continue
             seconds = time.perf_counter() - started
             times.forward += seconds
@@ -409,12 +407,17 @@ class ContinuousBatcher:
             try:
                 lane.tokens, lane.drawing = enqueue_draws([r.draw for r in drawing]), drawing
             except Exception as error:  # e.g. out of memory: these generations fail, the others go on
-                finished += [self._retire(running, error=error) for running in drawing]
-                if torch.cuda.is_available():
-                    torch.cuda.empty_cache()
+                finished += self._fail(drawing, error)
             self.times.draw += time.perf_counter() - started
         for done in finished:
             yield from self._hand(done)
+
+    def _fail(self, group: list[_Running], error: BaseException) -> list[Finished]:
+        """End ``group`` with ``error`` (a device step they shared failed) and give their memory back."""
+        finished = [self._retire(running, error=error) for running in group]
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+        return finished
 
     def _collect(self, lane: _Lane) -> Iterator[Finished]:
         """Wait for the lane's token choices and send them to their generations (a generation that asks for

@@ -136,8 +136,8 @@ class PendingTokens:
     """Token choices enqueued on the device: `result` waits for these alone (an event of their own, not the
     whole stream), so the host can prepare other work while the device computes them."""
 
-    def __init__(self, draws: Sequence[Draw], chosen: torch.Tensor):
-        self.counts = [d.logits.shape[0] for d in draws]
+    def __init__(self, counts: Sequence[int], chosen: torch.Tensor):
+        self.counts = counts  # rows of each draw
         self.event = None
         if chosen.is_cuda:
             self.chosen = torch.empty(chosen.shape, dtype=chosen.dtype, pin_memory=True)
@@ -147,19 +147,20 @@ class PendingTokens:
         else:
             self.chosen = chosen
 
-    def ready(self) -> bool:
-        return self.event is None or self.event.query()
-
     def result(self) -> list[list[int]]:
         """One list of token ids per draw (waits for the device)."""
         if self.event is not None:
             self.event.synchronize()
-        flat = self.chosen.tolist()
-        out, start = [], 0
-        for n in self.counts:
-            out.append(flat[start : start + n])
-            start += n
-        return out
+        return _split(self.chosen.tolist(), self.counts)
+
+
+def _split(flat: list[int], counts: Sequence[int]) -> list[list[int]]:
+    """``flat`` cut into consecutive lists of ``counts`` items."""
+    out, start = [], 0
+    for n in counts:
+        out.append(flat[start : start + n])
+        start += n
+    return out
 
 
 def _to_device(values: list, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
@@ -170,9 +171,9 @@ def _to_device(values: list, dtype: torch.dtype, device: torch.device) -> torch.
     return table.pin_memory().to(device, non_blocking=True)
 
 
-def enqueue_draws(draws: Sequence[Draw]) -> PendingTokens:
-    """One token per row of every draw, computed on the logits' device without waiting for it (row-local
-    math: a row's token never depends on the other rows). Each sampler counts its rows as drawn at once."""
+def _chosen(draws: Sequence[Draw]) -> tuple[list[int], torch.Tensor]:
+    """The rows of each draw and one token per row of every draw, on the logits' device (row-local math: a
+    row's token never depends on the other rows). Each sampler counts its rows as drawn."""
     counts = [d.logits.shape[0] for d in draws]
     logits = draws[0].logits if len(draws) == 1 else torch.cat([d.logits for d in draws])
     logits = _masked(logits.float(), draws, counts)
@@ -190,9 +191,15 @@ def enqueue_draws(draws: Sequence[Draw]) -> PendingTokens:
         chosen = _choose_in_kernel(logits, table) if logits.is_cuda and not top_p else _choose(logits, table, top_p)
     for draw, n in zip(draws, counts):
         draw.sampler.draws += n
-    return PendingTokens(draws, chosen)
+    return counts, chosen
+
+
+def enqueue_draws(draws: Sequence[Draw]) -> PendingTokens:
+    """`draw_tokens` without waiting for the device: the tokens come back through `PendingTokens.result`."""
+    return PendingTokens(*_chosen(draws))
 
 
 def draw_tokens(draws: Sequence[Draw]) -> list[list[int]]:
-    """`enqueue_draws`, waited for: one list of token ids per draw."""
-    return enqueue_draws(draws).result()
+    """One list of token ids per draw (waits for the device)."""
+    counts, chosen = _chosen(draws)
+    return _split(chosen.tolist(), counts)
