@@ -6,5 +6,7 @@
 #   HOGWILD_CACHE=/tmp/hwcache python -m hogwild_bench.models fetch NAME --gguf /tmp/ship/FILE.gguf
 set -euo pipefail
 name=${1:?model config name}
-gguf=$(python -c "from hogwild_bench.models import model_configs, assemble_gguf; print(assemble_gguf(model_configs()['$name']))")
+# progress messages go to stderr: stdout carries only the path
+gguf=$(python -c "import sys; from hogwild_bench.models import model_configs, assemble_gguf
+print(assemble_gguf(model_configs()['$name'], log=lambda m: print(m, file=sys.stderr)))")
 bash ../shared/device/ship_in_pieces.sh "$gguf" "${2:-60}"

@@ -13,6 +13,7 @@ from helpers import host_buffers, live_blocks, random_replay, track_blocks
 from hogwild_bench.answers import BOXED_FINISHER
 from hogwild_bench.engine import GenerationOptions, HogwildGenerator, HogwildLM
 from hogwild_bench.engine import bucket_graphs as bucket_module
+from hogwild_bench.engine.attention import token_rows
 from hogwild_bench.engine.batch import BatchJob, ContinuousBatcher
 from hogwild_bench.engine.triton_attention import plan_arrays
 
@@ -37,6 +38,7 @@ def test_incremental_step_tables_equal_tables_built_afresh(models, tokenizer, mo
     monkeypatch.setattr(bucket_module.BucketGraph, "_allocate", host_buffers)
     monkeypatch.setattr(bucket_module.BucketGraph, "_capture", random_replay())
     upload, plan, checked, reused = bucket_module.BucketGraph._upload, bucket_module.BucketGraph._plan, [], []
+    several = []  # replayed steps with a write of several tokens
 
     def noted_plan(graph, rows):
         before = graph.view_walk
@@ -44,18 +46,19 @@ def test_incremental_step_tables_equal_tables_built_afresh(models, tokenizer, mo
         reused.append(before is graph.view_walk)
         return out
 
-    def checked_upload(graph, blocks, arrays, tokens):
-        upload(graph, blocks, arrays, tokens)
-        rows = graph.cache.rows
+    def checked_upload(graph, blocks, arrays, rows, tokens):
+        upload(graph, blocks, arrays, rows, tokens)
+        assert rows == token_rows(graph.cache.rows)
         fresh_blocks, fresh, _ = plan_arrays(rows, 1, graph.groups, by_capacity=True, block_m=graph.caps.block_m)
         assert fresh_blocks == blocks
         expect_i32, expect_i64 = torch.zeros_like(graph.host_i32), torch.zeros_like(graph.host_i64)
         graph._int32_tables(fresh_blocks, fresh, expect_i32)
         kept, graph.written_addresses = graph.written_addresses, None
-        graph._int64_tables(fresh_blocks, tokens, expect_i64)
+        graph._int64_tables(fresh_blocks, rows, tokens, expect_i64)
         graph.written_addresses = kept
         assert torch.equal(graph.host_i32, expect_i32) and torch.equal(graph.host_i64, expect_i64)
         checked.append(len(rows))
+        several.append(len(rows) > len(graph.cache.rows))
 
     monkeypatch.setattr(bucket_module.BucketGraph, "_upload", checked_upload)
     monkeypatch.setattr(bucket_module.BucketGraph, "_plan", noted_plan)
@@ -66,6 +69,7 @@ def test_incremental_step_tables_equal_tables_built_afresh(models, tokenizer, mo
     assert all(f.ok for f in finished), [str(f.error) for f in finished if not f.ok]
     assert len(checked) > 50 and len(set(checked)) > 3, "steps of changing batches were replayed"
     assert 0.3 < sum(reused) / len(reused) < 1, "most steps reuse the walk; membership changes rebuild it"
+    assert sum(several) > 10, "step headers and prompts replay as one-token rows"
 
 
 @pytest.mark.parametrize("lanes", [1, 2])

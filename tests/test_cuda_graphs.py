@@ -94,8 +94,11 @@ def test_batched_steps_replayed_from_bucket_graphs_equal_each_generation_alone(
     assert [f.error for f in finished] == [None] * len(MIXED)
     for f in finished:
         assert comparable(f.result) == expected[f.key], f"generation {f.key} changed when replayed from graphs"
-    # steps that write several tokens in a row (step prefixes every 4 tokens here) run eagerly
+    # writes of several tokens (step prefixes every 4 tokens here, finisher prompts) replay as one-token rows:
+    # eager are only first writes into blocks without storage and a rare write longer than a replay's room
+    # (with inserts eager, over 40 forwards were)
+    assert batcher.times.eager <= 10 * lanes and batcher.times.replayed > 20
     for lane in batcher.lanes:
-        assert lane.graphs is not None and 0 < lane.graphs.captures <= 4 and lane.graphs.replays > 10
+        assert lane.graphs is not None and 0 < lane.graphs.captures <= 8 and lane.graphs.replays > 10
     # nothing keeps a finished generation's storage: not a capture's plan, not a bucket's last walk
     assert {b.name for b in live_blocks(blocks)} == {"bucket scratch"}

@@ -92,28 +92,35 @@ def test_a_two_shard_demo_array_fills_one_run_directory_without_gaps_or_duplicat
         assert f"shard {task}/2" in log and f"results in {run_dir}" in log and "hogwild-w2-combined" in log
 
 
-@pytest.mark.parametrize("interrupt", ["requeue", "kill_and_resubmit"])
-def test_an_interrupted_task_resumes_and_loses_or_repeats_nothing(cluster, tmp_path, interrupt):
-    # one generation at a time: batched, all eight generations finish (and store) together, so a kill after
-    # the first record would land after the last one
-    overrides = [*SMALL, "dataset.limit=4", "generation.budgets=[16,128]", "grid.workers=[1,2]", "batch.enabled=false"]
+def test_a_task_requeued_then_killed_and_resubmitted_loses_or_repeats_nothing(cluster, tmp_path):
+    """Both ways a task is interrupted, one after the other on one run (one cluster job's start-up, not two):
+    SLURM requeues it (preemption), then it is killed outright and the user submits the same job again."""
+    # one generation at a time: batched, all generations finish (and store) together, so a kill after the
+    # first record would land after the last one
+    overrides = [*SMALL, "dataset.limit=6", "generation.budgets=[16,128]", "grid.workers=[1,2]", "batch.enabled=false"]
+    total = 6 * 2 * 2  # problems x worker counts x budgets
     job = submit(cluster, tmp_path, tmp_path / "runs", *overrides)
     wait_running_with_records(cluster, job, tmp_path / "runs" / "default-*")
-    if interrupt == "requeue":
-        sh(cluster, "scontrol", "requeue", f"{job}_0")
-        time.sleep(1)  # a requeued job waits ~2 minutes for its begin time: let it start now
-        sh(cluster, "scontrol", "update", f"JobId={job}_0", "StartTime=now", check=False)
-    else:
-        sh(cluster, "scancel", "--signal=KILL", "--full", job)
-        wait(cluster, job)
-        partial = stored(next((tmp_path / "runs").glob("default-*")))
-        assert 0 < len(partial) < 16  # it really died mid-run
-        job = submit(cluster, tmp_path, tmp_path / "runs", *overrides)
+    run_dir = next((tmp_path / "runs").glob("default-*"))
+    sh(cluster, "scontrol", "requeue", f"{job}_0")
+    time.sleep(1)  # a requeued job waits ~2 minutes for its begin time: let it start now
+    sh(cluster, "scontrol", "update", f"JobId={job}_0", "StartTime=now", check=False)
+    deadline, before = time.time() + 240, len(stored(run_dir))
+
+    def ran_again() -> bool:  # the task's log is appended to: its second start, and it stored more
+        log = next(tmp_path.glob(f"*-{job}_0.out"), None)
+        starts = log.read_text().count("hogwild_bench shard 0/1") if log is not None else 0
+        return starts == 2 and len(stored(run_dir)) > before
+
+    while not ran_again():
+        assert time.time() < deadline, f"the requeued task did not run again: {sh(cluster, 'squeue').stdout}"
+        time.sleep(0.2)
+    sh(cluster, "scancel", "--signal=KILL", "--full", job)  # the requeued task dies mid-run
     wait(cluster, job)
-    if interrupt == "requeue":  # the task really ran twice (its log is appended to)
-        assert next(tmp_path.glob(f"*-{job}_0.out")).read_text().count("hogwild_bench shard 0/1") == 2
-    keys = stored(next((tmp_path / "runs").glob("default-*")))
-    assert len(keys) == len(set(keys)) == 4 * 2 * 2  # problems x worker counts x budgets
+    assert 0 < len(stored(run_dir)) < total
+    wait(cluster, submit(cluster, tmp_path, tmp_path / "runs", *overrides))
+    keys = stored(run_dir)
+    assert len(keys) == len(set(keys)) == total
     assert sorted(keys) == sorted(reference_keys(tmp_path / "ref", *overrides))
 
 

@@ -10,7 +10,7 @@ import torch
 triton = pytest.importorskip("triton")
 
 from hogwild_bench.answers import BOXED_FINISHER  # noqa: E402
-from hogwild_bench.engine.attention import RowView, attend_rotating_queries  # noqa: E402
+from hogwild_bench.engine.attention import RowView, attend_rotating_queries, token_rows  # noqa: E402
 from hogwild_bench.engine.blocks import KVBlock  # noqa: E402
 from hogwild_bench.engine.rope import RotaryShift  # noqa: E402
 
@@ -71,6 +71,29 @@ def check(n_rows, heads, kv_heads, dim, lengths, q_len, dtype, device, seed, tol
         assert error < tol, f"row {b}: relative error {error:.2e}"
 
 
+def test_a_write_split_into_one_token_rows_attends_as_the_whole_write():
+    """Bucket graphs replay writes of several tokens as one row per token: row j sees the same blocks and its
+    own block up to the write's token j. Each token's attention must equal the multi-token row's, on the
+    torch path and in the kernel (whose one-token rows of one block share its entries)."""
+    from hogwild_bench.engine.triton_attention import attend_rows_triton
+
+    dim, q_len = 16, 4
+    query, rows = scenario(3, 4, 2, dim, (37, 70, 9), q_len, torch.float32, "cpu", seed=5)
+    rope = RotaryShift(1.0 / (10000 ** (torch.arange(0, dim, 2).float() / dim)))
+    split = token_rows(rows)
+    assert [r.n_new for r in split] == [1] * sum(r.n_new for r in rows) and len(split) > len(rows)
+    # the split rows' queries: each write's real tokens, in order, one per row
+    split_query = torch.cat([query[b, :, q_len - row.n_new :].transpose(0, 1)[:, :, None] for b, row in
+                             enumerate(rows)])  # fmt: skip
+    whole = [attend_rotating_queries(query[b], row, 0, rope, dim**-0.5) for b, row in enumerate(rows)]
+    expected = torch.cat([out[q_len - row.n_new :] for out, row in zip(whole, rows)])  # [tokens, heads, D]
+    torch_split = torch.cat([attend_rotating_queries(split_query[i], row, 0, rope, dim**-0.5)
+                             for i, row in enumerate(split)])  # fmt: skip
+    torch.testing.assert_close(torch_split, expected, atol=1e-5, rtol=1e-5)
+    kernel_split = attend_rows_triton(split_query, split, 0, rope, dim**-0.5)[:, 0]
+    torch.testing.assert_close(kernel_split, expected, atol=1e-4, rtol=1e-4)
+
+
 @pytest.mark.parametrize("n_rows,heads,kv_heads,q_len", [(1, 2, 1, 2), (2, 4, 1, 2), (3, 4, 2, 2), (3, 8, 1, 4)])
 def test_kernel_matches_torch_path_tiny(n_rows, heads, kv_heads, q_len):
     """The last case has more query rows per block than one program takes (tiled over the grid)."""
@@ -120,7 +143,8 @@ def test_generation_with_triton_backend_matches_torch_backend(models, tokenizer)
     from hogwild_bench.engine import GenerationOptions, HogwildGenerator, HogwildLM
 
     device = "cuda" if ON_GPU else "cpu"
-    model = models("llama").to(device)
+    # one layer on CPU: the interpreter's kernel launches are the test's cost (~60 s with the fixtures' two)
+    model = models("llama", **({} if ON_GPU else {"num_hidden_layers": 1})).to(device)
     runs = []
     for backend in ("query_rotation", "triton"):
         recorder = RecordingLM(HogwildLM(model, attention=backend))

@@ -27,12 +27,15 @@ class RowView:
     """One worker's view for one forward: the blocks in order, their offsets, and its new tokens.
 
     The worker writes into ``blocks[-1]``. Its ``n_new`` real tokens are the last ``n_new`` of the padded
-    query length and sit at local positions ``own.length ... own.length + n_new - 1`` of that block.
+    query length and sit at local positions ``own.length + write_offset ...`` of that block. ``write_offset``
+    is 0 except where one write of several tokens runs as one-token rows (`token_rows`): row ``j`` of it
+    carries the write's token ``j`` and sees its own block causally up to that token.
     """
 
     blocks: list[KVBlock]
     offsets: list[int]
     n_new: int
+    write_offset: int = 0
 
     @property
     def own(self) -> KVBlock:
@@ -46,10 +49,26 @@ class RowView:
             total += block.visible_length
         return cls(blocks=list(blocks), offsets=offsets, n_new=n_new)
 
+    def query_start(self, q_len: int) -> int:
+        """Local position in the own block of the first of the ``q_len`` (left-padded) query slots."""
+        return self.own.length + self.write_offset - (q_len - self.n_new)
+
     def query_local_positions(self, q_len: int, device: torch.device) -> torch.Tensor:
         """Local positions of the ``q_len`` (left-padded) query slots in the own block."""
-        start = self.own.length - (q_len - self.n_new)
+        start = self.query_start(q_len)
         return torch.arange(start, start + q_len, device=device)
+
+
+def token_rows(rows: list[RowView]) -> list[RowView]:
+    """Each row as one row per new token: row ``j`` of a write sees the same blocks at the same offsets and
+    its own block up to its token ``j`` (causal), which is what the multi-token row computes for that token.
+    A forward of one-token rows can then replay from a decode graph, whatever number of tokens its writes
+    carry (a step header, a collaboration prompt)."""
+    return [
+        row if row.n_new == 1 else RowView(row.blocks, row.offsets, 1, write_offset=j)
+        for row in rows
+        for j in range(row.n_new)
+    ]
 
 
 def _own_block_mask(local_q: torch.Tensor, n_keys: int) -> torch.Tensor:

@@ -36,9 +36,10 @@ from hogwild_bench.engine.sampling import Draw, PendingTokens, draw_tokens, enqu
 PREFILL_TOKENS = 32  # a request with a row this long (a prompt) is a prefill: not run in the decode rows' forward
 PREFILL_TOKENS_PER_FORWARD = 8192  # prefills waiting together share forwards of up to this many tokens (packed rows)
 # With bucket graphs: generations writing several tokens (a step header, a collaboration prompt, a finisher
-# prompt) run in an eager forward of their own, beside the replayed one-token rows; by default they wait up to
-# this many rounds to share it, unless they hold a quarter of the rows in flight
+# prompt) that do not fit in the replayed forward run in an eager forward of their own; by default they wait up
+# to this many rounds to share it, unless they hold a quarter of the rows in flight
 INSERT_WAIT_ROUNDS = 8
+REPLAY_ROWS_MIN = 64  # a replayed forward may carry this many one-token rows however small max_rows is
 
 
 def _is_prefill(writes: Sequence[Write]) -> bool:
@@ -233,6 +234,9 @@ class ContinuousBatcher:
         self.reserved_bytes = 0
         self._ids = itertools.count()
         self.insert_wait_rounds = insert_wait_rounds
+        # most one-token rows a replayed forward carries: twice the lane's share of rows, at least 64 (room for
+        # the tokens of writes of several tokens riding along; larger forwards would capture ever larger buckets)
+        self.replay_rows = max(REPLAY_ROWS_MIN, 2 * -(-max_rows // lanes))
         self.times = times if times is not None else BatchTimes()
 
     @property
@@ -330,12 +334,13 @@ class ContinuousBatcher:
         self.reserved_bytes += self.job_bytes(job)
         return None
 
-    def _groups(self, lane: _Lane) -> list[list[_Running]]:
+    def _groups(self, lane: _Lane) -> list[tuple[list[_Running], bool]]:
         """A lane's forwards: decode rows in one merged forward; prompt prefills in forwards of their own, since
         attention sees rows padded to the longest and a prompt beside one-token rows would widen every row to
         its length. With packed rows (`HogwildLM.pack_rows`) the prefills waiting together share forwards of up
         to ``PREFILL_TOKENS_PER_FORWARD`` tokens: a wave of new generations costs a few forwards, not one each,
-        so it holds the decode rows back for less. Generations waiting for their tokens are in none."""
+        so it holds the decode rows back for less. Generations waiting for their tokens are in none. Each group
+        comes with whether it may replay from the lane's bucket graphs."""
         prefills: list[tuple[list[_Running], int]] = []
         decode = []
         for running in lane.members.values():
@@ -349,32 +354,41 @@ class ContinuousBatcher:
                 prefills[-1] = (prefills[-1][0] + [running], prefills[-1][1] + tokens)
             else:
                 prefills.append(([running], tokens))
-        groups = [group for group, _ in prefills]
+        groups = [(group, False) for group, _ in prefills]
         if lane.graphs is None:
-            return groups + ([decode] if decode else [])
-        # One token per row replays from a graph; a forward with any longer write runs eagerly, so in a sweep
-        # (where some row starts a new step nearly every forward) those few generations get a forward of
-        # their own instead of taking every row off the graph. Generations never see each other: splitting
-        # by generation changes no generation's forwards, only when they run.
-        single = [r for r in decode if all(len(w.tokens) == 1 for w in r.writes)]
-        inserts = [r for r in decode if any(len(w.tokens) > 1 for w in r.writes)]
+            return groups + ([(decode, False)] if decode else [])
+        # The graph replays one-token rows; a write of several tokens (a step header, a collaboration prompt)
+        # rides along as one row per token while the forward stays within `replay_rows`. Those that do not
+        # fit get an eager forward of their own rather than holding everyone back. Generations never see each
+        # other: splitting by generation changes no generation's forwards, only when they run.
+        room = self.replay_rows - sum(len(r.writes) for r in decode if all(len(w.tokens) == 1 for w in r.writes))
+        single, inserts = [], []
+        for running in decode:
+            tokens = sum(len(w.tokens) for w in running.writes)
+            if tokens == len(running.writes):
+                single.append(running)
+            elif tokens <= room:
+                single.append(running)
+                room -= tokens
+            else:
+                inserts.append(running)
         if inserts:
             waiting_rows = sum(len(r.writes) for r in inserts)
             due = lane.insert_wait >= self.insert_wait_rounds or not single or 4 * waiting_rows >= lane.rows
             lane.insert_wait = 0 if due else lane.insert_wait + 1
             if due:
-                groups.append(inserts)
-        return groups + ([single] if single else [])
+                groups.append((inserts, False))
+        return groups + ([(single, True)] if single else [])
 
     def _launch(self, lane: _Lane) -> Iterator[Finished]:
         """Run the lane's forwards, hand each generation its logits and put the token choices they ask for on
         the device without waiting for them (`_collect` takes them)."""
         finished, drawing = [], []
-        for group in self._groups(lane):
+        for group, replay in self._groups(lane):
             writes = [w for r in group for w in r.namespace.qualify(r.writes)]
             times, started = self.times, time.perf_counter()
             try:
-                logits = lane.graphs.forward(writes) if lane.graphs is not None else None
+                logits = lane.graphs.forward(writes) if replay else None
                 if logits is not None:
                     times.replayed += 1
                 else:

@@ -7,6 +7,10 @@ a decode step reads -- the Triton plan, each block's K/V addresses and capacity,
 address and write position, the token ids -- lives in device buffers padded to capacities fixed at capture
 and refreshed from the host (one copy each for the int32 and int64 tables) before each replay.
 
+A write of several tokens (a step header, a collaboration or finisher prompt) replays too, as one-token rows
+(`attention.token_rows`: row ``j`` writes the write's token ``j`` at its position and sees its own block up
+to it), so the generations that start a new step need no eager forward of their own.
+
 Padding is inert: padded rows attend to nothing and write their K/V into a scratch block; padded work items
 point at a block of length 0 and return at once. A step that outgrows a capacity (more blocks, entries,
 work items or partials than captured) re-captures that bucket with headroom.
@@ -20,8 +24,9 @@ from dataclasses import dataclass, fields
 
 import torch
 
+from hogwild_bench.engine.attention import RowView, token_rows
 from hogwild_bench.engine.blocks import KVBlock
-from hogwild_bench.engine.cache import HogwildCache
+from hogwild_bench.engine.cache import HogwildCache, to_device
 from hogwild_bench.engine.graphs import WARMUP_RUNS
 from hogwild_bench.engine.triton_attention import (
     OwnBlockTables,
@@ -112,11 +117,11 @@ class BucketGraph:
             shapes[name] = (caps.blocks if name in PER_BLOCK else caps.entries if name in PER_ENTRY else caps.work,)
         return shapes | {"row_parts": (self.rows, caps.parts), "row_count": (self.rows,)}
 
-    def _int64_tables(self, blocks: list, tokens: Sequence[int], out: torch.Tensor) -> None:
+    def _int64_tables(self, blocks: list, rows: list[RowView], tokens: Sequence[int], out: torch.Tensor) -> None:
         """Into ``out``: ``[3, layers, blocks]`` K/V addresses and capacities of the blocks read, the same of
         each row's own block (padded rows: the scratch block), then the token ids and write positions. The
         address tables are rewritten only when the blocks or their storage changed since the last step."""
-        layers, caps, n, rows = self.lm.num_layers, self.caps, len(tokens), self.cache.rows
+        layers, caps, n = self.lm.num_layers, self.caps, len(tokens)
         addresses = [len(blocks)] + [b.addresses() for b in blocks] + [row.own.addresses() for row in rows]
         written = self.written_addresses
         if written is None or len(written) != len(addresses) or any(a is not w for a, w in zip(addresses, written)):
@@ -129,7 +134,7 @@ class BucketGraph:
         ids = out[-2 * self.rows :].view(2, self.rows)
         ids.zero_()
         ids[0, :n] = torch.tensor(tokens)
-        ids[1, :n] = torch.tensor([row.own.length for row in rows])
+        ids[1, :n] = torch.tensor([row.own.length + row.write_offset for row in rows])
 
     def _ensure_scratch(self, blocks: list) -> None:
         template = next(b for b in blocks if all(k is not None for k in b.keys))
@@ -155,10 +160,10 @@ class BucketGraph:
         self.positions = self.tables_i64[read + own + self.rows :].view(self.rows, 1)
         self.one_new = torch.ones(self.rows, dtype=torch.int32, device=self.device)
 
-    def _upload(self, blocks: list, arrays: dict, tokens: Sequence[int]) -> None:
+    def _upload(self, blocks: list, arrays: dict, rows: list[RowView], tokens: Sequence[int]) -> None:
         self.uploaded.synchronize()  # the previous step's copies have read the staging buffers
         self._int32_tables(blocks, arrays, self.host_i32)
-        self._int64_tables(blocks, tokens, self.host_i64)
+        self._int64_tables(blocks, rows, tokens, self.host_i64)
         self.tables_i32.copy_(self.host_i32, non_blocking=True)
         self.tables_i64.copy_(self.host_i64, non_blocking=True)
         self.uploaded.record()
@@ -203,16 +208,18 @@ class BucketGraph:
         k_ptrs, v_ptrs, capacity = self.own_tables[0, layer], self.own_tables[1, layer], self.own_tables[2, layer]
         append_rows(keys, values, k_ptrs, v_ptrs, capacity, self.positions, self.one_new)
 
-    def step(self, views: Sequence[Sequence[str]], tokens: Sequence[int]) -> torch.Tensor | None:
-        """Write ``tokens[b]`` at the end of ``views[b][-1]``; float32 logits ``[rows, V]``, or None (nothing
-        written) when a block has no storage yet for the token, so the step must run eagerly."""
+    def step(self, views: Sequence[Sequence[str]], tokens: Sequence[Sequence[int]]) -> torch.Tensor | None:
+        """Write ``tokens[b]`` at the end of ``views[b][-1]``; float32 logits of each write's last token
+        ``[writes, V]``, or None (nothing written) when a block has no storage yet, so the step must run
+        eagerly. The graph's rows are the writes' tokens (`token_rows`): at most ``self.rows`` in all."""
         cache = self.cache
-        cache.begin_forward(views, [[t] for t in tokens])
+        cache.begin_forward(views, tokens)
         ok = False
         try:
-            rows = cache.rows
-            if not OwnBlockTables.possible(rows):
+            if not OwnBlockTables.possible(cache.rows):
                 return None
+            rows = token_rows(cache.rows)
+            flat = [t for write in tokens for t in write]
             blocks, arrays, sizes = self._plan(rows)
             if any(b.addresses() is None for b in blocks):
                 return None
@@ -223,13 +230,17 @@ class BucketGraph:
                 blocks, arrays, sizes = self._plan(rows)  # with the captured tile
                 self._ensure_scratch(blocks)
                 self._allocate()
-                self._upload(blocks, arrays, tokens)
+                self._upload(blocks, arrays, rows, flat)
                 self._capture(blocks, sizes)
             else:
-                self._upload(blocks, arrays, tokens)
+                self._upload(blocks, arrays, rows, flat)
             self.graph.replay()
             self.replays += 1
-            logits = self.logits[: len(tokens)].clone()
+            if len(flat) == len(tokens):
+                logits = self.logits[: len(flat)].clone()
+            else:  # each write's last token
+                last = torch.tensor([len(write) for write in tokens]).cumsum(0).sub(1)
+                logits = self.logits[to_device(last, self.device)]
             ok = True
             return logits
         finally:
@@ -266,13 +277,11 @@ class BucketGraphs:
                 graph.view_walk = None
 
     def forward(self, writes) -> torch.Tensor | None:
-        """Logits of a decode step (one token per row) replayed from its bucket's graph; None when the step
-        is not a decode step or cannot replay (the caller runs it eagerly)."""
-        if any(len(w.tokens) != 1 for w in writes):
-            return None
+        """Logits of each write's last token, replayed from the graph of the bucket that holds all of the
+        writes' tokens as one-token rows; None when the step cannot replay (the caller runs it eagerly)."""
         if any(name not in self.cache.blocks for w in writes for name in w.view[:-1]):
             return None  # eager forwards raise the clear error about unknown blocks
-        rows = bucket_for(len(writes))
+        rows = bucket_for(sum(len(w.tokens) for w in writes))
         if rows not in self.graphs:
             self.graphs[rows] = BucketGraph(self.lm, self.cache, rows)
-        return self.graphs[rows].step([w.view for w in writes], [w.tokens[0] for w in writes])
+        return self.graphs[rows].step([w.view for w in writes], [w.tokens for w in writes])

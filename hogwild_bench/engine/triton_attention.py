@@ -339,7 +339,7 @@ def plan_arrays(
     before = torch.cumsum(seen, 0) - seen  # visible tokens before each position, over all rows
     offset = before - before[row_first][pos_row]  # ... within its row: the block's offset in the view
     delta = offset[own_pos][pos_row] - offset
-    own_qstart = torch.tensor([row.own.length - (q_len - row.n_new) for row in rows], dtype=torch.int64)
+    own_qstart = torch.tensor([row.query_start(q_len) for row in rows], dtype=torch.int64)
     qstart = torch.full_like(pos_block, NOT_OWN)
     qstart[own_pos] = own_qstart
     kept_block = visible > 0 if not keep_empty else torch.ones(len(unique), dtype=torch.bool)
