@@ -9,4 +9,4 @@ name=${1:?model config name}
 # progress messages go to stderr: stdout carries only the path
 gguf=$(python -c "import sys; from hogwild_bench.models import model_configs, assemble_gguf
 print(assemble_gguf(model_configs()['$name'], log=lambda m: print(m, file=sys.stderr)))")
-bash ../shared/device/ship_in_pieces.sh "$gguf" "${2:-60}"
+bash ../shared/device/ship_in_pieces.sh "$gguf" "${2:-55}"

@@ -78,7 +78,7 @@ def test_a_write_split_into_one_token_rows_attends_as_the_whole_write():
     from hogwild_bench.engine.triton_attention import attend_rows_triton
 
     dim, q_len = 16, 4
-    query, rows = scenario(3, 4, 2, dim, (37, 70, 9), q_len, torch.float32, "cpu", seed=5)
+    query, rows = scenario(3, 4, 2, dim, (37, 70, 9), q_len, torch.float32, "cuda" if ON_GPU else "cpu", seed=5)
     rope = RotaryShift(1.0 / (10000 ** (torch.arange(0, dim, 2).float() / dim)))
     split = token_rows(rows)
     assert [r.n_new for r in split] == [1] * sum(r.n_new for r in rows) and len(split) > len(rows)
