@@ -62,11 +62,12 @@ def throughput(tokens: int, wall: float) -> dict:
     return {"tokens": tokens, "wall_seconds": round(wall, 2), "tokens_per_second": round(tokens / wall, 1)}
 
 
-def run_batched(lm, job_list, max_rows: int, max_jobs: int | None, graphs: bool) -> dict:
+def run_batched(lm, job_list, max_rows: int, max_jobs: int | None, graphs: bool, lanes: int = 1) -> dict:
     forwards = []
     batcher = ContinuousBatcher(
-        lm, max_rows=max_rows, max_jobs=max_jobs, cuda_graphs=graphs, on_step=lambda rows, s: forwards.append(rows)
-    )
+        lm, max_rows=max_rows, max_jobs=max_jobs, cuda_graphs=graphs, on_step=lambda rows, s: forwards.append(rows),
+        lanes=lanes,
+    )  # fmt: skip
     torch.cuda.synchronize()
     start = time.perf_counter()
     finished = list(batcher.run(job_list))
@@ -77,8 +78,11 @@ def run_batched(lm, job_list, max_rows: int, max_jobs: int | None, graphs: bool)
         raise RuntimeError(f"{len(errors)} generations failed: {errors[0]}")
     tokens = sum(f.result.snapshots[max(f.result.snapshots)].total_tokens for f in finished)
     peak = max(f.cost.peak_kv_bytes for f in finished)
-    graphs = batcher.graphs
-    replayed = {"graph_captures": graphs.captures, "graph_replays": graphs.replays} if graphs else {}
+    lane_graphs = [lane.graphs for lane in batcher.lanes if lane.graphs is not None]
+    replayed = {
+        "graph_captures": sum(g.captures for g in lane_graphs), "graph_replays": sum(g.replays for g in lane_graphs),
+        "eager_forwards": batcher.times.eager,
+    } if lane_graphs else {}  # fmt: skip
     del batcher
     torch.cuda.empty_cache()
     return {
@@ -176,6 +180,8 @@ def main() -> None:
     parser.add_argument("--layers", type=int, default=None)
     parser.add_argument("--cpu-threads", type=int, default=1, help="torch CPU threads (0: torch's default)")
     parser.add_argument("--skip-hf", action="store_true")
+    parser.add_argument("--skip-eager", action="store_true", help="time the batcher with graphs only")
+    parser.add_argument("--lanes", type=int, nargs="+", default=[1], help="batch.lanes values timed with graphs")
     args = parser.parse_args()
     if args.cpu_threads:
         torch.set_num_threads(args.cpu_threads)  # as the runner does (batch.cpu_threads)
@@ -231,13 +237,15 @@ def main() -> None:
             mean_context = args.prompt_tokens + n * (args.budget // 2)
             floor = (weight_bytes + count * mean_context * kvb) / bandwidth
             roofline = rows / floor
-            variants = [("batched", lm, False)]
+            variants = [] if args.skip_eager else [("batched", lm, False, 1)]
             if rows in args.graph_rows:
-                variants.append(("batched+graphs", lm, True))
+                variants += [(f"batched+graphs{'' if k == 1 else f'+lanes{k}'}", lm, True, k) for k in args.lanes]
             if compiled is not None and rows in args.compiled_rows:
-                variants.append(("batched+compile_dynamic", compiled, False))
-            for method, engine, graphs in variants:
-                batched = run_batched(engine, jobs(engine, tokenizer, problems, n, args.budget), rows, None, graphs)
+                variants.append(("batched+compile_dynamic", compiled, False, 1))
+            for method, engine, graphs, lanes in variants:
+                batched = run_batched(
+                    engine, jobs(engine, tokenizer, problems, n, args.budget), rows, None, graphs, lanes
+                )
                 point = {
                     "method": method,
                     "workers": n,
