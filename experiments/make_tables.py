@@ -202,6 +202,9 @@ def main() -> None:
         "batch-bench-session10-table": batch_table(
             json.loads((RESULTS / "batch_bench_h100_session10.json").read_text())
         ),
+        "batch-bench-session13-table": batch_table(
+            json.loads((RESULTS / "batch_bench_h100_session13.json").read_text())
+        ),
     }
     readme = HERE / "README.md"
     text = readme.read_text()

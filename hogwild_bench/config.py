@@ -188,16 +188,15 @@ class BatchConfig:
     # ops; with one OpenMP thread per core their wake-ups made the eager forwards of a 64-row batch 3x slower
     # (experiments/README, session 10)
     cpu_threads: int = 1
-    # with graphs: generations writing several tokens at once (a step header, a collaboration prompt) run in an
-    # eager forward of their own beside the replayed rows; they wait up to this many forwards to share one. 8, not
-    # 3: a real 1.5B sweep finished 8 % more tokens in the same time with a quarter fewer eager forwards
-    # (experiments/results/real_model/sweep_throughput_h100_session11.json)
+    # with graphs: generations writing several tokens at once (a step header, a collaboration prompt) that do not fit
+    # in the replayed forward (as one-token rows) run in an eager forward of their own; they wait up to this many
+    # forwards to share one (a real 1.5B sweep: experiments/results/real_model/sweep_throughput_h100_session11.json)
     insert_wait_rounds: int = 8
     # generations in flight split into this many sets stepped in turn, so the host prepares one set's forward
-    # while the GPU runs the other's. 2 was 7-13 % faster on a real 1.5B sweep (experiments/README, session 12),
-    # but its longer run ran out of GPU memory before the fix for finished generations' blocks kept alive by
-    # bucket graphs; 1 until a long run with 2 has been timed since
-    lanes: int = 1
+    # while the GPU runs the other's. 0 (auto): 2 on CUDA for models whose weights take under 8 GB, else 1 -- on
+    # one H100 2 lanes ran the real 1.5B sweep 34-51 % faster (host-bound) and the random 7B 10-25 % slower
+    # (GPU-bound: each lane's forward reads the weights again); experiments/README, session 13
+    lanes: int = 0
 
 
 @dataclass
@@ -373,8 +372,8 @@ def validate(cfg: DictConfig | RunConfig) -> RunConfig:
         errors.append(
             f"batch.max_rows must be 0 (auto) or at least the largest worker count ({most_workers}), got {b.max_rows}"
         )
-    if b.lanes < 1:
-        errors.append(f"batch.lanes must be a number of lanes >= 1, got {b.lanes}")
+    if b.lanes < 0:
+        errors.append(f"batch.lanes must be a number of lanes >= 1, or 0 (auto), got {b.lanes}")
     if b.insert_wait_rounds < 0:
         errors.append(f"batch.insert_wait_rounds must be >= 0 (0: no waiting), got {b.insert_wait_rounds}")
     if b.cpu_threads < 0:

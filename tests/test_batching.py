@@ -268,3 +268,24 @@ def test_a_batched_run_stores_what_a_one_at_a_time_run_stores(tmp_path, protocol
         stored[batching] = {record_key(r): {f: r.get(f) for f in CONTENT} for r in records}
     batched, alone = stored.values()
     assert batched == alone and len(batched) > 0
+
+
+def test_automatic_lanes_are_two_for_small_models_on_a_gpu_and_one_otherwise(models):
+    """``batch.lanes=0``: a small model's batched step is host-bound (two lanes overlap host and GPU), a large
+    one's GPU-bound (two lanes read the weights twice per round); on CPU there is nothing to overlap."""
+    from types import SimpleNamespace
+
+    from hogwild_bench.runner import LANES_AUTO_MAX_WEIGHT_BYTES, lanes
+
+    def run_config(value):
+        return SimpleNamespace(batch=SimpleNamespace(lanes=value))
+
+    def engine(device, weight_bytes):
+        weights = torch.empty(weight_bytes // 2, dtype=torch.bfloat16, device="meta")  # no memory behind it
+        return SimpleNamespace(device=torch.device(device), model=SimpleNamespace(parameters=lambda: [weights]))
+
+    small, large = LANES_AUTO_MAX_WEIGHT_BYTES // 3, 2 * LANES_AUTO_MAX_WEIGHT_BYTES
+    assert lanes(run_config(0), engine("cuda", small)) == 2
+    assert lanes(run_config(0), engine("cuda", large)) == 1
+    assert lanes(run_config(0), engine("cpu", small)) == 1
+    assert lanes(run_config(3), engine("cuda", large)) == 3  # a value set by hand is kept
