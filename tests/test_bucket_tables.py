@@ -40,9 +40,9 @@ def test_incremental_step_tables_equal_tables_built_afresh(models, tokenizer, mo
     upload, plan, checked, reused = bucket_module.BucketGraph._upload, bucket_module.BucketGraph._plan, [], []
     several = []  # replayed steps with a write of several tokens
 
-    def noted_plan(graph, writes, rows):
+    def noted_plan(graph, rows):
         before = graph.view_walk
-        out = plan(graph, writes, rows)
+        out = plan(graph, rows)
         reused.append(before is graph.view_walk)
         return out
 
@@ -114,18 +114,3 @@ def test_a_walk_reused_across_steps_gives_the_fresh_plan(seed):
         again_blocks, again, again_sizes = plan_arrays(rows(), 1, 2, by_capacity=True, positions=walk)
         assert walk.same_views(rows()) and fresh_blocks == again_blocks and fresh_sizes == again_sizes
         assert all(torch.equal(fresh[name], again[name]) for name in fresh)
-
-
-def test_the_walk_of_the_writes_expanded_to_token_rows_is_the_walk_of_the_token_rows():
-    """Bucket graphs walk the writes' views and expand the walk to one row per token, so a batch where some
-    write starts a new step every forward still reuses its walk."""
-    from hogwild_bench.engine.attention import RowView
-    from hogwild_bench.engine.blocks import KVBlock
-    from hogwild_bench.engine.triton_attention import ViewPositions
-
-    a, b, c, d = (KVBlock(name, 1) for name in "abcd")
-    writes = [RowView.build([a, b, c], 3), RowView.build([a, c], 1), RowView.build([b, a, c, d], 2)]
-    expanded = ViewPositions.walk(writes).expanded([w.n_new for w in writes])
-    fresh = ViewPositions.walk(token_rows(writes))
-    assert expanded.unique == fresh.unique and expanded.row_views == fresh.row_views
-    assert torch.equal(expanded.pos_block, fresh.pos_block) and torch.equal(expanded.row_sizes, fresh.row_sizes)

@@ -84,15 +84,14 @@ class BucketGraph:
         self.view_walk: ViewPositions | None = None  # the last step's walk over the views
 
     # -- host tables -------------------------------------------------------------------------------
-    def _plan(self, writes: list[RowView], rows: list[RowView]) -> tuple[list, dict, dict]:
-        """The plan of a step whose ``writes`` run as the one-token ``rows`` (`token_rows`). The walk over the
-        writes' views is reused from the previous step while they see the same blocks (most steps: only
-        lengths, offsets, token ids and which writes carry several tokens change)."""
-        if self.view_walk is None or not self.view_walk.same_views(writes):
-            self.view_walk = ViewPositions.walk(writes)
+    def _plan(self, rows) -> tuple[list, dict, dict]:
+        """The step's plan; the walk over the views is reused from the previous step while the rows see the
+        same blocks (most steps: only lengths, offsets and token ids change)."""
+        if self.view_walk is None or not self.view_walk.same_views(rows):
+            self.view_walk = ViewPositions.walk(rows)
         caps = self.caps
         return plan_arrays(rows, 1, self.groups, by_capacity=True, block_m=caps.block_m if caps else None,
-                           positions=self.view_walk.expanded([w.n_new for w in writes]))  # fmt: skip
+                           positions=self.view_walk)  # fmt: skip
 
     @staticmethod
     def _need(blocks: list, arrays: dict, sizes: dict) -> Capacities:
@@ -221,14 +220,14 @@ class BucketGraph:
                 return None
             rows = token_rows(cache.rows)
             flat = [t for write in tokens for t in write]
-            blocks, arrays, sizes = self._plan(cache.rows, rows)
+            blocks, arrays, sizes = self._plan(rows)
             if any(b.addresses() is None for b in blocks):
                 return None
             need = self._need(blocks, arrays, sizes)
             if self.caps is None or not self.caps.holds(need):
                 start = self.caps or Capacities(**{f.name: 0 for f in fields(Capacities)} | {"block_m": need.block_m})
                 self.caps = start.grown(need, HEADROOM * self.rows / len(rows))
-                blocks, arrays, sizes = self._plan(cache.rows, rows)  # with the captured tile
+                blocks, arrays, sizes = self._plan(rows)  # with the captured tile
                 self._ensure_scratch(blocks)
                 self._allocate()
                 self._upload(blocks, arrays, rows, flat)

@@ -310,18 +310,6 @@ class ViewPositions:
     def same_views(self, rows: list[RowView]) -> bool:
         return len(rows) == len(self.row_views) and all(r.blocks == v for r, v in zip(rows, self.row_views))
 
-    def expanded(self, counts: list[int]) -> ViewPositions:
-        """The walk of ``token_rows``: row ``r``'s positions once for each of its ``counts[r]`` tokens. A batch
-        where some write starts a new step every forward keeps reusing the walk of its writes this way."""
-        if all(count == 1 for count in counts):
-            return self
-        repeats = torch.tensor(counts)
-        starts = torch.cumsum(self.row_sizes, 0) - self.row_sizes
-        sizes = torch.repeat_interleave(self.row_sizes, repeats)
-        index = torch.repeat_interleave(torch.repeat_interleave(starts, repeats), sizes) + _ranks(sizes)
-        views = [view for view, count in zip(self.row_views, counts) for _ in range(count)]
-        return ViewPositions(self.unique, self.pos_block[index], views, sizes)
-
 
 def plan_arrays(
     rows: list[RowView],
