@@ -14,7 +14,7 @@ from hogwild_bench.answers import BOXED_FINISHER
 from hogwild_bench.engine import GenerationOptions, HogwildGenerator, HogwildLM
 from hogwild_bench.engine import bucket_graphs as bucket_module
 from hogwild_bench.engine.attention import token_rows
-from hogwild_bench.engine.batch import BatchJob, ContinuousBatcher
+from hogwild_bench.engine.batch import PREFILL_TOKENS, BatchJob, ContinuousBatcher
 from hogwild_bench.engine.triton_attention import plan_arrays
 
 
@@ -114,3 +114,27 @@ def test_a_walk_reused_across_steps_gives_the_fresh_plan(seed):
         again_blocks, again, again_sizes = plan_arrays(rows(), 1, 2, by_capacity=True, positions=walk)
         assert walk.same_views(rows()) and fresh_blocks == again_blocks and fresh_sizes == again_sizes
         assert all(torch.equal(fresh[name], again[name]) for name in fresh)
+
+
+def test_no_forward_but_a_prompt_prefill_writes_into_a_block_without_storage(models, tokenizer, monkeypatch):
+    """A block's first write cannot replay from the bucket graphs (there are no K/V addresses to put in the
+    tables) and costs an eager forward, so a generation reserves every block it writes -- its step blocks,
+    history, finisher and constant headers -- right after its prompt."""
+    monkeypatch.setattr(bucket_module.BucketGraph, "_allocate", host_buffers)
+    monkeypatch.setattr(bucket_module.BucketGraph, "_capture", random_replay())
+    lm = HogwildLM(models("qwen2"), attention="query_rotation")
+    batcher = ContinuousBatcher(lm, max_rows=12)
+    batcher.graphs = bucket_module.BucketGraphs(lm, batcher.cache)
+    first_writes, begin = [], batcher.cache.begin_forward
+
+    def noted(views, new_tokens):
+        for view, tokens in zip(views, new_tokens):
+            block = batcher.cache.blocks.get(view[-1])
+            if len(tokens) <= PREFILL_TOKENS and (block is None or block.addresses() is None):
+                first_writes.append(view[-1])
+        return begin(views, new_tokens)
+
+    monkeypatch.setattr(batcher.cache, "begin_forward", noted)
+    finished = list(batcher.run(_jobs(lm, tokenizer, 14)))
+    assert all(f.ok for f in finished), [str(f.error) for f in finished if not f.ok]
+    assert first_writes == []

@@ -254,9 +254,10 @@ class HogwildGenerator:
 
     def _reserve(self, cache: ReservingCache, n: int) -> None:
         """Storage for the whole budget up front (step prefixes and prompts add ~25%); beyond it, blocks
-        still grow by doubling."""
+        still grow by doubling. The constant blocks too: a block's first write, with no storage yet, cannot
+        replay from a batch's bucket graphs (it runs in an eager forward of its own)."""
         sizes = self.reserved_tokens(0)
-        for name in [*(step_block(i) for i in range(n)), HISTORY, FINISHER]:
+        for name in [*(step_block(i) for i in range(n)), HISTORY, FINISHER, *self.layout.constants]:
             if name in sizes:
                 cache.reserve([name], sizes[name], like=PROMPT)
 
