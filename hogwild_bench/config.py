@@ -194,7 +194,7 @@ class BatchConfig:
     insert_wait_rounds: int = 8
     # generations in flight split into this many sets stepped in turn, so the host prepares one set's forward
     # while the GPU runs the other's. 0 (auto): 2 on CUDA for models whose weights take under 8 GB, else 1 -- on
-    # one H100 2 lanes ran the real 1.5B sweep 34-51 % faster (host-bound) and the random 7B 10-25 % slower
+    # one H100 2 lanes ran the real 1.5B sweep 34-64 % faster (host-bound) and the random 7B 7-25 % slower
     # (GPU-bound: each lane's forward reads the weights again); experiments/README, session 13
     lanes: int = 0
 

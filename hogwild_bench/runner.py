@@ -316,8 +316,8 @@ LANES_AUTO_MAX_WEIGHT_BYTES = 8 * 10**9  # batch.lanes=0: two lanes for models w
 def lanes(cfg: RunConfig, lm: HogwildLM) -> int:
     """``batch.lanes``, or for 0 (auto) 2 on CUDA when the model's weights take under 8 GB, else 1: a small model's
     batched step is host-bound, so the host preparing one lane while the GPU runs the other pays; a large one's
-    is GPU-bound, and two lanes' forwards read the weights twice (session 13: +34-51 % on the real 1.5B sweep,
-    -10-25 % on the random 7B)."""
+    is GPU-bound, and two lanes' forwards read the weights twice (session 13: +34-64 % on the real 1.5B sweep,
+    -7-25 % on the random 7B)."""
     if cfg.batch.lanes:
         return cfg.batch.lanes
     if lm.device.type != "cuda":
