@@ -193,7 +193,7 @@ class BatchConfig:
     # forwards to share one (a real 1.5B sweep: experiments/results/real_model/sweep_throughput_h100_session11.json)
     insert_wait_rounds: int = 8
     # generations in flight split into this many sets stepped in turn, so the host prepares one set's forward
-    # while the GPU runs the other's. 0 (auto): 2 on CUDA for models whose weights take under 8 GB, else 1 -- on
+    # while the GPU runs the other's. 0 (auto): 2 on CUDA when a decode step reads under 8 GB of weights, else 1 -- on
     # one H100 2 lanes ran the real 1.5B sweep 34-64 % faster (host-bound) and the random 7B 7-25 % slower
     # (GPU-bound: each lane's forward reads the weights again); experiments/README, session 13
     lanes: int = 0

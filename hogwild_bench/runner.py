@@ -310,20 +310,21 @@ def max_rows(cfg: RunConfig, lm: HogwildLM) -> int:
     return 64 if lm.device.type == "cuda" else 16
 
 
-LANES_AUTO_MAX_WEIGHT_BYTES = 8 * 10**9  # batch.lanes=0: two lanes for models whose weights are smaller
+LANES_AUTO_MAX_WEIGHT_BYTES = 8 * 10**9  # batch.lanes=0: two lanes when a decode step reads fewer weight bytes
 
 
 def lanes(cfg: RunConfig, lm: HogwildLM) -> int:
-    """``batch.lanes``, or for 0 (auto) 2 on CUDA when the model's weights take under 8 GB, else 1: a small model's
-    batched step is host-bound, so the host preparing one lane while the GPU runs the other pays; a large one's
-    is GPU-bound, and two lanes' forwards read the weights twice (session 13: +34-64 % on the real 1.5B sweep,
-    -7-25 % on the random 7B)."""
+    """``batch.lanes``, or for 0 (auto) 2 on CUDA when a decode step reads under 8 GB of weights, else 1: a small
+    model's batched step is host-bound, so the host preparing one lane while the GPU runs the other pays; a large
+    one's is GPU-bound, and two lanes' forwards read the weights twice (session 13: +34-64 % on the real 1.5B
+    sweep, -7-25 % on the random 7B)."""
+    from hogwild_bench.bench import weight_bytes_read
+
     if cfg.batch.lanes:
         return cfg.batch.lanes
     if lm.device.type != "cuda":
         return 1
-    weights = sum(p.numel() * p.element_size() for p in lm.model.parameters())
-    return 2 if weights < LANES_AUTO_MAX_WEIGHT_BYTES else 1
+    return 2 if weight_bytes_read(lm.model) < LANES_AUTO_MAX_WEIGHT_BYTES else 1
 
 
 def kv_budget_bytes(cfg: RunConfig, lm: HogwildLM) -> int | None:

@@ -282,7 +282,11 @@ def test_automatic_lanes_are_two_for_small_models_on_a_gpu_and_one_otherwise(mod
 
     def engine(device, weight_bytes):
         weights = torch.empty(weight_bytes // 2, dtype=torch.bfloat16, device="meta")  # no memory behind it
-        return SimpleNamespace(device=torch.device(device), model=SimpleNamespace(parameters=lambda: [weights]))
+        table = SimpleNamespace(weight=torch.empty(0, device="meta"))  # the tied embedding table: read whole
+        model = SimpleNamespace(
+            parameters=lambda: [weights], get_input_embeddings=lambda: table, get_output_embeddings=lambda: table
+        )
+        return SimpleNamespace(device=torch.device(device), model=model)
 
     small, large = LANES_AUTO_MAX_WEIGHT_BYTES // 3, 2 * LANES_AUTO_MAX_WEIGHT_BYTES
     assert lanes(run_config(0), engine("cuda", small)) == 2
