@@ -8,6 +8,9 @@ the framework's stop rule and paragraph boundary, collaboration prompts and the 
 model (the eager forwards -- prefills, step headers -- are the tiny model's, so only the replayed path is
 representative).
 Random logits write random text: a step ends every ~``--step`` tokens (``--step 0``: at paragraph breaks).
+Each replayed step's host time (views, plan, tables, "upload" into host buffers) is timed on its own;
+``--layers 28`` gives the address tables the depth of the 1.5B and 7B; ``--profile-steps`` runs cProfile over
+the replayed steps only (it inflates Python-heavy code: compare like with like). Compare runs on one machine.
 
     python experiments/sweep_host_cpu.py --out experiments/results/sweep_host_cpu.json
 """
@@ -59,6 +62,51 @@ def jobs(lm, tokenizer, count: int, budget: int, step: int) -> list[BatchJob]:
     return out
 
 
+class ReplayedSteps:
+    """Host seconds and one-token rows of every replayed step (an eager fallback, None, is not counted)."""
+
+    def __init__(self, profiler: cProfile.Profile | None):
+        self.profiler, self.seconds, self.rows = profiler, [], []
+
+    def summary(self, walks: int) -> dict:
+        ordered, n = sorted(self.seconds), len(self.seconds)
+        return {
+            "count": n,
+            "mean_rows": round(sum(self.rows) / n, 1),
+            "median_host_ms": round(1e3 * ordered[n // 2], 3),
+            "mean_host_ms": round(1e3 * sum(ordered) / n, 3),
+            "host_us_per_row": round(1e6 * sum(ordered) / sum(self.rows), 2),
+            "walk_rebuilds_per_step": round(walks / n, 3),
+        }
+
+
+def time_replayed_steps(profiler: cProfile.Profile | None) -> tuple[ReplayedSteps, list[int]]:
+    """Wrap `BucketGraph.step` (timed, optionally profiled) and `ViewPositions.walk` (counted)."""
+    steps, walks = ReplayedSteps(profiler), [0]
+    step, walk = bucket_module.BucketGraph.step, bucket_module.ViewPositions.walk
+
+    def timed_step(graph, views, tokens):
+        if profiler is not None:
+            profiler.enable()
+        started = time.perf_counter()
+        out = step(graph, views, tokens)
+        seconds = time.perf_counter() - started
+        if profiler is not None:
+            profiler.disable()
+        if out is not None:
+            steps.seconds.append(seconds)
+            steps.rows.append(sum(len(t) for t in tokens))
+        return out
+
+    def counted_walk(rows):
+        walks[0] += 1
+        return walk(rows)
+
+    bucket_module.BucketGraph.step = timed_step
+    bucket_module.ViewPositions.walk = staticmethod(counted_walk)
+    return steps, walks
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", required=True)
@@ -66,14 +114,17 @@ def main() -> None:
     parser.add_argument("--generations", type=int, default=150)
     parser.add_argument("--budget", type=int, default=128)
     parser.add_argument("--step", type=int, default=48, help="tokens per step (0: paragraph breaks)")
+    parser.add_argument("--layers", type=int, default=2)
     parser.add_argument("--cprofile", action="store_true")
+    parser.add_argument("--profile-steps", action="store_true", help="cProfile the replayed steps only")
     args = parser.parse_args()
     torch.manual_seed(0)
     torch.set_num_threads(1)
     bucket_module.BucketGraph._allocate = host_buffers
     bucket_module.BucketGraph._capture = random_replay(scale=3.0)
+    steps, walks = time_replayed_steps(cProfile.Profile() if args.profile_steps else None)
     tokenizer = tiny_tokenizer()
-    lm = HogwildLM(tiny_model("qwen2", num_hidden_layers=2), attention="query_rotation")
+    lm = HogwildLM(tiny_model("qwen2", num_hidden_layers=args.layers), attention="query_rotation")
     batcher = ContinuousBatcher(lm, max_rows=args.rows)
     batcher.graphs = bucket_module.BucketGraphs(lm, batcher.cache)
     job_list = jobs(lm, tokenizer, args.generations, args.budget, args.step)
@@ -99,9 +150,12 @@ def main() -> None:
         "us_per_token": {
             phase: round(1e6 * getattr(times, phase) / sampled, 1) for phase in ("forward", "draw", "resume")
         },
+        "replayed_steps": steps.summary(walks[0]),
     }
     if profiler:
         result["top_own"] = top(pstats.Stats(profiler).stats, 2, 30)
+    if steps.profiler is not None:
+        result["top_own_in_replayed_steps"] = top(pstats.Stats(steps.profiler).stats, 2, 20, digits=3)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(result, indent=1))
     print(json.dumps({k: v for k, v in result.items() if k != "top_own"}, indent=1))
