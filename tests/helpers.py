@@ -128,19 +128,11 @@ class _Ready:
 
 
 def host_buffers(graph) -> None:
-    """`BucketGraph._allocate` without pinned memory or a device: the host staging buffers only."""
-    size_i32 = sum(torch.Size(shape).numel() for shape in graph._shapes().values())
-    layers, caps = graph.lm.num_layers, graph.caps
-    size_i64 = 3 * layers * caps.blocks + 3 * layers * graph.rows + 2 * graph.rows
-    graph.host_i32, graph.tables_i32 = (
-        torch.zeros(size_i32, dtype=torch.int32),
-        torch.zeros(size_i32, dtype=torch.int32),
-    )
-    graph.host_i64, graph.tables_i64 = (
-        torch.zeros(size_i64, dtype=torch.int64),
-        torch.zeros(size_i64, dtype=torch.int64),
-    )
-    graph.uploaded, graph.written_addresses = _Ready(), None
+    """`BucketGraph._allocate` without pinned memory or a device: the host staging buffers, and CPU tensors
+    standing in for the device tables."""
+    graph._allocate_host(pin=False)
+    graph.tables_i32, graph.tables_i64 = torch.zeros_like(graph.host_i32), torch.zeros_like(graph.host_i64)
+    graph.uploaded = _Ready()
 
 
 def random_replay(scale: float = 1.0):

@@ -51,12 +51,14 @@ def test_incremental_step_tables_equal_tables_built_afresh(models, tokenizer, mo
         assert rows == token_rows(graph.cache.rows)
         fresh_blocks, fresh, _ = plan_arrays(rows, 1, graph.groups, by_capacity=True, block_m=graph.caps.block_m)
         assert fresh_blocks == blocks
-        expect_i32, expect_i64 = torch.zeros_like(graph.host_i32), torch.zeros_like(graph.host_i64)
-        graph._int32_tables(fresh_blocks, fresh, expect_i32)
-        kept, graph.written_addresses = graph.written_addresses, None
-        graph._int64_tables(fresh_blocks, rows, tokens, expect_i64)
-        graph.written_addresses = kept
-        assert torch.equal(graph.host_i32, expect_i32) and torch.equal(graph.host_i64, expect_i64)
+        stepped_i32, stepped_i64 = graph.host_i32.clone(), graph.host_i64.clone()
+        kept = graph.written_read, graph.written_own
+        graph.host_i32.fill_(-1), graph.host_i64.fill_(-1)
+        graph.written_read = graph.written_own = None  # every table written afresh
+        graph._int32_tables(fresh_blocks, fresh)
+        graph._int64_tables(fresh_blocks, rows, tokens)
+        graph.written_read, graph.written_own = kept
+        assert torch.equal(graph.host_i32, stepped_i32) and torch.equal(graph.host_i64, stepped_i64)
         checked.append(len(rows))
         several.append(len(rows) > len(graph.cache.rows))
 

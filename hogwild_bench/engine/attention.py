@@ -14,6 +14,7 @@ Both take one worker ("row") at a time; the Triton kernel does all rows together
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 
 import torch
 import torch.nn.functional as F
@@ -24,7 +25,7 @@ from hogwild_bench.engine.rope import RotaryShift
 
 @dataclass
 class RowView:
-    """One worker's view for one forward: the blocks in order, their offsets, and its new tokens.
+    """One worker's view for one forward: the blocks in order and its new tokens.
 
     The worker writes into ``blocks[-1]``. Its ``n_new`` real tokens are the last ``n_new`` of the padded
     query length and sit at local positions ``own.length + write_offset ...`` of that block. ``write_offset``
@@ -33,7 +34,6 @@ class RowView:
     """
 
     blocks: list[KVBlock]
-    offsets: list[int]
     n_new: int
     write_offset: int = 0
 
@@ -41,13 +41,20 @@ class RowView:
     def own(self) -> KVBlock:
         return self.blocks[-1]
 
-    @classmethod
-    def build(cls, blocks: list[KVBlock], n_new: int) -> RowView:
+    @cached_property
+    def offsets(self) -> list[int]:
+        """Each block's offset in the view: the tokens visible before it. Computed when first asked (the
+        torch paths ask; the Triton plan computes every row's offsets at once, vectorised), which is safe
+        because a row lives for one forward, during which no visible length changes."""
         offsets, total = [], 0
-        for block in blocks:
+        for block in self.blocks:
             offsets.append(total)
             total += block.visible_length
-        return cls(blocks=list(blocks), offsets=offsets, n_new=n_new)
+        return offsets
+
+    @classmethod
+    def build(cls, blocks: list[KVBlock], n_new: int) -> RowView:
+        return cls(blocks=list(blocks), n_new=n_new)
 
     def query_start(self, q_len: int) -> int:
         """Local position in the own block of the first of the ``q_len`` (left-padded) query slots."""
@@ -64,11 +71,7 @@ def token_rows(rows: list[RowView]) -> list[RowView]:
     its own block up to its token ``j`` (causal), which is what the multi-token row computes for that token.
     A forward of one-token rows can then replay from a decode graph, whatever number of tokens its writes
     carry (a step header, a collaboration prompt)."""
-    return [
-        row if row.n_new == 1 else RowView(row.blocks, row.offsets, 1, write_offset=j)
-        for row in rows
-        for j in range(row.n_new)
-    ]
+    return [row if row.n_new == 1 else RowView(row.blocks, 1, write_offset=j) for row in rows for j in range(row.n_new)]
 
 
 def _own_block_mask(local_q: torch.Tensor, n_keys: int) -> torch.Tensor:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
 from hogwild_bench.engine.rope import RotaryShift, rotate_half
@@ -29,10 +30,12 @@ def storage_tokens(tokens: int) -> int:
 @dataclass(frozen=True)
 class BlockAddresses:
     """One block's storage as kernels see it: ``table [3, layers]`` int64 (CPU) holds per layer the K base
-    address, the V base address and the capacity in tokens."""
+    address, the V base address and the capacity in tokens; ``array`` is the same memory as numpy (host
+    tables of many blocks are assembled with numpy: a ``.numpy()`` per block per step costs more than that)."""
 
     table: torch.Tensor
     min_capacity: int
+    array: np.ndarray
 
 
 class KVBlock:
@@ -92,7 +95,7 @@ class KVBlock:
                     [[k.data_ptr() for k in self.keys], [v.data_ptr() for v in self.values], capacity],
                     dtype=torch.int64,
                 )
-                found = BlockAddresses(table, min(capacity))
+                found = BlockAddresses(table, min(capacity), table.numpy())
             self._addresses = (self.storage_version, found)
         return self._addresses[1]
 

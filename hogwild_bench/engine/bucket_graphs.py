@@ -22,6 +22,7 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass, fields
 
+import numpy as np
 import torch
 
 from hogwild_bench.engine.attention import RowView, token_rows
@@ -69,6 +70,11 @@ def bucket_for(rows: int) -> int:
     return max(8, 1 << (rows - 1).bit_length())
 
 
+def _same(now: list, then: list | None) -> bool:
+    """The same objects in the same order (addresses are immutable, new ones come with new storage)."""
+    return then is not None and len(now) == len(then) and all(a is b for a, b in zip(now, then))
+
+
 class BucketGraph:
     """Decode steps of up to ``rows`` rows of any views, replayed from one capture."""
 
@@ -100,11 +106,13 @@ class BucketGraph:
             parts=arrays["row_parts"].shape[1], slots=sizes["n_slots"], block_m=sizes["block_m"],
         )  # fmt: skip
 
-    def _int32_tables(self, blocks: list, arrays: dict, out: torch.Tensor) -> None:
-        """Every plan table padded to the capacities, written into ``out`` in `_shapes` order."""
-        out.zero_()
-        views = table_views(out, self._shapes())
+    def _int32_tables(self, blocks: list, arrays: dict) -> None:
+        """Every plan table padded to the capacities, written into the int32 staging buffer (`_shapes` order).
+        Through numpy views: a dozen torch slice assignments cost more than the rest of this."""
+        self.host_i32_np.fill(0)
+        views = self.host_i32_views
         for name, values in arrays.items():
+            values = values.numpy()
             if name == "row_parts":
                 views[name][: values.shape[0], : values.shape[1]] = values
             else:
@@ -117,24 +125,24 @@ class BucketGraph:
             shapes[name] = (caps.blocks if name in PER_BLOCK else caps.entries if name in PER_ENTRY else caps.work,)
         return shapes | {"row_parts": (self.rows, caps.parts), "row_count": (self.rows,)}
 
-    def _int64_tables(self, blocks: list, rows: list[RowView], tokens: Sequence[int], out: torch.Tensor) -> None:
-        """Into ``out``: ``[3, layers, blocks]`` K/V addresses and capacities of the blocks read, the same of
-        each row's own block (padded rows: the scratch block), then the token ids and write positions. The
-        address tables are rewritten only when the blocks or their storage changed since the last step."""
-        layers, caps, n = self.lm.num_layers, self.caps, len(tokens)
-        addresses = [len(blocks)] + [b.addresses() for b in blocks] + [row.own.addresses() for row in rows]
-        written = self.written_addresses
-        if written is None or len(written) != len(addresses) or any(a is not w for a, w in zip(addresses, written)):
-            read = torch.zeros(3, layers, caps.blocks, dtype=torch.int64)
-            read[:, :, : len(blocks)] = torch.stack([a.table for a in addresses[1 : 1 + len(blocks)]], dim=2)
-            own = self.scratch.addresses().table[:, :, None].repeat(1, 1, self.rows)
-            own[:, :, :n] = torch.stack([a.table for a in addresses[1 + len(blocks) :]], dim=2)
-            out[: read.numel() + own.numel()] = torch.cat([read.flatten(), own.flatten()])
-            self.written_addresses = addresses
-        ids = out[-2 * self.rows :].view(2, self.rows)
-        ids.zero_()
-        ids[0, :n] = torch.tensor(tokens)
-        ids[1, :n] = torch.tensor([row.own.length + row.write_offset for row in rows])
+    def _int64_tables(self, blocks: list, rows: list[RowView], tokens: Sequence[int]) -> None:
+        """Into the int64 staging buffer: ``[3, layers, blocks]`` K/V addresses and capacities of the blocks
+        read, the same of each row's own block (padded rows: the scratch block), then the token ids and write
+        positions. Each address table is rewritten only when its blocks or their storage changed."""
+        n = len(tokens)
+        read = [b.addresses() for b in blocks]
+        if not _same(read, self.written_read):
+            self.read_np[:, :, : len(read)] = np.array([a.array for a in read]).transpose(1, 2, 0)
+            self.read_np[:, :, len(read) :] = 0
+            self.written_read = read
+        own = [row.own.addresses() for row in rows]
+        if not _same(own, self.written_own):
+            self.own_np[:, :, :n] = np.array([a.array for a in own]).transpose(1, 2, 0)
+            self.own_np[:, :, n:] = self.scratch.addresses().array[:, :, None]
+            self.written_own = own
+        self.ids_np.fill(0)
+        self.ids_np[0, :n] = tokens
+        self.ids_np[1, :n] = [row.own.length + row.write_offset for row in rows]
 
     def _ensure_scratch(self, blocks: list) -> None:
         template = next(b for b in blocks if all(k is not None for k in b.keys))
@@ -144,26 +152,40 @@ class BucketGraph:
 
     # -- capture and replay ------------------------------------------------------------------------
     def _allocate(self) -> None:
-        layers, caps = self.lm.num_layers, self.caps
-        n_i32 = sum(math.prod(shape) for shape in self._shapes().values())
-        n_i64 = 3 * layers * caps.blocks + 3 * layers * self.rows + 2 * self.rows
-        self.host_i32 = torch.empty(n_i32, dtype=torch.int32).pin_memory()
-        self.host_i64 = torch.empty(n_i64, dtype=torch.int64).pin_memory()
-        self.written_addresses = None  # what host_i64's address tables hold
+        self._allocate_host(pin=True)
+        layers, caps, n_i32, n_i64 = self.lm.num_layers, self.caps, self.host_i32.numel(), self.host_i64.numel()
+        read, own = 3 * layers * caps.blocks, 3 * layers * self.rows
         self.tables_i32 = torch.empty(n_i32, dtype=torch.int32, device=self.device)
         self.tables_i64 = torch.empty(n_i64, dtype=torch.int64, device=self.device)
         self.uploaded = torch.cuda.Event()
-        read, own = 3 * layers * caps.blocks, 3 * layers * self.rows
         self.read_tables = self.tables_i64[:read].view(3, layers, caps.blocks)
         self.own_tables = self.tables_i64[read : read + own].view(3, layers, self.rows)
         self.input_ids = self.tables_i64[read + own : read + own + self.rows].view(self.rows, 1)
         self.positions = self.tables_i64[read + own + self.rows :].view(self.rows, 1)
         self.one_new = torch.ones(self.rows, dtype=torch.int32, device=self.device)
 
+    def _allocate_host(self, pin: bool) -> None:
+        """The host staging buffers for the current capacities, and the numpy views the tables are written
+        through (the device copies are of ``host_i32`` and ``host_i64`` whole)."""
+        layers, caps = self.lm.num_layers, self.caps
+        n_i32 = sum(math.prod(shape) for shape in self._shapes().values())
+        read, own = 3 * layers * caps.blocks, 3 * layers * self.rows
+        self.host_i32 = torch.zeros(n_i32, dtype=torch.int32)
+        self.host_i64 = torch.zeros(read + own + 2 * self.rows, dtype=torch.int64)
+        if pin:
+            self.host_i32, self.host_i64 = self.host_i32.pin_memory(), self.host_i64.pin_memory()
+        self.host_i32_np = self.host_i32.numpy()
+        self.host_i32_views = {name: v.numpy() for name, v in table_views(self.host_i32, self._shapes()).items()}
+        host_i64 = self.host_i64.numpy()
+        self.read_np = host_i64[:read].reshape(3, layers, caps.blocks)
+        self.own_np = host_i64[read : read + own].reshape(3, layers, self.rows)
+        self.ids_np = host_i64[read + own :].reshape(2, self.rows)
+        self.written_read = self.written_own = None  # the addresses the staging tables hold
+
     def _upload(self, blocks: list, arrays: dict, rows: list[RowView], tokens: Sequence[int]) -> None:
         self.uploaded.synchronize()  # the previous step's copies have read the staging buffers
-        self._int32_tables(blocks, arrays, self.host_i32)
-        self._int64_tables(blocks, rows, tokens, self.host_i64)
+        self._int32_tables(blocks, arrays)
+        self._int64_tables(blocks, rows, tokens)
         self.tables_i32.copy_(self.host_i32, non_blocking=True)
         self.tables_i64.copy_(self.host_i64, non_blocking=True)
         self.uploaded.record()

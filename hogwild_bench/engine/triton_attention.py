@@ -15,6 +15,7 @@ import contextlib
 import os
 from dataclasses import dataclass, replace
 
+import numpy as np
 import torch
 import triton
 import triton.language as tl
@@ -290,9 +291,9 @@ class ViewPositions:
     while the rows see the same blocks in the same order (`same_views`), so decode steps can reuse it."""
 
     unique: list
-    pos_block: torch.Tensor  # int64 [positions]
+    pos_block: np.ndarray  # int64 [positions]
     row_views: list  # each row's list of blocks (identity-compared by `same_views`)
-    row_sizes: torch.Tensor  # int64 [rows]: positions per row
+    row_sizes: np.ndarray  # int64 [rows]: positions per row
 
     @classmethod
     def walk(cls, rows: list[RowView]) -> ViewPositions:
@@ -304,8 +305,8 @@ class ViewPositions:
                     b = index[id(block)] = len(unique)
                     unique.append(block)
                 pos_block.append(b)
-        sizes = torch.tensor([len(row.blocks) for row in rows], dtype=torch.int64)
-        return cls(unique, torch.tensor(pos_block, dtype=torch.int64), [row.blocks for row in rows], sizes)
+        sizes = np.fromiter((len(row.blocks) for row in rows), dtype=np.int64, count=len(rows))
+        return cls(unique, np.array(pos_block, dtype=np.int64), [row.blocks for row in rows], sizes)
 
     def same_views(self, rows: list[RowView]) -> bool:
         return len(rows) == len(self.row_views) and all(r.blocks == v for r, v in zip(rows, self.row_views))
@@ -328,70 +329,78 @@ def plan_arrays(
     ``by_capacity`` sizes the work list and the slots by storage capacity rather than length, so the array
     shapes stay fixed from step to step (CUDA graphs). ``block_m`` fixes the query tile to that of a graph
     captured earlier. ``positions``: the rows' `ViewPositions`, when known (else walked here). Apart from that
-    walk everything is vector ops, since this runs before every forward of a batch of hundreds of rows."""
+    walk everything is vector ops -- numpy, not torch: this runs before every forward of a batch of hundreds of
+    rows, and a torch call on a small CPU tensor costs several times a numpy one."""
     positions = positions or ViewPositions.walk(rows)
-    unique, pos_block = positions.unique, positions.pos_block
-    pos_row = torch.repeat_interleave(torch.arange(len(rows)), positions.row_sizes)
-    row_first = torch.cumsum(positions.row_sizes, 0) - positions.row_sizes
-    own_pos = row_first + positions.row_sizes - 1
-    visible = torch.tensor([b.visible_length for b in unique], dtype=torch.int64)
+    unique, pos_block, row_sizes = positions.unique, positions.pos_block, positions.row_sizes
+    n_rows = len(rows)
+    pos_row = np.repeat(np.arange(n_rows), row_sizes)
+    row_first = np.cumsum(row_sizes) - row_sizes
+    own_pos = row_first + row_sizes - 1
+    visible = np.fromiter((b.visible_length for b in unique), dtype=np.int64, count=len(unique))
     seen = visible[pos_block]
-    before = torch.cumsum(seen, 0) - seen  # visible tokens before each position, over all rows
-    offset = before - before[row_first][pos_row]  # ... within its row: the block's offset in the view
-    delta = offset[own_pos][pos_row] - offset
-    own_qstart = torch.tensor([row.query_start(q_len) for row in rows], dtype=torch.int64)
-    qstart = torch.full_like(pos_block, NOT_OWN)
-    qstart[own_pos] = own_qstart
-    kept_block = visible > 0 if not keep_empty else torch.ones(len(unique), dtype=torch.bool)
+    before = np.cumsum(seen) - seen  # visible tokens before each position, over all rows
+    offset = before - np.repeat(before[row_first], row_sizes)  # ... within its row: the block's offset in the view
+    delta = np.repeat(offset[own_pos], row_sizes) - offset
+    qstart = np.full(len(pos_block), NOT_OWN, dtype=np.int64)
+    qstart[own_pos] = np.fromiter((row.query_start(q_len) for row in rows), dtype=np.int64, count=n_rows)
+    kept_block = visible > 0 if not keep_empty else np.ones(len(unique), dtype=bool)
     keep = kept_block[pos_block]
-    renumber = torch.cumsum(kept_block, 0) - 1  # kept blocks in first-appearance order
+    renumber = np.cumsum(kept_block) - 1  # kept blocks in first-appearance order
     blocks = [b for b, k in zip(unique, kept_block.tolist()) if k]
     e_block, e_row = renumber[pos_block[keep]], pos_row[keep]
     e_delta, e_qstart = delta[keep], qstart[keep]
     n_blocks, split = len(blocks), settings.split
     length = visible[kept_block]
-    extent = torch.tensor([b.capacity(0) for b in blocks], dtype=torch.int64) if by_capacity else length
+    extent = np.fromiter(map(_capacity, blocks), dtype=np.int64, count=n_blocks) if by_capacity else length
     splits, used = (extent + split - 1) // split, (length + split - 1) // split
     # entries grouped by block (stable: view order within a block)
-    order = torch.argsort(e_block, stable=True)
+    order = np.argsort(e_block, kind="stable")
     ent_block, ent_row = e_block[order], e_row[order]
-    ent_count = torch.bincount(ent_block, minlength=n_blocks)
+    ent_count = np.bincount(ent_block, minlength=n_blocks)
     ent_splits, ent_used = splits[ent_block], used[ent_block]
-    ent_slot = torch.cumsum(ent_splits, 0) - ent_splits
+    ent_slot = np.cumsum(ent_splits) - ent_splits
     # One launch. The query tile fits the rows of the block with the most splits (the long context, read by
     # most programs); a block seen by more view entries (a repeated separator) gets one program per tile.
     rows_per_block = ent_count * groups * q_len
     if block_m is None:
-        widest = int(torch.argmax(splits * (1 << 32) + rows_per_block)) if n_blocks else None
+        widest = int(np.argmax(splits * (1 << 32) + rows_per_block)) if n_blocks else None
         block_m = min(MAX_BLOCK_M, max(16, 1 << (int(rows_per_block[widest]) - 1).bit_length())) if n_blocks else 16
     tiles = (rows_per_block + block_m - 1) // block_m
-    work_block = torch.repeat_interleave(torch.arange(n_blocks), splits * tiles)
+    work_block = np.repeat(np.arange(n_blocks), splits * tiles)
     k = _ranks(splits * tiles)  # split-major, then tile, within each block
     # each row's partial slots: the used ones (block order, then split) then padding, so the merge reads a
     # dense prefix; the width is fixed by capacity when the shapes must not change from step to step
-    part_row = torch.repeat_interleave(ent_row, ent_used)
-    part_slot = torch.repeat_interleave(ent_slot, ent_used) + _ranks(ent_used)
-    by_row = torch.argsort(part_row, stable=True)
-    row_count = torch.bincount(part_row, minlength=len(rows))
-    widths = torch.zeros(len(rows), dtype=torch.int64).index_add_(0, ent_row, ent_splits)
-    width = max(1, int(widths.max())) if len(rows) else 1
-    row_parts = torch.zeros(len(rows), width, dtype=torch.int64)
+    part_row = np.repeat(ent_row, ent_used)
+    part_slot = np.repeat(ent_slot, ent_used) + _ranks(ent_used)
+    by_row = np.argsort(part_row, kind="stable")
+    row_count = np.bincount(part_row, minlength=n_rows)
+    widths = np.bincount(ent_row, weights=ent_splits, minlength=n_rows).astype(np.int64)
+    width = max(1, int(widths.max())) if n_rows else 1
+    row_parts = np.zeros((n_rows, width), dtype=np.int32)
     row_parts[part_row[by_row], _ranks(row_count)] = part_slot[by_row]
     arrays = {
-        "ent_start": torch.cumsum(ent_count, 0) - ent_count, "ent_count": ent_count, "ent_row": ent_row,
+        "ent_start": np.cumsum(ent_count) - ent_count, "ent_count": ent_count, "ent_row": ent_row,
         "ent_delta": e_delta[order], "ent_qstart": e_qstart[order], "ent_slot": ent_slot,
         "work_block": work_block, "work_split": k // tiles[work_block], "work_tile": k % tiles[work_block],
         "length": length, "row_parts": row_parts, "row_count": row_count,
     }  # fmt: skip
     sizes = dict(n_entries=len(e_row), n_slots=max(1, int(ent_splits.sum())), block_m=block_m)
-    return blocks, {name: t.to(torch.int32) for name, t in arrays.items()}, sizes
+    return blocks, {name: torch.from_numpy(t.astype(np.int32, copy=False)) for name, t in arrays.items()}, sizes
 
 
-def _ranks(counts: torch.Tensor) -> torch.Tensor:
+def _capacity(block) -> int:
+    """Tokens every layer of ``block`` has storage for (0 without); cached per storage version, unlike a
+    tensor's shape."""
+    found = block.addresses()
+    return 0 if found is None else found.min_capacity
+
+
+def _ranks(counts: np.ndarray) -> np.ndarray:
     """``0..counts[0]-1, 0..counts[1]-1, ...``: each item's rank within its group."""
     total = int(counts.sum())
-    starts = torch.cumsum(counts, 0) - counts
-    return torch.arange(total) - torch.repeat_interleave(starts, counts)
+    starts = np.cumsum(counts) - counts
+    return np.arange(total) - np.repeat(starts, counts)
 
 
 @_jit(tables=("K_PTRS", "V_PTRS", "CAPACITY", "POS", "N_NEW"))
