@@ -168,7 +168,12 @@ class HogwildCache(BlockBackedCache):
         ``views[b][-1]``. Every row's new tokens are visible to every row that has that block in view."""
         for view in views:  # written blocks first: a row may read a block another row creates in this forward
             self.writable(view[-1])
-        self.begin_forward_blocks([[self.block(name) for name in view] for view in views], new_tokens)
+        blocks = self.blocks
+        try:  # plain lookups: this runs for every row of every step
+            resolved = [[blocks[name] for name in view] for view in views]
+        except KeyError:
+            resolved = [[self.block(name) for name in view] for view in views]  # raises the error naming it
+        self.begin_forward_blocks(resolved, new_tokens)
 
     def begin_forward_blocks(self, views: Sequence[Sequence[KVBlock]], new_tokens: Sequence[Sequence[int]]) -> None:
         """`begin_forward` with the blocks themselves (they need not be registered by name here)."""
@@ -189,7 +194,7 @@ class HogwildCache(BlockBackedCache):
             for block in started:
                 block.abort_write()
             raise
-        self.rows = [RowView.build(list(view), len(t)) for view, t in zip(views, new_tokens)]
+        self.rows = [RowView(list(view), len(t)) for view, t in zip(views, new_tokens)]
 
     def end_forward(self, ok: bool = True) -> None:
         for row in self.rows or []:
