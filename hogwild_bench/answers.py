@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from hogwild_bench.engine.pieces import tokens_holding
+from hogwild_bench.engine.pieces import rule_decoder, tokens_holding
 
 BOX = "\\boxed{"
 # what an instruction-following model may copy from a prompt instead of answering
@@ -73,16 +73,16 @@ def stop_on_boxed(tokenizer, count: int = 1, window: int = 64):
     Each check decodes only the last ``window`` tokens, and only when one of them holds ``}``; it scans for
     balanced boxes only when that text holds ``\\boxed{``, and decodes the whole text (to count boxes) only
     when the window closes a box, so the check stays cheap on every step."""
-    braces = tokens_holding(tokenizer, "}")
+    braces, decode = tokens_holding(tokenizer, "}"), rule_decoder(tokenizer)
 
     def stop(tokens) -> bool:
         recent = list(tokens[-window:])
         if not braces.any_in(recent):  # no box can close without its brace
             return False
-        text = tokenizer.decode(recent)
+        text = decode(recent)
         if BOX not in text or last_boxed(text) is None:
             return False
-        return count == 1 or len(top_level_boxed(tokenizer.decode(list(tokens)))) >= count
+        return count == 1 or len(top_level_boxed(decode(tokens))) >= count
 
     return stop
 

@@ -4,7 +4,7 @@ import random
 
 from hogwild_bench.answers import last_boxed, stop_on_boxed, top_level_boxed
 from hogwild_bench.engine.generation import _SENTENCE_THEN_PARAGRAPH, ParagraphBoundary
-from hogwild_bench.engine.pieces import token_pieces, tokens_holding, vocabulary
+from hogwild_bench.engine.pieces import rule_decoder, token_pieces, tokens_holding, vocabulary
 
 TEXTS = [
     "First we add.\n\nThen we divide: 12/4 = 3.\n\n",
@@ -49,6 +49,22 @@ def test_tokens_holding_a_fragment_equals_reading_each_token_text(tokenizer):
         for ids in token_streams(tokenizer, seed=len(fragment)):
             assert holding.any_in(ids) == any(fragment in pieces[t] for t in ids), tokenizer.decode(ids)
     assert tokens_holding(tokenizer, "}") is tokens_holding(tokenizer, "}")
+
+
+def test_the_rules_decoder_gives_the_tokenizers_text(tokenizer):
+    """The per-token rules decode through the fast backend directly: the same text as `decode`."""
+    decode = rule_decoder(tokenizer)
+    for ids in token_streams(tokenizer, seed=3):
+        assert decode(ids) == tokenizer.decode(ids)
+        assert decode(tuple(ids)) == tokenizer.decode(ids)
+
+
+def test_the_rules_decoder_of_a_tokenizer_without_a_fast_backend_is_its_decode():
+    class SlowTokenizer:
+        def decode(self, ids):
+            return "|".join(map(str, ids))
+
+    assert rule_decoder(SlowTokenizer())((3, 4)) == "3|4"
 
 
 def test_one_table_per_tokenizer(tokenizer):

@@ -9,7 +9,7 @@ notebook's ``inference_mode`` cell can be extended outside it.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -36,6 +36,15 @@ class BlockAddresses:
     table: torch.Tensor
     min_capacity: int
     array: np.ndarray
+    _on_device: dict = field(default_factory=dict, compare=False, repr=False)
+
+    def on(self, device: torch.device) -> torch.Tensor:
+        """``table`` on ``device``, copied once (a commit reads it on every step boundary; a copy per commit
+        costs a pinned staging buffer and a transfer each time)."""
+        if device not in self._on_device:  # pinned and asynchronous on CUDA: no wait for the queued steps
+            host = self.table.pin_memory() if device.type == "cuda" else self.table
+            self._on_device[device] = host.to(device, non_blocking=True)
+        return self._on_device[device]
 
 
 class KVBlock:

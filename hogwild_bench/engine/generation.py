@@ -27,7 +27,7 @@ import torch
 from hogwild_bench.engine.blocks import storage_tokens
 from hogwild_bench.engine.layouts import HISTORY, PROMPT, Isolated, Layout, get_layout, step_block
 from hogwild_bench.engine.model import HogwildLM, Write
-from hogwild_bench.engine.pieces import token_pieces, vocabulary
+from hogwild_bench.engine.pieces import rule_decoder, token_pieces, vocabulary
 from hogwild_bench.engine.prompts import PromptFormat
 from hogwild_bench.engine.sampling import Draw, Sampler, SamplingParams, draw_tokens
 
@@ -64,13 +64,13 @@ class ParagraphBoundary:
 
     def __init__(self, tokenizer, lookback: int = 8):
         self.tokenizer, self.lookback = tokenizer, lookback
-        self.pieces = token_pieces(tokenizer)
+        self.pieces, self.decode = token_pieces(tokenizer), rule_decoder(tokenizer)
 
     def __call__(self, step_tokens: Sequence[int]) -> bool:
         last = self.pieces[step_tokens[-1]] if step_tokens else ""
         if last and not last.endswith("\n"):  # the text can only end in a paragraph break if this token does
             return False
-        tail = self.tokenizer.decode(list(step_tokens[-self.lookback :]))
+        tail = self.decode(step_tokens[-self.lookback :])
         return bool(_SENTENCE_THEN_PARAGRAPH.search(tail))
 
 

@@ -563,11 +563,10 @@ def append_shifted(target, source, rope: RotaryShift) -> None:
     like = source.keys[0]
     device, n, layers = like.device, source.length, source.num_layers
     kv_heads, dim = like.shape[0], like.shape[-1]
-    tables = upload(torch.stack([src.table, dst.table]), torch.int64, device)
     cos, sin = rope.cos_sin(target.length, device)
     with torch.cuda.device(device) if device.type == "cuda" else contextlib.nullcontext():
         _shift_append_kernel[(layers, kv_heads, _cdiv(n, SHIFT_BLOCK_T))](
-            like, tables[0], tables[1], cos, sin, n, target.length, layers,
+            like, src.on(device), dst.on(device), cos, sin, n, target.length, layers,
             BLOCK_T=SHIFT_BLOCK_T, D=dim, HALF=dim // 2,
         )  # fmt: skip
     target.note_extended(source)
