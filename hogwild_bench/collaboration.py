@@ -29,6 +29,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from hogwild_bench.answers import boxed_spans
+from hogwild_bench.engine.pieces import batch_decoder
 from hogwild_bench.engine.prompts import COLLAB_PROMPT
 
 NGRAM = 5
@@ -54,14 +55,17 @@ def transcript_of(
     tokenizer,
 ) -> Transcript:
     """Pieces from a snapshot's per-token records: consecutive tokens of one step and kind form a piece."""
-    out = []
-    for tokens, steps, flags in zip(worker_tokens, token_steps, inserted):
-        pieces, start = [], 0
+    runs = []  # (worker, token ids, step, inserted) of every piece, decoded together below
+    for worker, (tokens, steps, flags) in enumerate(zip(worker_tokens, token_steps, inserted)):
+        start = 0
         for k in range(1, len(tokens) + 1):
             if k == len(tokens) or (steps[k], flags[k]) != (steps[start], flags[start]):
-                pieces.append(Piece(tokenizer.decode(list(tokens[start:k])), steps[start], flags[start]))
+                runs.append((worker, tokens[start:k], steps[start], flags[start]))
                 start = k
-        out.append(pieces)
+    texts = batch_decoder(tokenizer)([ids for _, ids, _, _ in runs]) if runs else []
+    out: Transcript = [[] for _ in worker_tokens]
+    for (worker, _, step, flag), text in zip(runs, texts):
+        out[worker].append(Piece(text, step, flag))
     return out
 
 

@@ -69,6 +69,21 @@ def test_transcript_groups_tokens_by_step_and_kind(tokenizer):
     assert "".join(p.text for p in pieces[0]) == tokenizer.decode(ids)
 
 
+def test_transcript_pieces_are_each_runs_own_decoded_text(tokenizer):
+    """Pieces of several workers, decoded in one batch: each is exactly `decode` of its run of tokens."""
+    workers = [tokenizer.encode(text, add_special_tokens=False) for text in ("ab cd ef gh", "x\n\ny z", "")]
+    steps = [[k // 3 for k in range(len(ids))] for ids in workers]
+    flags = [[k % 5 == 0 for k in range(len(ids))] for ids in workers]
+    pieces = transcript_of(workers, steps, flags, tokenizer)
+    for ids, step, flag, got in zip(workers, steps, flags, pieces):
+        expected, start = [], 0
+        for k in range(1, len(ids) + 1):
+            if k == len(ids) or (step[k], flag[k]) != (step[start], flag[start]):
+                expected.append(Piece(tokenizer.decode(ids[start:k]), step[start], flag[start]))
+                start = k
+        assert got == expected
+
+
 FIELDS = {"redundancy": (float, type(None)), "redundancy_matrix": list, "answer_boxed_by": (int, type(None)),
           "answer_value_first_by": (int, type(None)), "collab_checks": list, "worker_idle_steps": list,
           "worker_written_tokens": list}  # fmt: skip
