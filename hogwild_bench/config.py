@@ -182,7 +182,8 @@ class BatchConfig:
     # ~25 minutes with it since without a crash (one out-of-memory failure, fixed by admission in session 9)
     cuda_graphs: bool = True
     # torch.compile the model once with dynamic shapes for every batched forward (with model.compile, one CUDA
-    # device); off until timed on a GPU against eager batched steps (experiments/batch_bench.py --compiled-rows)
+    # device). Off: on the real 1.5B sweep with bucket graphs it compiled for the first 90 s and then replayed
+    # 438 steps in 180 s where the default replays ~12,000 (experiments/README, session 14)
     compile_dynamic: bool = False
     # torch CPU threads of a CUDA run (0: torch's default). The host work of a step is thousands of tiny tensor
     # ops; with one OpenMP thread per core their wake-ups made the eager forwards of a 64-row batch 3x slower
