@@ -105,8 +105,8 @@ def test_a_walk_reused_across_steps_gives_the_fresh_plan(seed):
     for block in blocks:
         block._reserve(0, 600, torch.zeros(1, 1, 4))
     rows = lambda: [
-        RowView.build([blocks[0], blocks[1], blocks[2]], 1),
-        RowView.build([blocks[0], blocks[2], blocks[1]], 1),
+        RowView([blocks[0], blocks[1], blocks[2]], 1),
+        RowView([blocks[0], blocks[2], blocks[1]], 1),
     ]  # noqa: E731
     walk = ViewPositions.walk(rows())
     for lengths in ([5, 300, 1], [5, 0, 2], [300, 7, 9]):
@@ -140,3 +140,4 @@ def test_no_forward_but_a_prompt_prefill_writes_into_a_block_without_storage(mod
     finished = list(batcher.run(_jobs(lm, tokenizer, 14)))
     assert all(f.ok for f in finished), [str(f.error) for f in finished if not f.ok]
     assert first_writes == []
+

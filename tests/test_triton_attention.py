@@ -50,7 +50,7 @@ def scenario(n_rows, heads, kv_heads, dim, lengths, q_len, dtype, device, seed):
         own.write(0, torch.randn(kv_heads, n_new, dim, dtype=dtype, device=device),
                   torch.randn(kv_heads, n_new, dim, dtype=dtype, device=device))  # fmt: skip
         rows.append((view, n_new))
-    row_views = [RowView.build(view, n_new) for view, n_new in rows]
+    row_views = [RowView(view, n_new) for view, n_new in rows]
     query = torch.randn(n_rows, heads, q_len, dim, dtype=dtype, device=device)
     return query, row_views
 
@@ -216,7 +216,7 @@ def test_partial_slots_are_packed_per_entry_and_never_shared():
     for i, own in enumerate(steps):
         view = [context, *(b for j, s in enumerate(steps) if j != i for b in (s, sep)), own]
         own.start_write([0])
-        rows.append(RowView.build(view, 1))
+        rows.append(RowView(view, 1))
     blocks, tables, sizes = plan_arrays(rows, 1, groups=1)
     arrays = {name: table.tolist() for name, table in tables.items()}
     splits = {id(b): -(-b.visible_length // settings.split) for b in blocks}

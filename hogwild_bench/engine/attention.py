@@ -52,10 +52,6 @@ class RowView:
             total += block.visible_length
         return offsets
 
-    @classmethod
-    def build(cls, blocks: list[KVBlock], n_new: int) -> RowView:
-        return cls(blocks=list(blocks), n_new=n_new)
-
     def query_start(self, q_len: int) -> int:
         """Local position in the own block of the first of the ``q_len`` (left-padded) query slots."""
         return self.own.length + self.write_offset - (q_len - self.n_new)
