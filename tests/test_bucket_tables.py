@@ -141,3 +141,20 @@ def test_no_forward_but_a_prompt_prefill_writes_into_a_block_without_storage(mod
     assert all(f.ok for f in finished), [str(f.error) for f in finished if not f.ok]
     assert first_writes == []
 
+
+def test_a_view_naming_an_unknown_block_fails_with_the_error_an_eager_forward_gives(models):
+    """The bucket graphs resolve a step's views as an eager forward does: a misspelled block name is an
+    `UnknownBlockError` naming it and the known blocks, whichever path runs the step."""
+    from hogwild_bench.engine.cache import UnknownBlockError
+    from hogwild_bench.engine.model import Write
+
+    lm = HogwildLM(models("qwen2"), attention="query_rotation")
+    cache = lm.new_cache()
+    lm.forward(cache, [Write(["prompt"], [1, 2, 3])])
+    writes = [Write(["prompt", "histroy", "alice"], [4])]
+    message = r"no block 'histroy' in this cache; known blocks: alice, prompt"
+    with pytest.raises(UnknownBlockError, match=message):
+        lm.forward(cache, writes)
+    with pytest.raises(UnknownBlockError, match=message):
+        bucket_module.BucketGraphs(lm, cache).forward(writes)
+    assert cache.rows is None and cache.block("alice").pending == 0  # nothing left half-begun

@@ -300,9 +300,8 @@ class BucketGraphs:
 
     def forward(self, writes) -> torch.Tensor | None:
         """Logits of each write's last token, replayed from the graph of the bucket that holds all of the
-        writes' tokens as one-token rows; None when the step cannot replay (the caller runs it eagerly)."""
-        if any(name not in self.cache.blocks for w in writes for name in w.view[:-1]):
-            return None  # eager forwards raise the clear error about unknown blocks
+        writes' tokens as one-token rows; None when the step cannot replay (the caller runs it eagerly). A view
+        naming an unknown block raises `UnknownBlockError` from `begin_forward`, as an eager forward would."""
         rows = bucket_for(sum(len(w.tokens) for w in writes))
         if rows not in self.graphs:
             self.graphs[rows] = BucketGraph(self.lm, self.cache, rows)
