@@ -185,6 +185,10 @@ class BatchConfig:
     # device). Off: on the real 1.5B sweep with bucket graphs it compiled for the first 90 s and then replayed
     # 438 steps in 180 s where the default replays ~12,000 (experiments/README, session 14)
     compile_dynamic: bool = False
+    # with model.compile and cuda_graphs: torch.compile (static) the replayed steps, one compilation per row-count
+    # bucket made at its first capture (the small kernels of norms, RoPE, activations fused); eager forwards stay
+    # uncompiled
+    compile_buckets: bool = False
     # torch CPU threads of a CUDA run (0: torch's default). The host work of a step is thousands of tiny tensor
     # ops; with one OpenMP thread per core their wake-ups made the eager forwards of a 64-row batch 3x slower
     # (experiments/README, session 10)

@@ -208,14 +208,16 @@ def _run_todo(cfg: RunConfig, store: ResultStore, todo: list, run_dir: Path, dig
     devices = {p.device for p in model.parameters()}
     # a static torch.compile specialises on the batch size, which changes every few steps in a batched run: it
     # would recompile until its limit and fall back to eager (measured: 5x slower than eager). Batched runs
-    # compile only with batch.compile_dynamic (one compilation for every shape).
+    # compile only the bucket graphs' steps (batch.compile_buckets: one static compilation per bucket) or every
+    # forward with batch.compile_dynamic (one compilation for every shape).
     if cfg.batch.cpu_threads > 0 and any(d.type == "cuda" for d in devices):
         torch.set_num_threads(cfg.batch.cpu_threads)
     compile = cfg.model.compile and len(devices) == 1 and next(iter(devices)).type == "cuda"
     batched = cfg.batch.enabled and protocol_batchable(cfg)
     dynamic = compile and batched and cfg.batch.compile_dynamic
+    buckets = compile and batched and cfg.batch.compile_buckets and cfg.batch.cuda_graphs and not dynamic
     lm = HogwildLM(model, attention=_value(cfg.model.attention), cuda_graphs=cfg.model.cuda_graphs,
-                   compile=compile and not batched, compile_dynamic=dynamic)  # fmt: skip
+                   compile=compile and not batched, compile_dynamic=dynamic, compile_buckets=buckets)  # fmt: skip
     protocol = build_protocol(_value(cfg.protocol.name), ProtocolContext(lm, tokenizer, cfg))
     config_dict = OmegaConf.to_container(OmegaConf.structured(cfg), resolve=True, enum_to_str=True)
     tracker = make_tracker(cfg.logger, cfg.store.run_name, config_dict, run_dir, (cfg.shard.index, cfg.shard.count))

@@ -65,14 +65,16 @@ def test_compiled_graph_steps_match_uncompiled_eager_in_float32(models, tokenize
         torch.testing.assert_close(a.logits, b.logits, atol=1e-3, rtol=1e-3)
 
 
-@pytest.mark.parametrize("family,lanes", [("qwen2", 1), ("llama", 1), ("qwen2", 2)])
+@pytest.mark.parametrize("family,lanes,compiled", [("qwen2", 1, False), ("llama", 1, False), ("qwen2", 2, False),
+                                                   ("qwen2", 2, True)])  # fmt: skip
 def test_batched_steps_replayed_from_bucket_graphs_equal_each_generation_alone(
-    models, tokenizer, family, lanes, monkeypatch
+    models, tokenizer, family, lanes, compiled, monkeypatch
 ):
     """The batcher's graphs serve any generations in flight: as they finish and others join (different worker
     counts, layouts, early stops, finishers, sampling), each generation's tokens and snapshots stay those it
     gets alone and eager, in float32; a handful of captures serve every step. In two lanes (each with its own
-    graphs, the host preparing one while the device runs the other) too."""
+    graphs, the host preparing one while the device runs the other) too, and with the replayed steps
+    torch.compile'd per bucket (``compile_buckets``; the eager forwards stay uncompiled)."""
     from helpers import live_blocks, track_blocks
     from test_batching import MIXED, comparable, jobs_for, make_generator
 
@@ -85,13 +87,14 @@ def test_batched_steps_replayed_from_bucket_graphs_equal_each_generation_alone(
         blocks = track_blocks(monkeypatch)
         steps: list[int] = []
         batcher = ContinuousBatcher(
-            HogwildLM(model, attention="triton"), max_rows=6 * lanes, cuda_graphs=True,
+            HogwildLM(model, attention="triton", compile_buckets=compiled), max_rows=6 * lanes, cuda_graphs=True,
             on_step=lambda rows, seconds: steps.append(rows), lanes=lanes,
         )  # fmt: skip
         finished = list(batcher.run(jobs_for(lm, tokenizer, [5, 3, 1, 0, 4, 2])))
     finally:
         model.to("cpu")
     assert [f.error for f in finished] == [None] * len(MIXED)
+    assert (batcher.lm.bucket_decoder is not None) == compiled and batcher.lm.decoder is None
     for f in finished:
         assert comparable(f.result) == expected[f.key], f"generation {f.key} changed when replayed from graphs"
     # writes of several tokens (step prefixes every 4 tokens here, finisher prompts) replay as one-token rows:

@@ -126,9 +126,9 @@ class BucketGraph:
         return shapes | {"row_parts": (self.rows, caps.parts), "row_count": (self.rows,)}
 
     def _int64_tables(self, blocks: list, rows: list[RowView], tokens: Sequence[int]) -> None:
-        """Into the int64 staging buffer: ``[3, layers, blocks]`` K/V addresses and capacities of the blocks
-        read, the same of each row's own block (padded rows: the scratch block), then the token ids and write
-        positions. Each address table is rewritten only when its blocks or their storage changed."""
+        """Into the int64 staging buffer: the token ids and write positions, then ``[3, layers, blocks]`` K/V
+        addresses and capacities of the blocks read, the same of each row's own block (padded rows: the scratch
+        block). Each address table is rewritten only when its blocks or their storage changed."""
         n = len(tokens)
         read = [b.addresses() for b in blocks]
         if not _same(read, self.written_read):
@@ -158,10 +158,13 @@ class BucketGraph:
         self.tables_i32 = torch.empty(n_i32, dtype=torch.int32, device=self.device)
         self.tables_i64 = torch.empty(n_i64, dtype=torch.int64, device=self.device)
         self.uploaded = torch.cuda.Event()
-        self.read_tables = self.tables_i64[:read].view(3, layers, caps.blocks)
-        self.own_tables = self.tables_i64[read : read + own].view(3, layers, self.rows)
-        self.input_ids = self.tables_i64[read + own : read + own + self.rows].view(self.rows, 1)
-        self.positions = self.tables_i64[read + own + self.rows :].view(self.rows, 1)
+        # the token ids and positions first: the model's inputs sit at the same offsets whatever the capacities
+        # (a bucket compiled for them stays valid when the bucket re-captures with more room)
+        ids = 2 * self.rows
+        self.input_ids = self.tables_i64[: self.rows].view(self.rows, 1)
+        self.positions = self.tables_i64[self.rows : ids].view(self.rows, 1)
+        self.read_tables = self.tables_i64[ids : ids + read].view(3, layers, caps.blocks)
+        self.own_tables = self.tables_i64[ids + read : ids + read + own].view(3, layers, self.rows)
         self.one_new = torch.ones(self.rows, dtype=torch.int32, device=self.device)
 
     def _allocate_host(self, pin: bool) -> None:
@@ -176,10 +179,10 @@ class BucketGraph:
             self.host_i32, self.host_i64 = self.host_i32.pin_memory(), self.host_i64.pin_memory()
         self.host_i32_np = self.host_i32.numpy()
         self.host_i32_views = {name: v.numpy() for name, v in table_views(self.host_i32, self._shapes()).items()}
-        host_i64 = self.host_i64.numpy()
-        self.read_np = host_i64[:read].reshape(3, layers, caps.blocks)
-        self.own_np = host_i64[read : read + own].reshape(3, layers, self.rows)
-        self.ids_np = host_i64[read + own :].reshape(2, self.rows)
+        host_i64, ids = self.host_i64.numpy(), 2 * self.rows  # `_allocate`'s order
+        self.ids_np = host_i64[:ids].reshape(2, self.rows)
+        self.read_np = host_i64[ids : ids + read].reshape(3, layers, caps.blocks)
+        self.own_np = host_i64[ids + read :].reshape(3, layers, self.rows)
         self.written_read = self.written_own = None  # the addresses the staging tables hold
 
     def _upload(self, blocks: list, arrays: dict, rows: list[RowView], tokens: Sequence[int]) -> None:
@@ -200,8 +203,9 @@ class BucketGraph:
 
         def forward():
             self.cache.forward_state[("triton_plan", self.device)] = plan.for_new_forward()
-            if self.lm.decoder is not None:
-                return self.lm.decoder(self.cache, self.input_ids, self.positions).float()
+            decoder = self.lm.decoder or self.lm.bucket_decoder
+            if decoder is not None:
+                return decoder(self.cache, self.input_ids, self.positions).float()
             out = self.lm.model(
                 input_ids=self.input_ids, position_ids=self.positions, past_key_values=self.cache,
                 hogwild_cache=self.cache, use_cache=True, logits_to_keep=1,

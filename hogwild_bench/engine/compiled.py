@@ -64,11 +64,21 @@ class CompiledDecoder:
     Compiled on first use (Inductor generates kernels for the whole model: slow, once). Static (the default):
     one compilation per number of rows, one new token per row, the fastest kernels for CUDA-graph replays.
     ``dynamic=True``: one compilation for every number of rows and tokens per row, so a batched run (rows
-    join and leave every few steps, some rows write a step prefix) never recompiles.
+    join and leave every few steps, some rows write a step prefix) never recompiles. ``buckets=True``: static,
+    called only by the bucket graphs' captures, one compilation per bucket (powers of two from 8 rows): room is
+    made for that many specialisations, which torch would otherwise stop compiling after eight.
     """
 
-    def __init__(self, model: torch.nn.Module, backend: str = "inductor", dynamic: bool = False):
+    BUCKET_COMPILATIONS = 16  # buckets of 8 .. 2**18 rows
+
+    def __init__(self, model: torch.nn.Module, backend: str = "inductor", dynamic: bool = False,
+                 buckets: bool = False):  # fmt: skip
+        if dynamic and buckets:
+            raise ValueError("CompiledDecoder: dynamic=True compiles once for every shape; buckets=True is static")
         self.model, self.dynamic = model, dynamic
+        if buckets:
+            config = torch._dynamo.config
+            config.recompile_limit = max(config.recompile_limit, self.BUCKET_COMPILATIONS)
         self.stand_in = StandInCache(model.config.num_hidden_layers)
         self.compiled = torch.compile(model, backend=backend, dynamic=dynamic)
 

@@ -114,6 +114,7 @@ class HogwildLM:
         compile: bool = False,
         compile_dynamic: bool = False,
         pack_rows: bool = True,
+        compile_buckets: bool = False,
     ):
         check_model_supported(model.config)
         # decode steps on the Triton path replay CUDA graphs (one CUDA device; a model split over GPUs runs eager)
@@ -133,6 +134,9 @@ class HogwildLM:
         # decode forwards (graph captures included) run the torch.compile'd model: its small kernels fused.
         # compile_dynamic: one compilation serves every forward shape (batched runs; see CompiledDecoder)
         self.decoder = CompiledDecoder(model, dynamic=compile_dynamic) if compile or compile_dynamic else None
+        # compile_buckets: only the batched steps replayed from bucket graphs run compiled, one static compilation
+        # per row-count bucket, made once at capture; the batch's eager forwards (any shape) stay uncompiled
+        self.bucket_decoder = CompiledDecoder(model, buckets=True) if compile_buckets and not self.decoder else None
         # a forward whose rows write different numbers of tokens runs them packed in one sequence (no padding)
         self.pack_rows = pack_rows
 
