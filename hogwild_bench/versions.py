@@ -56,8 +56,22 @@ def prompt_version() -> str:
 
 
 @cache
+def source_hash() -> str:
+    """A hash of the package's own source files (paths and contents): names the code exactly where git cannot,
+    as in an installed copy or a copied working tree whose ``.git`` is stale (the GPU machine's copy of a
+    checkout reports the commit the session started from, plus ``-dirty``)."""
+    root = Path(__file__).resolve().parent
+    digest = hashlib.sha256()
+    for path in sorted(root.rglob("*")):
+        if path.is_file() and path.suffix in {".py", ".yaml"} and "__pycache__" not in path.parts:
+            digest.update(path.relative_to(root).as_posix().encode() + b"\0" + path.read_bytes() + b"\0")
+    return digest.hexdigest()[:12]
+
+
+@cache
 def code_version() -> str:
-    """The package version, plus the git commit (and ``+dirty``) when run from a checkout."""
+    """The package version, plus the git commit (and ``+dirty``) when run from a checkout, then
+    ``.src<hash>`` of the package's source files (`source_hash`)."""
     try:
         package = version("hogwild_bench")
     except PackageNotFoundError:
@@ -70,7 +84,8 @@ def code_version() -> str:
                                capture_output=True, text=True, timeout=5).stdout.strip()  # fmt: skip
     except (OSError, subprocess.SubprocessError):
         commit, dirty = "", ""
-    return f"{package}+{commit}{'-dirty' if dirty else ''}" if commit else package
+    git = f"+{commit}{'-dirty' if dirty else ''}" if commit else ""
+    return f"{package}{git}.src{source_hash()}"
 
 
 def result_settings(cfg) -> dict:

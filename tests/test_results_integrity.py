@@ -78,9 +78,26 @@ def test_records_carry_versions_and_the_problem_text(tmp_path):
     run(compose_config(overrides))
     (record,) = ResultStore(run_dir_of(compose_config(overrides))).records()[:1]
     assert record["prompt_version"] == versions.prompt_version() and record["prompt"] == "paper"
-    assert record["code_version"].startswith("0.1.0")
+    assert record["code_version"].startswith("0.1.0") and record["code_version"].endswith(versions.source_hash())
     assert record["problem"] == "What is 17 + 25?" and len(record["problem_hash"]) == 16
     assert record["dataset_version"].startswith("sample:")
+
+
+def test_the_source_hash_names_the_package_files_contents(tmp_path, monkeypatch):
+    """The code version holds a hash of the package's source, which changes with any file's content."""
+    package = tmp_path / "hogwild_bench"
+    (package / "engine").mkdir(parents=True)
+    (package / "versions.py").write_text("# a stand-in")
+    (package / "engine" / "model.py").write_text("x = 1\n")
+    monkeypatch.setattr(versions, "__file__", str(package / "versions.py"))
+    versions.source_hash.cache_clear()
+    try:
+        before = versions.source_hash()
+        (package / "engine" / "model.py").write_text("x = 2\n")
+        versions.source_hash.cache_clear()
+        assert versions.source_hash() != before and len(before) == 12
+    finally:
+        versions.source_hash.cache_clear()
 
 
 def test_the_prompt_style_and_a_system_file_s_text_enter_the_key_but_not_the_file_s_path(tmp_path):
