@@ -95,21 +95,18 @@ def _base_record(cfg: RunConfig, problem: Problem, point: GridPoint, budget: int
     }
 
 
-def scored_record(cfg: RunConfig, problem: Problem, point: GridPoint, outcome: BudgetOutcome, digest: str) -> dict:
-    if problem.sub_answers:
-        score = score_parts(outcome.response, problem.sub_answers, cfg.scoring.timeout_seconds)
+def scored_record(
+    cfg: RunConfig, problem: Problem, point: GridPoint, outcome: BudgetOutcome, digest: str, memo: dict | None = None
+) -> dict:
+    """``outcome`` as a stored record. ``memo`` (one dict per generation): outcomes that share a transcript
+    object come from one snapshot (a finished generation's remaining budgets) and are scored once."""
+    key = (id(outcome.transcript), outcome.response) if outcome.transcript is not None else None
+    if memo is not None and key in memo:
+        score, collaboration, repeated = memo[key]
     else:
-        score = score_answer(outcome.response, problem.answer, cfg.scoring.timeout_seconds)
-    texts = outcome.extra.get("worker_texts") or [outcome.response]
-    collaboration = {}
-    if outcome.transcript is not None:
-        collaboration = collaboration_metrics(
-            outcome.transcript,
-            answer=score.extracted,
-            finisher_answered=outcome.extra.get("finisher_answer") is not None,
-            end_step=outcome.tokens_per_worker,
-            worker_ends=outcome.extra.get("worker_ends") or (),
-        )
+        score, collaboration, repeated = _score_outcome(cfg, problem, outcome)
+        if memo is not None and key is not None:
+            memo[key] = (score, collaboration, repeated)
     return {
         **_base_record(cfg, problem, point, outcome.budget, digest),
         "status": "ok",
@@ -125,10 +122,29 @@ def scored_record(cfg: RunConfig, problem: Problem, point: GridPoint, outcome: B
         "partial": score.partial,
         "scoring_error": score.error,
         "scoring_timeout": score.timed_out,
-        **repetition(texts),
+        **repeated,
         **outcome.extra,
         **collaboration,
     }
+
+
+def _score_outcome(cfg: RunConfig, problem: Problem, outcome: BudgetOutcome) -> tuple:
+    """The score, collaboration metrics and repetition fields of one outcome."""
+    if problem.sub_answers:
+        score = score_parts(outcome.response, problem.sub_answers, cfg.scoring.timeout_seconds)
+    else:
+        score = score_answer(outcome.response, problem.answer, cfg.scoring.timeout_seconds)
+    texts = outcome.extra.get("worker_texts") or [outcome.response]
+    collaboration = {}
+    if outcome.transcript is not None:
+        collaboration = collaboration_metrics(
+            outcome.transcript,
+            answer=score.extracted,
+            finisher_answered=outcome.extra.get("finisher_answer") is not None,
+            end_step=outcome.tokens_per_worker,
+            worker_ends=outcome.extra.get("worker_ends") or (),
+        )
+    return score, collaboration, repetition(texts)
 
 
 def failed_record(
@@ -230,9 +246,9 @@ def _run_todo(cfg: RunConfig, store: ResultStore, todo: list, run_dir: Path, dig
             problem, point, missing = finished.key
             if finished.ok:
                 try:
-                    cost = generation_cost(finished)
+                    cost, memo = generation_cost(finished), {}
                     records = [
-                        {**scored_record(cfg, problem, point, o, digest), **cost}
+                        {**scored_record(cfg, problem, point, o, digest, memo), **cost}
                         for o in finished.result
                         if o.budget in missing
                     ]

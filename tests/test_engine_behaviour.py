@@ -129,6 +129,28 @@ def test_finisher_answer_ends_the_response_and_does_not_change_later_budgets(mod
     assert plain.snapshots[10].blocks == snap.blocks and plain.snapshots[10].worker_tokens == snap.worker_tokens
 
 
+def test_a_finished_generation_takes_one_snapshot_for_every_budget_it_did_not_reach(models, tokenizer):
+    """Once every worker has ended its turn, the budgets not yet reached all see the same state: the finisher
+    runs once for them, and their snapshots differ only in their budget."""
+    from hogwild_bench.engine.generation import FINISHER
+
+    lm = HogwildLM(models("llama"))
+    options = GenerationOptions(n_workers=1, layout="contiguous", budgets=(8, 16, 32), early_stop=False,
+                                sampling=SamplingParams(temperature=0.0))  # fmt: skip
+    first = HogwildGenerator(lm, tokenizer, options).generate("2+2?").snapshots[8].worker_tokens[0][-8]
+    recorder = RecordingLM(lm)
+    gen = HogwildGenerator(recorder, tokenizer, options, finisher=BOXED_FINISHER)
+    gen.eos_ids = {first}  # the worker's first sampled token ends its turn
+    result = gen.generate("2+2?")
+    assert result.finished_early and result.tokens_per_worker == 1
+    finisher_prompts = [r for r in recorder.records if len(r.tokens[0]) > 1 and r.views[0][-1] == FINISHER]
+    assert len(finisher_prompts) == 1, "one finisher run serves budgets 8, 16 and 32"
+    snaps = [result.snapshots[b] for b in (8, 16, 32)]
+    assert [s.budget for s in snaps] == [8, 16, 32] and snaps[0].answer is not None
+    for snap in snaps[1:]:
+        assert snap.response == snaps[0].response and snap.worker_tokens == snaps[0].worker_tokens
+
+
 def test_paragraph_boundary_needs_sentence_end_then_blank_line():
     tok = tiny_tokenizer()
     boundary = ParagraphBoundary(tok)

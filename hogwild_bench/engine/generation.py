@@ -19,7 +19,7 @@ from __future__ import annotations
 import re
 import time
 from collections.abc import Callable, Generator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Protocol, TypeVar
 
 import torch
@@ -314,9 +314,12 @@ class HogwildGenerator:
             if rows:  # none when the last active workers just ended their turn
                 row_logits = yield from self._forward([Write(views[i], state.pending[i]) for i in rows])
             state.pending = [[] for _ in range(n)]
-            for budget in opts.budgets:
-                if budget == state.sampled or (state.finished and budget > state.sampled):
-                    snapshots[budget] = yield from self._snapshot(cache, budget, state)
+            # a finished generation's remaining budgets all see this state: one snapshot (one finisher run) serves
+            # them all; before it finishes, at most the budget just reached is due
+            due = [b for b in opts.budgets if b == state.sampled or (state.finished and b > state.sampled)]
+            if due:
+                snap = yield from self._snapshot(cache, due[0], state)
+                snapshots.update({budget: replace(snap, budget=budget) for budget in due})
             if state.finished or state.sampled >= opts.budgets[-1]:
                 break
             active = [i for i in range(n) if not state.done(i)]

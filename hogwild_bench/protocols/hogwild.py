@@ -60,26 +60,28 @@ def work_split(snap) -> dict:
 
 
 def outcomes(result, tokenizer) -> list[BudgetOutcome]:
-    return [
-        BudgetOutcome(
-            budget=budget,
-            tokens_per_worker=snap.tokens_per_worker,
-            total_tokens=snap.total_tokens,
-            wall_seconds=snap.wall_seconds,
-            response=snap.response,
-            finished_early=snap.finished_early,
-            extra={
-                "finisher_answer": snap.answer,
-                "steps_per_worker": snap.steps_per_worker,
-                "answered_by": snap.answered_by,
-                "worker_ends": snap.worker_ends,
-                "worker_texts": [tokenizer.decode(t) for t in snap.worker_tokens],
-                **work_split(snap),
-            },
-            transcript=transcript(snap, tokenizer),
-        )
-        for budget, snap in sorted(result.snapshots.items())
-    ]
+    """One outcome per budget. The budgets a finished generation had not reached share one snapshot's token
+    lists (`HogwildGenerator.steps`): their texts and transcript are decoded once."""
+    decoded: dict[int, tuple[list[str], list]] = {}
+    out = []
+    for budget, snap in sorted(result.snapshots.items()):
+        if id(snap.worker_tokens) not in decoded:
+            decoded[id(snap.worker_tokens)] = ([tokenizer.decode(t) for t in snap.worker_tokens],
+                                               transcript(snap, tokenizer))  # fmt: skip
+        texts, pieces = decoded[id(snap.worker_tokens)]
+        extra = {
+            "finisher_answer": snap.answer,
+            "steps_per_worker": snap.steps_per_worker,
+            "answered_by": snap.answered_by,
+            "worker_ends": snap.worker_ends,
+            "worker_texts": texts,
+            **work_split(snap),
+        }
+        out.append(BudgetOutcome(budget=budget, tokens_per_worker=snap.tokens_per_worker,
+                                 total_tokens=snap.total_tokens, wall_seconds=snap.wall_seconds,
+                                 response=snap.response, finished_early=snap.finished_early, extra=extra,
+                                 transcript=pieces))  # fmt: skip
+    return out
 
 
 def generation_job(gen: HogwildGenerator, problem: str, finish: Callable) -> BatchJob:
