@@ -84,6 +84,9 @@ def stop_on_boxed(tokenizer, count: int = 1, window: int = 64):
             return False
         return count == 1 or len(top_level_boxed(decode(tokens))) >= count
 
+    # a box closes only with a brace: while the rule answers false, only a new token holding ``}`` can change that
+    # (the box would lie within the previous window too; the loop calls ``stop`` after every write)
+    stop.triggered_by = braces.any_in
     return stop
 
 

@@ -42,6 +42,40 @@ def test_the_boxed_stop_equals_decoding_every_window(tokenizer):
             assert stop(ids) == expected, tokenizer.decode(ids)
 
 
+def first_stop(stop, ids, chunks, skip: bool) -> int | None:
+    """Write ``ids`` in writes of the given sizes, asking ``stop`` after each as the generation loop does:
+    the length at which it first answers true. ``skip``: not asking when ``stop.triggered_by`` says the write
+    cannot change the answer."""
+    checked, end = 0, 0
+    for size in chunks:
+        end = min(len(ids), end + size)
+        new, checked = ids[checked:end], end
+        if (not skip or stop.triggered_by(new)) and stop(ids[:end]):
+            return end
+        if end == len(ids):
+            return None
+    return None
+
+
+def test_the_boxed_stop_skipped_on_writes_without_a_brace_fires_where_it_would_have(tokenizer):
+    """The loop asks the stop rule only after writes holding ``}``: the rule first fires at the same token as
+    when asked after every write (one token at a time, or several at once as step headers are written)."""
+    rng = random.Random(5)
+    streams = [tokenizer.encode(text, add_special_tokens=False) for text in TEXTS]
+    streams += [tokenizer.encode(t + " " + u, add_special_tokens=False) for t in TEXTS for u in TEXTS]
+    vocab = len(tokenizer)
+    streams += [[rng.randrange(vocab) for _ in range(rng.randrange(1, 120))] for _ in range(200)]
+    fired = 0
+    for count in (1, 2):
+        stop = stop_on_boxed(tokenizer, count=count, window=16)
+        for ids in streams:
+            for chunks in ([1] * len(ids), [rng.randrange(1, 6) for _ in ids]):
+                every = first_stop(stop, ids, chunks, skip=False)
+                assert first_stop(stop, ids, chunks, skip=True) == every, tokenizer.decode(ids)
+                fired += every is not None
+    assert fired > 10  # the texts do close boxes
+
+
 def test_tokens_holding_a_fragment_equals_reading_each_token_text(tokenizer):
     pieces = token_pieces(tokenizer)
     for fragment in ("}", "\n"):

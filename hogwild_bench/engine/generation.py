@@ -38,7 +38,10 @@ WORKER_EOS_MODES = ("done", "forbid")
 END_OF_TURN_TOKENS = ("<|im_end|>", "<|eot_id|>", "<|end_of_text|>", "<|endoftext|>", "<end_of_turn>", "</s>")
 _SENTENCE_THEN_PARAGRAPH = re.compile(r"[.!?][)\]*\"'$`]*[ \t]*\n\n$")
 
-StopRule = Callable[[Sequence[int]], bool]  # a worker's tokens so far -> it has written its final answer
+# a worker's tokens so far -> it has written its final answer. A rule may carry ``triggered_by(new_tokens)``: false
+# when none of the tokens written since its last (false) answer could make it true; the loop then skips the call
+# (it runs on every sampled token of every row)
+StopRule = Callable[[Sequence[int]], bool]
 # A generation written as a coroutine: it yields the rows of each forward it needs and is sent their
 # last-token logits ``[rows, V]``, and yields a `Draw` for each token choice and is sent the token ids; it
 # returns its result. `drive` runs one alone; `engine.batch` runs many, their draws in one call per step.
@@ -173,6 +176,7 @@ class LoopState:
     answered_by: int | None = None
     sampled: int = 0
     finished: bool = False
+    stop_checked: list[int] = field(default_factory=list)  # per worker: tokens the stop rule has answered false for
 
     def done(self, worker: int) -> bool:
         return self.ends[worker] is not None
@@ -291,6 +295,7 @@ class HogwildGenerator:
             started=time.perf_counter(), worker_tokens=worker_tokens, step_tokens=[list(p) for p in pending],
             pending=pending, steps=[1] * n, since_collab=[0] * n, ends=[None] * n,
             token_steps=[[0] * len(t) for t in worker_tokens], inserted=[[True] * len(t) for t in worker_tokens],
+            stop_checked=[0] * n,
         )  # fmt: skip
         return prompt, state
 
@@ -371,11 +376,19 @@ class HogwildGenerator:
             state.step_tokens[i] = list(state.pending[i])
             if self.layout.has_history and opts.header_prefill == "in_context":
                 yield from self._prefill_constants(cache)
-        if opts.early_stop and self.stop is not None and self.stop(state.worker_tokens[i]):
+        if opts.early_stop and self.stop is not None and self._may_stop(state, i) and self.stop(state.worker_tokens[i]):
             if state.answered_by is None:
                 state.answered_by = i
             if opts.per_worker:
                 state.ends[i] = ("answer", state.sampled)
+
+    def _may_stop(self, state: LoopState, i: int) -> bool:
+        """Whether the stop rule must look at worker ``i``'s tokens: always, unless the rule says (its
+        ``triggered_by``) that none of the tokens written since its last look could make it true."""
+        tokens, checked = state.worker_tokens[i], state.stop_checked
+        new, checked[i] = tokens[checked[i] :], len(tokens)
+        triggered_by = getattr(self.stop, "triggered_by", None)
+        return triggered_by is None or triggered_by(new)
 
     # -- snapshots and the finisher ----------------------------------------------------------------
     def _respond(self, cache, view: Sequence[str], answered: bool) -> Steps[tuple[str, str | None]]:
