@@ -85,13 +85,14 @@ def together(runs: list[dict]) -> dict:
     """Shards that ran at the same time: their generations and tokens summed over the longest one's time."""
     seconds = max(r["progress_seconds"] for r in runs)
     tokens = sum(r["tokens_of_completed_generations"] for r in runs)
+    generations = sum(r["generations"] for r in runs)
     return {
         "processes": len(runs),
-        "generations": sum(r["generations"] for r in runs),
+        "generations": generations,
         "tokens_of_completed_generations": tokens,
         "progress_seconds": seconds,
         "completed_tokens_per_second": round(tokens / seconds, 1) if seconds else None,
-        "generations_per_second": round(sum(r["generations"] for r in runs) / seconds, 3) if seconds else None,
+        "generations_per_second": round(generations / seconds, 3) if seconds else None,
     }
 
 

@@ -385,6 +385,9 @@ def validate(cfg: DictConfig | RunConfig) -> RunConfig:
         errors.append(f"batch.cpu_threads must be 0 (torch's default) or a thread count, got {b.cpu_threads}")
     if not 0 < b.kv_memory_fraction <= 1:
         errors.append(f"batch.kv_memory_fraction must be in (0, 1], got {b.kv_memory_fraction}")
+    if b.compile_dynamic and b.compile_buckets:
+        errors.append("batch.compile_dynamic and batch.compile_buckets are two ways to compile batched steps: "
+                      "set at most one of them true")  # fmt: skip
     if cfg.scoring.timeout_seconds < 1:
         errors.append(f"scoring.timeout_seconds must be >= 1, got {cfg.scoring.timeout_seconds}")
     if cfg.protocol.gate_min_tokens < 1:

@@ -97,12 +97,14 @@ def test_validation_reports_every_problem_at_once():
 
 def test_batch_settings_out_of_range_are_named():
     with pytest.raises(ConfigError) as error:
-        bad = ["batch.cpu_threads=-2", "batch.kv_memory_fraction=1.5", "batch.insert_wait_rounds=-1", "batch.lanes=-1"]
+        bad = ["batch.cpu_threads=-2", "batch.kv_memory_fraction=1.5", "batch.insert_wait_rounds=-1", "batch.lanes=-1",
+               "batch.compile_dynamic=true", "batch.compile_buckets=true"]  # fmt: skip
         validate(compose_config(bad))
     message = str(error.value)
     assert "batch.cpu_threads must be 0" in message and "batch.kv_memory_fraction" in message
     assert "batch.insert_wait_rounds must be >= 0" in message
     assert "batch.lanes must be a number of lanes >= 1, or 0 (auto), got -1" in message
+    assert "batch.compile_dynamic and batch.compile_buckets" in message and "at most one" in message
 
 
 def test_cli_reports_config_errors_without_a_traceback(tmp_path):

@@ -137,7 +137,8 @@ def test_a_finished_generation_takes_one_snapshot_for_every_budget_it_did_not_re
     lm = HogwildLM(models("llama"))
     options = GenerationOptions(n_workers=1, layout="contiguous", budgets=(8, 16, 32), early_stop=False,
                                 sampling=SamplingParams(temperature=0.0))  # fmt: skip
-    first = HogwildGenerator(lm, tokenizer, options).generate("2+2?").snapshots[8].worker_tokens[0][-8]
+    alone = HogwildGenerator(lm, tokenizer, options).generate("2+2?").snapshots[8]
+    first = next(t for t, inserted in zip(alone.worker_tokens[0], alone.worker_inserted[0]) if not inserted)
     recorder = RecordingLM(lm)
     gen = HogwildGenerator(recorder, tokenizer, options, finisher=BOXED_FINISHER)
     gen.eos_ids = {first}  # the worker's first sampled token ends its turn

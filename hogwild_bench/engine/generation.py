@@ -384,7 +384,8 @@ class HogwildGenerator:
 
     def _may_stop(self, state: LoopState, i: int) -> bool:
         """Whether the stop rule must look at worker ``i``'s tokens: always, unless the rule says (its
-        ``triggered_by``) that none of the tokens written since its last look could make it true."""
+        ``triggered_by``) that none of the tokens written since its last look could make it true. Marks the
+        worker's tokens as looked at."""
         tokens, checked = state.worker_tokens[i], state.stop_checked
         new, checked[i] = tokens[checked[i] :], len(tokens)
         triggered_by = getattr(self.stop, "triggered_by", None)
