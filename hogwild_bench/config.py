@@ -202,6 +202,10 @@ class BatchConfig:
     # one H100 2 lanes ran the real 1.5B sweep 34-64 % faster (host-bound) and the random 7B 7-25 % slower
     # (GPU-bound: each lane's forward reads the weights again); experiments/README, session 13
     lanes: int = 0
+    # processes that turn finished generations into records (decode texts and transcript, score, collaboration
+    # metrics) while the decode loop goes on; 0: in the loop's own thread; -1 (auto): on CUDA a quarter of the CPU
+    # cores, at most 4, else 0. Records are the same either way (a record depends on its generation alone)
+    record_workers: int = -1
 
 
 @dataclass
@@ -385,6 +389,9 @@ def validate(cfg: DictConfig | RunConfig) -> RunConfig:
         errors.append(f"batch.cpu_threads must be 0 (torch's default) or a thread count, got {b.cpu_threads}")
     if not 0 < b.kv_memory_fraction <= 1:
         errors.append(f"batch.kv_memory_fraction must be in (0, 1], got {b.kv_memory_fraction}")
+    if b.record_workers < -1:
+        errors.append(f"batch.record_workers must be a process count, 0 (in the decode loop's thread) or -1 (auto), "
+                      f"got {b.record_workers}")  # fmt: skip
     if b.compile_dynamic and b.compile_buckets:
         errors.append("batch.compile_dynamic and batch.compile_buckets are two ways to compile batched steps: "
                       "set at most one of them true")  # fmt: skip

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import logging
 import time
-import traceback
 from collections import deque
 from collections.abc import Iterator
 from dataclasses import replace
@@ -19,18 +18,16 @@ import torch
 from omegaconf import OmegaConf
 from tqdm.auto import tqdm
 
-from hogwild_bench.collaboration import collaboration_metrics
 from hogwild_bench.config import Attention, ConfigError, ProtocolName, RunConfig, validate
 from hogwild_bench.engine import HogwildLM
 from hogwild_bench.engine.batch import BatchTimes, ContinuousBatcher, Finished, JobCost
 from hogwild_bench.loading import load_model
-from hogwild_bench.metrics import repetition
-from hogwild_bench.protocols import BudgetOutcome, GridPoint, ProtocolContext, build_protocol
-from hogwild_bench.scoring import score_answer, score_parts
+from hogwild_bench.protocols import GridPoint, ProtocolContext, build_protocol
+from hogwild_bench.records import RecordContext, RecordMaker
 from hogwild_bench.store import ResultStore, shard_lock
-from hogwild_bench.tasks import Problem, dataset_version, load_problems, shard
+from hogwild_bench.tasks import Problem, load_problems, shard
 from hogwild_bench.tracking import make_tracker
-from hogwild_bench.versions import code_version, prompt_version, settings_hash
+from hogwild_bench.versions import settings_hash
 
 log = logging.getLogger("hogwild_bench")
 TIMES_LOG_SECONDS = 60.0  # a batched run logs where its time went (BatchTimes) this often, and at its end
@@ -60,103 +57,6 @@ def _key(cfg: RunConfig, problem: Problem, point: GridPoint, budget: int, digest
     """A record's identity; ``digest`` is the run's `settings_hash` (computed once per run)."""
     return (problem.id, problem.content_hash, _value(cfg.protocol.name), point.layout, point.workers,
             cfg.generation.seed, budget, digest)  # fmt: skip
-
-
-def _model_id(cfg: RunConfig) -> str:
-    if cfg.model.registry is not None:
-        return f"registry:{cfg.model.registry.packages[0]}"
-    return cfg.model.hf_id or f"tiny-random-{cfg.model.tiny_family}"
-
-
-def _base_record(cfg: RunConfig, problem: Problem, point: GridPoint, budget: int, digest: str) -> dict:
-    return {
-        "run_id": cfg.store.run_name,
-        "exp_name": cfg.exp_name,
-        "model": cfg.model.name,
-        "model_id": _model_id(cfg),
-        "dataset": cfg.dataset.name,
-        "dataset_version": dataset_version(cfg.dataset),
-        "problem_id": problem.id,
-        "problem_hash": problem.content_hash,
-        "problem": problem.problem,
-        "settings_hash": digest,
-        "prompt_version": prompt_version(),
-        "prompt": cfg.prompt.name if cfg.prompt.system_file is None else f"{cfg.prompt.name}+file",
-        "code_version": code_version(),
-        "protocol": _value(cfg.protocol.name),
-        "layout": point.layout,
-        "workers": point.workers,
-        "seed": cfg.generation.seed,
-        "temperature": cfg.generation.temperature,
-        "budget": budget,
-        "gold_answer": problem.answer,
-        "shard": f"{cfg.shard.index}/{cfg.shard.count}",
-        "timestamp": time.time(),
-    }
-
-
-def scored_record(
-    cfg: RunConfig, problem: Problem, point: GridPoint, outcome: BudgetOutcome, digest: str, memo: dict | None = None
-) -> dict:
-    """``outcome`` as a stored record. ``memo`` (one dict per generation): outcomes that share a transcript
-    object come from one snapshot (a finished generation's remaining budgets) and are scored once."""
-    key = (id(outcome.transcript), outcome.response) if outcome.transcript is not None else None
-    if memo is not None and key in memo:
-        score, collaboration, repeated = memo[key]
-    else:
-        score, collaboration, repeated = _score_outcome(cfg, problem, outcome)
-        if memo is not None and key is not None:
-            memo[key] = (score, collaboration, repeated)
-    return {
-        **_base_record(cfg, problem, point, outcome.budget, digest),
-        "status": "ok",
-        "tokens_per_worker": outcome.tokens_per_worker,
-        "total_tokens": outcome.total_tokens,
-        "wall_seconds": round(outcome.wall_seconds, 4),
-        "finished_early": outcome.finished_early,
-        "response": outcome.response,
-        "extracted_answer": score.extracted,
-        "correct": score.correct,
-        "placeholder_answer": score.placeholder,
-        "parts_correct": score.parts_correct or None,
-        "partial": score.partial,
-        "scoring_error": score.error,
-        "scoring_timeout": score.timed_out,
-        **repeated,
-        **outcome.extra,
-        **collaboration,
-    }
-
-
-def _score_outcome(cfg: RunConfig, problem: Problem, outcome: BudgetOutcome) -> tuple:
-    """The score, collaboration metrics and repetition fields of one outcome."""
-    if problem.sub_answers:
-        score = score_parts(outcome.response, problem.sub_answers, cfg.scoring.timeout_seconds)
-    else:
-        score = score_answer(outcome.response, problem.answer, cfg.scoring.timeout_seconds)
-    texts = outcome.extra.get("worker_texts") or [outcome.response]
-    collaboration = {}
-    if outcome.transcript is not None:
-        collaboration = collaboration_metrics(
-            outcome.transcript,
-            answer=score.extracted,
-            finisher_answered=outcome.extra.get("finisher_answer") is not None,
-            end_step=outcome.tokens_per_worker,
-            worker_ends=outcome.extra.get("worker_ends") or (),
-        )
-    return score, collaboration, repetition(texts)
-
-
-def failed_record(
-    cfg: RunConfig, problem: Problem, point: GridPoint, budget: int, error: BaseException, digest: str
-) -> dict:
-    return {
-        **_base_record(cfg, problem, point, budget, digest),
-        "status": "failed",
-        "correct": False,
-        "error": f"{type(error).__name__}: {error}",
-        "traceback": traceback.format_exc(limit=8),
-    }
 
 
 def accuracy_curves(records: list[dict]) -> dict[str, list[tuple[int, float]]]:
@@ -241,33 +141,38 @@ def _run_todo(cfg: RunConfig, store: ResultStore, todo: list, run_dir: Path, dig
     speed, times = Throughput(), BatchTimes()
     logged_times = time.perf_counter()
     bar = tqdm(total=len(todo), desc=cfg.store.run_name, unit="gen", disable=not cfg.progress)
-    try:
-        for done, finished in enumerate(_generations(cfg, lm, protocol, todo, speed, times), start=1):
-            problem, point, missing = finished.key
-            if finished.ok:
-                try:
-                    cost, memo = generation_cost(finished), {}
-                    records = [
-                        {**scored_record(cfg, problem, point, o, digest, memo), **cost}
-                        for o in finished.result
-                        if o.budget in missing
-                    ]
-                    hits.append(bool(records[-1]["correct"]) if records else False)
-                except Exception as error:  # a scoring failure is this problem's, not the run's
-                    finished.error = error
-            if not finished.ok:
-                log.error("problem %s (%s) failed: %s", problem.id, point.label, finished.error)
-                records = [failed_record(cfg, problem, point, b, finished.error, digest) for b in missing]
+    maker = RecordMaker(RecordContext(cfg, tokenizer, digest), record_workers(cfg, lm))
+    stored: list[tuple] = []
+
+    def store_made(wait: bool = False) -> None:
+        for made in maker.ready(wait):
+            stored.append(made.key)
+            problem, point, _ = made.key
+            if made.error is not None:
+                log.error("problem %s (%s) failed: %s", problem.id, point.label, made.error)
                 _release_memory()
-            store.append(records)
+            else:
+                hits.append(bool(made.records[-1]["correct"]) if made.records else False)
+            store.append(made.records)
             accuracy = sum(hits) / len(hits) if hits else None
             bar.update(1)
             bar.set_postfix(acc="-" if accuracy is None else f"{accuracy:.3f}", tok_s=f"{speed.tokens_per_second:.0f}",
                             rows=speed.rows)  # fmt: skip
-            tracker.log_problem(done, len(todo), accuracy, tokens_per_second=speed.tokens_per_second)
-            if time.perf_counter() - logged_times >= TIMES_LOG_SECONDS:
-                logged_times = time.perf_counter()
-                log.info("batch time so far: %s", times.summary())
+            tracker.log_problem(len(stored), len(todo), accuracy, tokens_per_second=speed.tokens_per_second)
+
+    try:
+        try:
+            for finished in _generations(cfg, lm, protocol, todo, speed, times):
+                maker.submit(finished)
+                store_made()
+                if time.perf_counter() - logged_times >= TIMES_LOG_SECONDS:
+                    logged_times = time.perf_counter()
+                    log.info("batch time so far: %s", times.summary())
+        finally:  # stopped or not: the records of every finished generation are made and stored
+            try:
+                store_made(wait=True)
+            finally:
+                maker.close()
         records = store.records()
         transcripts = [
             {k: r.get(k) for k in ("problem_id", "protocol", "workers", "layout", "budget", "response",
@@ -345,6 +250,19 @@ def lanes(cfg: RunConfig, lm: HogwildLM) -> int:
     return 2 if weight_bytes_read(lm.model) < LANES_AUTO_MAX_WEIGHT_BYTES else 1
 
 
+def record_workers(cfg: RunConfig, lm: HogwildLM) -> int:
+    """``batch.record_workers``, or for -1 (auto) on CUDA up to 4 processes (a quarter of the CPU cores), else 0:
+    making records (decoding, scoring, metrics) took a third of the real 1.5B sweep's decode-loop thread, while a
+    tiny CPU run would spend more on starting the processes than it saves."""
+    import os
+
+    if cfg.batch.record_workers >= 0:
+        return cfg.batch.record_workers
+    if lm.device.type != "cuda":
+        return 0
+    return min(4, (os.cpu_count() or 1) // 4)
+
+
 def kv_budget_bytes(cfg: RunConfig, lm: HogwildLM) -> int | None:
     """``batch.kv_memory_fraction`` of the GPU memory free now (after the model loaded); None on CPU."""
     import torch
@@ -363,8 +281,8 @@ def _generations(
         for item in todo:
             started = time.perf_counter()
             try:
-                outcomes = protocol.run(item[0].problem, item[1])
-                yield Finished(item, result=outcomes, cost=JobCost(seconds=time.perf_counter() - started))
+                result = protocol.generate(item[0].problem, item[1])
+                yield Finished(item, result=result, cost=JobCost(seconds=time.perf_counter() - started))
             except Exception as error:
                 yield Finished(item, error=error)
         return
@@ -394,18 +312,6 @@ def _generations(
         failed.clear()
         yield finished
     yield from failed
-
-
-def generation_cost(finished: Finished) -> dict:
-    """What the generation behind a record cost (shared by its budgets' records)."""
-    cost, outcomes = finished.cost, finished.result
-    tokens = max((o.total_tokens for o in outcomes), default=0)
-    return {
-        "generation_forwards": cost.forwards,
-        "generation_seconds": round(cost.seconds, 4),
-        "generation_tokens_per_second": round(tokens / cost.seconds, 2) if cost.seconds > 0 else None,
-        "peak_kv_bytes": cost.peak_kv_bytes,
-    }
 
 
 def _release_memory() -> None:

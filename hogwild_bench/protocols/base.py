@@ -59,7 +59,8 @@ class ProtocolContext:
 class Protocol(ABC):
     """A way to solve a problem with the engine. ``job`` gives the generation as a coroutine (so the runner
     can batch it with others); a protocol that cannot be batched sets ``batchable = False`` and overrides
-    ``run``."""
+    ``generate``. ``outcomes`` turns a generation's result into one outcome per budget; it needs only the
+    tokenizer and the config, so the runner can run it in a process of its own, off the decode loop."""
 
     name: str = "protocol"
     batchable: bool = True
@@ -69,12 +70,20 @@ class Protocol(ABC):
 
     @abstractmethod
     def job(self, problem: str, point: GridPoint) -> BatchJob:
-        """Solving ``problem`` once, as a job whose coroutine returns one outcome per configured budget."""
+        """Solving ``problem`` once, as a job whose coroutine returns the generation's result."""
+
+    @abstractmethod
+    def outcomes(self, result) -> list[BudgetOutcome]:
+        """One outcome per configured budget from a generation's result (``job`` or ``generate``)."""
+
+    def generate(self, problem: str, point: GridPoint):
+        """Solve ``problem`` once, alone: the generation's result."""
+        job, cache = self.job(problem, point), self.ctx.lm.new_cache()
+        return drive(job.start(cache), self.ctx.lm, cache)
 
     def run(self, problem: str, point: GridPoint) -> list[BudgetOutcome]:
         """Solve ``problem`` once, alone, and return one outcome per configured budget."""
-        job, cache = self.job(problem, point), self.ctx.lm.new_cache()
-        return drive(job.start(cache), self.ctx.lm, cache)
+        return self.outcomes(self.generate(problem, point))
 
 
 PROTOCOLS: dict[str, Callable[[ProtocolContext], Protocol]] = {}

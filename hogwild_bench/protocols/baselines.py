@@ -35,9 +35,9 @@ class IndependentProtocol(Protocol):
             self.ctx.cfg, n, Isolated(), collab_interval=None, first_steps=[""] * n, per_worker=True
         )
         fmt = prompt_format(self.ctx, 1, "contiguous", step_labels=False)
-        return generation_job(generator(self.ctx, options, fmt), problem, lambda r: self._outcomes(r, n))
+        return generation_job(generator(self.ctx, options, fmt), problem)
 
-    def _outcomes(self, result, n: int) -> list[BudgetOutcome]:
+    def outcomes(self, result) -> list[BudgetOutcome]:
         outcomes = []
         for budget, snap in sorted(result.snapshots.items()):
             answers = [last_boxed(r) for r in snap.worker_responses]
@@ -50,7 +50,7 @@ class IndependentProtocol(Protocol):
                     tokens_per_worker=snap.tokens_per_worker,
                     total_tokens=snap.total_tokens,
                     wall_seconds=snap.wall_seconds,
-                    response=f"Majority vote of {n} independent workers: \\boxed{{{winner}}}",
+                    response=f"Majority vote of {len(snap.worker_tokens)} independent workers: \\boxed{{{winner}}}",
                     finished_early=snap.finished_early,
                     extra={
                         "worker_answers": answers,
@@ -75,7 +75,7 @@ class ThinkerWriterProtocol(Protocol):
     def job(self, problem: str, point: GridPoint) -> BatchJob:
         raise NotImplementedError("thinker_writer runs unbatched (Protocol.run)")
 
-    def run(self, problem: str, point: GridPoint) -> list[BudgetOutcome]:
+    def generate(self, problem: str, point: GridPoint) -> dict:
         g = self.ctx.cfg.generation
         options = ThinkerWriterOptions(
             budgets=list(g.budgets),
@@ -84,9 +84,10 @@ class ThinkerWriterProtocol(Protocol):
             early_stop=g.early_stop,
             finisher_max_tokens=g.finisher_max_tokens,
         )
-        snapshots = ThinkerWriterGenerator(self.ctx.lm, self.ctx.tokenizer, options, **answer_hooks(self.ctx)).generate(
-            problem
-        )
+        generator = ThinkerWriterGenerator(self.ctx.lm, self.ctx.tokenizer, options, **answer_hooks(self.ctx))
+        return generator.generate(problem)
+
+    def outcomes(self, snapshots: dict) -> list[BudgetOutcome]:
         return [
             BudgetOutcome(
                 budget=budget,

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 from hogwild_bench.answers import BOXED_FINISHER, stop_on_boxed
 from hogwild_bench.collaboration import transcript_of
 from hogwild_bench.engine import Combined, GenerationOptions, HogwildGenerator, PromptFormat, SamplingParams, get_layout
@@ -84,11 +82,11 @@ def outcomes(result, tokenizer) -> list[BudgetOutcome]:
     return out
 
 
-def generation_job(gen: HogwildGenerator, problem: str, finish: Callable) -> BatchJob:
-    """``gen`` solving ``problem`` as a batchable job whose result is ``finish(GenerationResult)``."""
+def generation_job(gen: HogwildGenerator, problem: str) -> BatchJob:
+    """``gen`` solving ``problem`` as a batchable job whose result is its `GenerationResult`."""
 
     def start(cache):
-        return finish((yield from gen.steps(cache, problem)))
+        return (yield from gen.steps(cache, problem))
 
     return BatchJob(key=None, start=start, rows=gen.options.n_workers, kv_tokens=gen.worst_case_tokens(problem))
 
@@ -99,7 +97,10 @@ class HogwildProtocol(Protocol):
         options = generation_options(self.ctx.cfg, point.workers, point.layout)
         g = self.ctx.cfg.generation
         fmt = prompt_format(self.ctx, point.workers, point.layout, step_labels=g.step_labels, greeting=g.greeting)
-        return generation_job(generator(self.ctx, options, fmt), problem, lambda r: outcomes(r, self.ctx.tokenizer))
+        return generation_job(generator(self.ctx, options, fmt), problem)
+
+    def outcomes(self, result) -> list[BudgetOutcome]:
+        return outcomes(result, self.ctx.tokenizer)
 
 
 @register_protocol("single")
@@ -110,4 +111,7 @@ class SingleProtocol(Protocol):
     def job(self, problem: str, point: GridPoint) -> BatchJob:
         options = generation_options(self.ctx.cfg, 1, "contiguous", collab_interval=None, first_steps=[""])
         fmt = prompt_format(self.ctx, 1, "contiguous", step_labels=False)
-        return generation_job(generator(self.ctx, options, fmt), problem, lambda r: outcomes(r, self.ctx.tokenizer))
+        return generation_job(generator(self.ctx, options, fmt), problem)
+
+    def outcomes(self, result) -> list[BudgetOutcome]:
+        return outcomes(result, self.ctx.tokenizer)
