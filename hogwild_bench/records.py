@@ -10,7 +10,9 @@ made changes nothing in it.
 from __future__ import annotations
 
 import multiprocessing
+import pickle
 import signal
+import tempfile
 import time
 import traceback
 from collections.abc import Iterator
@@ -18,6 +20,7 @@ from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from functools import cached_property
+from pathlib import Path
 
 from hogwild_bench.collaboration import collaboration_metrics
 from hogwild_bench.config import RunConfig
@@ -182,9 +185,9 @@ class Made:
 _WORKER_CONTEXT: RecordContext | None = None
 
 
-def _start_worker(context: RecordContext) -> None:
+def _start_worker(context_file: str) -> None:
     global _WORKER_CONTEXT
-    _WORKER_CONTEXT = context
+    _WORKER_CONTEXT = pickle.loads(Path(context_file).read_bytes())
     # Ctrl-C or `timeout -s INT` reaches the whole process group: the runner stops and waits for the records in
     # hand, so its workers must live on to make them
     signal.signal(signal.SIGINT, signal.SIG_IGN)
@@ -203,10 +206,18 @@ class RecordMaker:
     def __init__(self, context: RecordContext, workers: int = 0):
         self.context, self.pending = context, {}
         self.done: list[Made] = []
-        self.pool = None
+        self.pool, self.context_file = None, None
         if workers > 0:
+            # The context goes by file: a spawned process is handed its arguments through a pipe that the parent
+            # writes before the child reads it, which the child does only after importing torch and the rest, so
+            # a tokenizer's megabytes there held the decode loop ~5 s per worker (py-spy, session 16).
+            with tempfile.NamedTemporaryFile(prefix="hogwild_records_", suffix=".pkl", delete=False) as handle:
+                handle.write(pickle.dumps(context))
+            self.context_file = handle.name
             spawn = multiprocessing.get_context("spawn")  # the runner's process holds CUDA: never fork it
-            self.pool = ProcessPoolExecutor(workers, mp_context=spawn, initializer=_start_worker, initargs=(context,))
+            self.pool = ProcessPoolExecutor(
+                workers, mp_context=spawn, initializer=_start_worker, initargs=(self.context_file,)
+            )
 
     def submit(self, finished: Finished) -> None:
         item = finished.key
@@ -244,3 +255,4 @@ class RecordMaker:
     def close(self) -> None:
         if self.pool is not None:
             self.pool.shutdown(wait=True, cancel_futures=True)
+            Path(self.context_file).unlink(missing_ok=True)

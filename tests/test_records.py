@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 from conftest import compose_config, tiny_run_overrides
 
@@ -59,3 +61,25 @@ def test_record_workers_below_minus_one_is_a_config_error(tmp_path):
 
     with pytest.raises(ConfigError, match=r"batch.record_workers must be .* -1 \(auto\), got -2"):
         validate(compose_config([*tiny_run_overrides(tmp_path), "batch.record_workers=-2"]))
+
+
+def test_handing_a_generation_to_a_worker_does_not_wait_for_the_worker_to_start(tmp_path):
+    """Starting a worker process takes seconds (it imports torch); the decode loop must not wait for it, however
+    large the context (a real tokenizer is megabytes): it travels by file, not through the spawn pipe."""
+    import time
+
+    cfg = compose_config(tiny_run_overrides(tmp_path))
+    problem, point = load_problems(cfg.dataset)[0], GridPoint(1, "combined")
+    large_tokenizer = bytes(16 * 2**20)  # never used: the generation below fails before decoding
+    maker = RecordMaker(RecordContext(cfg, large_tokenizer, settings_hash(cfg)), workers=2)
+    try:
+        started = time.perf_counter()
+        for _ in range(2):
+            maker.submit(Finished((problem, point, [6]), result="not a generation result", cost=JobCost()))
+        handed = time.perf_counter() - started
+        made = list(maker.ready(wait=True))
+    finally:
+        maker.close()
+    assert handed < 1.0, f"submitting waited {handed:.1f} s for the workers to start"
+    assert len(made) == 2 and all(m.error is not None for m in made)
+    assert not Path(maker.context_file).exists()  # the context file goes with the pool
