@@ -33,6 +33,7 @@ from hogwild_bench.versions import code_version, prompt_version
 
 
 def _value(x):
+    """An enum config value's string (the runner's too)."""
     return getattr(x, "value", x)
 
 

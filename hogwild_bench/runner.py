@@ -23,7 +23,7 @@ from hogwild_bench.engine import HogwildLM
 from hogwild_bench.engine.batch import BatchTimes, ContinuousBatcher, Finished, JobCost
 from hogwild_bench.loading import load_model
 from hogwild_bench.protocols import GridPoint, ProtocolContext, build_protocol
-from hogwild_bench.records import RecordContext, RecordMaker
+from hogwild_bench.records import RecordContext, RecordMaker, _value
 from hogwild_bench.store import ResultStore, shard_lock
 from hogwild_bench.tasks import Problem, load_problems, shard
 from hogwild_bench.tracking import make_tracker
@@ -31,10 +31,6 @@ from hogwild_bench.versions import settings_hash
 
 log = logging.getLogger("hogwild_bench")
 TIMES_LOG_SECONDS = 60.0  # a batched run logs where its time went (BatchTimes) this often, and at its end
-
-
-def _value(x):
-    return getattr(x, "value", x)
 
 
 def grid_points(cfg: RunConfig) -> list[GridPoint]:
