@@ -184,6 +184,21 @@ def test_kv_block_grows_by_doubling_and_moves_by_rotation_only():
     torch.testing.assert_close(keys[:, 3:], rope.rotate(moved_keys, 3))
 
 
+def test_a_shift_by_an_int_is_computed_once_and_equals_a_fresh_one():
+    """Commits shift by block lengths that repeat: their cos/sin are kept, bit for bit what a tensor delta gives,
+    and plain tensors even when first made under inference mode."""
+    rope = RotaryShift(1.0 / (10000 ** (torch.arange(0, 8, 2).float() / 8)))
+    with torch.inference_mode():
+        cos, sin = rope.cos_sin(37, torch.device("cpu"))
+    fresh_cos, fresh_sin = rope.cos_sin(torch.tensor(37), torch.device("cpu"))
+    assert torch.equal(cos, fresh_cos) and torch.equal(sin, fresh_sin)
+    assert not cos.is_inference() and rope.cos_sin(37, "cpu")[0] is cos
+    assert not torch.equal(rope.cos_sin(38, "cpu")[0], cos)
+    x = torch.randn(3, 8, requires_grad=True)  # usable where autograd records
+    rope.rotate(x, 37).sum().backward()
+    assert x.grad is not None
+
+
 @pytest.mark.parametrize(
     "config,words",
     [

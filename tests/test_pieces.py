@@ -4,7 +4,7 @@ import random
 
 from hogwild_bench.answers import last_boxed, stop_on_boxed, top_level_boxed
 from hogwild_bench.engine.generation import _SENTENCE_THEN_PARAGRAPH, ParagraphBoundary
-from hogwild_bench.engine.pieces import rule_decoder, token_pieces, tokens_holding, vocabulary
+from hogwild_bench.engine.pieces import encode_short, rule_decoder, token_pieces, tokens_holding, vocabulary
 
 TEXTS = [
     "First we add.\n\nThen we divide: 12/4 = 3.\n\n",
@@ -122,3 +122,27 @@ def test_the_vocabulary_is_read_once_per_tokenizer_not_once_per_generation(monke
     assert len(reads) == 1
     tokenizer.add_tokens(["<new-token>"])  # a changed vocabulary is read again
     assert "<new-token>" in vocabulary(tokenizer)
+
+
+def test_short_texts_encode_as_the_tokenizer_does_once_each(monkeypatch):
+    """Step headers repeat across a sweep: each is encoded once, and a caller extending the ids it got back
+    does not change what the next caller gets."""
+    from hogwild_bench.engine.prompts import PromptFormat
+    from hogwild_bench.tiny import tiny_tokenizer
+
+    tokenizer = tiny_tokenizer("qwen")
+    fmt = PromptFormat(tokenizer, 3, layout="interleaved")
+    headers = [fmt.step_prefix(w, s) for w in range(3) for s in range(1, 30)] + [fmt.collab_prompt, *TEXTS]
+    expected = [tokenizer.encode(h, add_special_tokens=False) for h in headers]
+    calls = []
+    original = type(tokenizer).encode
+    monkeypatch.setattr(type(tokenizer), "encode", lambda self, *a, **k: calls.append(a[0]) or original(self, *a, **k))
+    for _ in range(3):
+        got = [fmt.encode(h) for h in headers]
+        assert got == expected
+        got[0].append(-1)
+    assert sorted(calls) == sorted(set(headers))
+    long_text = "x" * 1000  # prompts are not kept
+    assert encode_short(tokenizer, long_text) == original(tokenizer, long_text, add_special_tokens=False)
+    tokenizer.add_tokens(["**Alice"])  # a changed vocabulary encodes afresh
+    assert fmt.encode("**Alice [1]:** ") == original(tokenizer, "**Alice [1]:** ", add_special_tokens=False)

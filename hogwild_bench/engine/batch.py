@@ -54,9 +54,17 @@ class CacheNamespace:
 
     def __init__(self, cache: HogwildCache, prefix: str):
         self.cache, self.prefix = cache, prefix
+        self._qualified: dict[tuple[str, ...], tuple[str, ...]] = {}  # a generation has few distinct views
 
     def qualify(self, writes: Sequence[Write]) -> list[Write]:
-        return [Write([self.prefix + name for name in w.view], w.tokens) for w in writes]
+        return [Write(self._qualified_view(w.view), w.tokens) for w in writes]
+
+    def _qualified_view(self, view: Sequence[str]) -> list[str]:
+        key = tuple(view)
+        names = self._qualified.get(key)
+        if names is None:
+            names = self._qualified[key] = tuple(self.prefix + name for name in key)
+        return list(names)
 
     def block(self, name: str) -> KVBlock:
         return self.cache.block(self.prefix + name)

@@ -68,6 +68,31 @@ def token_pieces(tokenizer) -> TokenPieces:
     return TokenPieces(tokenizer)
 
 
+SHORT_TEXT_CHARS = 256  # step headers and collaboration prompts; prompts are longer and seldom repeat
+SHORT_TEXTS_KEPT = 4096
+
+
+def encode_short(tokenizer, text: str) -> list[int]:
+    """``tokenizer.encode(text, add_special_tokens=False)``, remembered per short text and tokenizer size:
+    every step of every worker starts with a header (``**Bob [7]:** ``, now and then a collaboration prompt)
+    that a sweep encodes again and again (~3 % of a real sweep's batch loop, py-spy, session 17). Returns a
+    new list each call, so a caller may extend it."""
+    if len(text) > SHORT_TEXT_CHARS:
+        return tokenizer.encode(text, add_special_tokens=False)
+    known = _short_texts(tokenizer, len(tokenizer))
+    ids = known.get(text)
+    if ids is None:
+        if len(known) >= SHORT_TEXTS_KEPT:
+            known.clear()
+        ids = known[text] = tuple(tokenizer.encode(text, add_special_tokens=False))
+    return list(ids)
+
+
+@lru_cache(maxsize=8)
+def _short_texts(tokenizer, size: int) -> dict[str, tuple[int, ...]]:
+    return {}
+
+
 def _fast_backend(tokenizer):
     """The fast tokenizer behind ``tokenizer`` when its decode is exactly the backend's (no space clean-up)."""
     if getattr(tokenizer, "clean_up_tokenization_spaces", False):

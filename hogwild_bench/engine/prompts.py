@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
 
-from hogwild_bench.engine.pieces import vocabulary
+from hogwild_bench.engine.pieces import encode_short, vocabulary
 
 WORKER_NAMES = ("Alice", "Bob", "Carol", "Dave", "Eve", "Frank", "Grace", "Heidi", "Ivan", "Judy", "Mallory", "Niaj")
 
@@ -199,4 +199,4 @@ class PromptFormat:
         return text
 
     def encode(self, text: str) -> list[int]:
-        return self.tokenizer.encode(text, add_special_tokens=False)
+        return encode_short(self.tokenizer, text)

@@ -77,6 +77,9 @@ def rotate_half(x: torch.Tensor) -> torch.Tensor:
     return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
 
 
+SHIFTS_KEPT = 4096  # cos/sin pairs of int deltas kept per `RotaryShift` (each 2 x head_dim floats)
+
+
 class RotaryShift:
     """Rotates vectors by a position *delta*, with the model's own frequencies and no attention scaling.
 
@@ -87,6 +90,7 @@ class RotaryShift:
     def __init__(self, inv_freq: torch.Tensor):
         self.inv_freq = inv_freq.detach().to(torch.float32).cpu()
         self._by_device: dict[torch.device, torch.Tensor] = {}
+        self._by_delta: dict[tuple[torch.device, int], tuple[torch.Tensor, torch.Tensor]] = {}
 
     @classmethod
     def from_model(cls, model: torch.nn.Module) -> RotaryShift:
@@ -116,11 +120,27 @@ class RotaryShift:
         return self._by_device[device]
 
     def cos_sin(self, delta: torch.Tensor | int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-        """cos/sin of shape ``[*delta.shape, head_dim]`` (float32)."""
+        """cos/sin of shape ``[*delta.shape, head_dim]`` (float32; do not modify them in place).
+
+        An int delta's pair is kept: every commit shifts a block by the length of the one it joins, four small
+        launches each time (~3 % of a real sweep's batch loop, py-spy, session 17), and lengths repeat."""
         if isinstance(delta, torch.Tensor):
-            angles = delta.to(device=device, dtype=torch.float32)[..., None] * self._freqs(device)
-        else:  # a Python int: scale on the device, no host-to-device copy (and no sync)
-            angles = self._freqs(device) * float(delta)
+            return self._cos_sin(delta.to(device=device, dtype=torch.float32)[..., None] * self._freqs(device))
+        device = torch.device(device)
+        if device.type == "cuda" and torch.cuda.is_current_stream_capturing():
+            return self._cos_sin(self._freqs(device) * float(delta))  # a captured graph's memory: not kept
+        key = (device, int(delta))
+        pair = self._by_delta.get(key)
+        if pair is None:
+            if len(self._by_delta) >= SHIFTS_KEPT:
+                self._by_delta.clear()
+            with torch.inference_mode(False):  # plain tensors, usable in and out of inference mode
+                # a Python int: scale on the device, no host-to-device copy (and no sync)
+                pair = self._by_delta[key] = self._cos_sin(self._freqs(device) * float(delta))
+        return pair
+
+    @staticmethod
+    def _cos_sin(angles: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         angles = torch.cat((angles, angles), dim=-1)
         return angles.cos(), angles.sin()
 
