@@ -8,6 +8,7 @@ error, ...) is stored as failed with its error and the run goes on (failed ones 
 from __future__ import annotations
 
 import logging
+import os
 import time
 from collections import deque
 from collections.abc import Iterator
@@ -250,8 +251,6 @@ def record_workers(cfg: RunConfig, lm: HogwildLM) -> int:
     """``batch.record_workers``, or for -1 (auto) on CUDA up to 4 processes (a quarter of the CPU cores), else 0:
     making records (decoding, scoring, metrics) took a third of the real 1.5B sweep's decode-loop thread, while a
     tiny CPU run would spend more on starting the processes than it saves."""
-    import os
-
     if cfg.batch.record_workers >= 0:
         return cfg.batch.record_workers
     if lm.device.type != "cuda":

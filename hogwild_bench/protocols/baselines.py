@@ -73,7 +73,7 @@ class ThinkerWriterProtocol(Protocol):
     batchable = False
 
     def job(self, problem: str, point: GridPoint) -> BatchJob:
-        raise NotImplementedError("thinker_writer runs unbatched (Protocol.run)")
+        raise NotImplementedError("thinker_writer runs unbatched (Protocol.generate)")
 
     def generate(self, problem: str, point: GridPoint) -> dict:
         g = self.ctx.cfg.generation

@@ -91,20 +91,24 @@ def generation_job(gen: HogwildGenerator, problem: str) -> BatchJob:
     return BatchJob(key=None, start=start, rows=gen.options.n_workers, kv_tokens=gen.worst_case_tokens(problem))
 
 
+class GenerationProtocol(Protocol):
+    """A protocol whose job is one `HogwildGenerator` run: one outcome per budget of its `GenerationResult`."""
+
+    def outcomes(self, result) -> list[BudgetOutcome]:
+        return outcomes(result, self.ctx.tokenizer)
+
+
 @register_protocol("hogwild")
-class HogwildProtocol(Protocol):
+class HogwildProtocol(GenerationProtocol):
     def job(self, problem: str, point: GridPoint) -> BatchJob:
         options = generation_options(self.ctx.cfg, point.workers, point.layout)
         g = self.ctx.cfg.generation
         fmt = prompt_format(self.ctx, point.workers, point.layout, step_labels=g.step_labels, greeting=g.greeting)
         return generation_job(generator(self.ctx, options, fmt), problem)
 
-    def outcomes(self, result) -> list[BudgetOutcome]:
-        return outcomes(result, self.ctx.tokenizer)
-
 
 @register_protocol("single")
-class SingleProtocol(Protocol):
+class SingleProtocol(GenerationProtocol):
     """One worker, plain chain of thought: no step labels, no collaboration prompt; same budgets and
     finisher. The cache layout does not matter for one worker without steps (contiguous is used)."""
 
@@ -112,6 +116,3 @@ class SingleProtocol(Protocol):
         options = generation_options(self.ctx.cfg, 1, "contiguous", collab_interval=None, first_steps=[""])
         fmt = prompt_format(self.ctx, 1, "contiguous", step_labels=False)
         return generation_job(generator(self.ctx, options, fmt), problem)
-
-    def outcomes(self, result) -> list[BudgetOutcome]:
-        return outcomes(result, self.ctx.tokenizer)
