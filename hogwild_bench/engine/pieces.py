@@ -75,8 +75,8 @@ SHORT_TEXTS_KEPT = 4096
 def encode_short(tokenizer, text: str) -> list[int]:
     """``tokenizer.encode(text, add_special_tokens=False)``, remembered per short text and tokenizer size:
     every step of every worker starts with a header (``**Bob [7]:** ``, now and then a collaboration prompt)
-    that a sweep encodes again and again (~3 % of a real sweep's batch loop, py-spy, session 17). Returns a
-    new list each call, so a caller may extend it."""
+    that a sweep encodes again and again (4.3 % of a real sweep's batch loop with the prompts, py-spy,
+    session 17). Returns a new list each call, so a caller may extend it."""
     if len(text) > SHORT_TEXT_CHARS:
         return tokenizer.encode(text, add_special_tokens=False)
     known = _short_texts(tokenizer, len(tokenizer))

@@ -123,7 +123,7 @@ class RotaryShift:
         """cos/sin of shape ``[*delta.shape, head_dim]`` (float32; do not modify them in place).
 
         An int delta's pair is kept: every commit shifts a block by the length of the one it joins, four small
-        launches each time (~3 % of a real sweep's batch loop, py-spy, session 17), and lengths repeat."""
+        launches each time (3.1 % of a real sweep's batch loop, py-spy, session 17), and lengths repeat."""
         if isinstance(delta, torch.Tensor):
             return self._cos_sin(delta.to(device=device, dtype=torch.float32)[..., None] * self._freqs(device))
         device = torch.device(device)
