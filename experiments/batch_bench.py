@@ -6,7 +6,9 @@ random ~512-token prompt) x N workers, ``--budget`` tokens per worker, combined 
 For each worker count it measures generated tokens/s and wall time of:
   (a) today's one-at-a-time path (one generation in flight, its decode steps replayed from CUDA graphs),
   (b) the batcher at each ``--rows`` (eager Triton steps; "+graphs": decode steps replayed from graphs
-      captured once per row-count bucket, whichever generations are in flight),
+      captured once per row-count bucket, whichever generations are in flight; "+compile_buckets" with
+      ``--compile-buckets``: those steps run the ``torch.compile``d model, one static compilation per bucket,
+      made in an untimed warm-up run of the same jobs as a sweep makes it once for all its generations),
   (c) plain HF ``generate`` at the same number of rows (single-thread decoding, no Hogwild!, sampling),
   (d) the roofline: rows per step / ((weight bytes + every row's unique KV bytes at the mean context) /
       copy bandwidth), with the bandwidth measured in the same run.
@@ -179,6 +181,11 @@ def main() -> None:
     parser.add_argument("--profile", type=int, default=0, help="rows of a short profiled batched run (0: none)")
     parser.add_argument("--layers", type=int, default=None)
     parser.add_argument("--cpu-threads", type=int, default=1, help="torch CPU threads (0: torch's default)")
+    parser.add_argument(
+        "--compile-buckets",
+        action="store_true",
+        help="also time the graph rows with batch.compile_buckets (compiled in a warm-up run)",
+    )
     parser.add_argument("--skip-hf", action="store_true")
     parser.add_argument("--skip-eager", action="store_true", help="time the batcher with graphs only")
     parser.add_argument("--lanes", type=int, nargs="+", default=[1], help="batch.lanes values timed with graphs")
@@ -218,6 +225,7 @@ def main() -> None:
         started = time.perf_counter()
         run_batched(compiled, jobs(compiled, tokenizer, prompts(8, 64, tokenizer, seed=98), 2, 48), 16, None, False)
         save({"method": "compile_dynamic_warmup", "wall_seconds": round(time.perf_counter() - started, 1)})
+    bucketed = HogwildLM(model, cuda_graphs=True, compile_buckets=True) if args.compile_buckets else None
     if args.profile:
         for name, engine in (("eager", lm), ("compile_dynamic", compiled)):
             if engine is not None:
@@ -242,6 +250,12 @@ def main() -> None:
                 variants += [(f"batched+graphs{'' if k == 1 else f'+lanes{k}'}", lm, True, k) for k in args.lanes]
             if compiled is not None and rows in args.compiled_rows:
                 variants.append(("batched+compile_dynamic", compiled, False, 1))
+            if bucketed is not None and rows in args.graph_rows:
+                started = time.perf_counter()
+                run_batched(bucketed, jobs(bucketed, tokenizer, problems, n, args.budget), rows, None, True)
+                save({"method": "compile_buckets_warmup", "workers": n, "rows": rows,
+                      "wall_seconds": round(time.perf_counter() - started, 1)})  # fmt: skip
+                variants.append(("batched+graphs+compile_buckets", bucketed, True, 1))
             for method, engine, graphs, lanes in variants:
                 batched = run_batched(
                     engine, jobs(engine, tokenizer, problems, n, args.budget), rows, None, graphs, lanes
