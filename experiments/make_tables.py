@@ -148,7 +148,8 @@ def ablation_table(ablation: dict) -> str:
 
 
 def batch_table(bench: dict) -> str:
-    """The sweep benchmark's points: tokens/s, speedups and the roofline fraction."""
+    """The sweep benchmark's points: tokens/s, speedups and the roofline fraction (warm-ups are not timed
+    points: they only say how long a compilation took)."""
     hf = {p["rows"]: p["tokens_per_second"] for p in bench["points"] if p["method"] == "hf_generate"}
     lines = [
         "| N | method | rows | mean rows / forward | generated tokens/s | ms per forward | x one at a time "
@@ -156,7 +157,7 @@ def batch_table(bench: dict) -> str:
         "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for p in bench["points"]:
-        if p["method"] == "hf_generate" or "workers" not in p:
+        if p["method"] == "hf_generate" or "workers" not in p or p["method"].endswith("_warmup"):
             continue
         ms = 1e3 * p["wall_seconds"] / p["forwards"]
         vs_hf = p["tokens_per_second"] / hf[p["rows"]] if p["rows"] in hf else None
@@ -170,6 +171,11 @@ def batch_table(bench: dict) -> str:
             f"| – | hf_generate (no Hogwild!, sampling) | {rows} | {rows} | {tps:.0f} | – | – | 1.00 | – | – |"
         )
     return "\n".join(lines)
+
+
+def runs_merged(*names: str) -> dict:
+    """The points of several runs of `batch_bench.py` on one machine, one after the other, as one table."""
+    return {"points": [p for name in names for p in json.loads((RESULTS / name).read_text())["points"]]}
 
 
 def bench_meta(bench: dict) -> str:
@@ -204,6 +210,13 @@ def main() -> None:
         ),
         "batch-bench-session13-table": batch_table(
             json.loads((RESULTS / "batch_bench_h100_session13.json").read_text())
+        ),
+        "batch-bench-session18-table": batch_table(
+            runs_merged(
+                "batch_bench_h100_session18_rows16_32.json",
+                "batch_bench_h100_session18_n2.json",
+                "batch_bench_h100_session18_n4.json",
+            )
         ),
     }
     readme = HERE / "README.md"

@@ -187,8 +187,9 @@ class BatchConfig:
     compile_dynamic: bool = False
     # with model.compile and cuda_graphs: torch.compile (static) the replayed steps, one compilation per row-count
     # bucket made at its first capture (the small kernels of norms, RoPE, activations fused); eager forwards stay
-    # uncompiled
-    compile_buckets: bool = False
+    # uncompiled. null (auto): on when a decode step reads >= 8 GB of weights (GPU-bound: random 7B +18-21 % at 64
+    # rows, session 18), off below (host-bound: the real 1.5B sweep was slower with it, session 15)
+    compile_buckets: bool | None = None
     # torch CPU threads of a CUDA run (0: torch's default). The host work of a step is thousands of tiny tensor
     # ops; with one OpenMP thread per core their wake-ups made the eager forwards of a 64-row batch 3x slower
     # (experiments/README, session 10)

@@ -275,7 +275,7 @@ def test_automatic_lanes_are_two_for_small_models_on_a_gpu_and_one_otherwise(mod
     one's GPU-bound (two lanes read the weights twice per round); on CPU there is nothing to overlap."""
     from types import SimpleNamespace
 
-    from hogwild_bench.runner import LANES_AUTO_MAX_WEIGHT_BYTES, lanes
+    from hogwild_bench.runner import GPU_BOUND_WEIGHT_BYTES, lanes
 
     def run_config(value):
         return SimpleNamespace(batch=SimpleNamespace(lanes=value))
@@ -288,8 +288,34 @@ def test_automatic_lanes_are_two_for_small_models_on_a_gpu_and_one_otherwise(mod
         )
         return SimpleNamespace(device=torch.device(device), model=model)
 
-    small, large = LANES_AUTO_MAX_WEIGHT_BYTES // 3, 2 * LANES_AUTO_MAX_WEIGHT_BYTES
+    small, large = GPU_BOUND_WEIGHT_BYTES // 3, 2 * GPU_BOUND_WEIGHT_BYTES
     assert lanes(run_config(0), engine("cuda", small)) == 2
     assert lanes(run_config(0), engine("cuda", large)) == 1
     assert lanes(run_config(0), engine("cpu", small)) == 1
     assert lanes(run_config(3), engine("cuda", large)) == 3  # a value set by hand is kept
+
+
+def test_automatic_bucket_compilation_is_on_for_gpu_bound_steps_only():
+    """``batch.compile_buckets=null``: fusing the small kernels pays where the loop waits for the GPU (a step
+    reading >= 8 GB of weights), not where it waits for its own host work; a value set by hand is kept."""
+    from types import SimpleNamespace
+
+    from hogwild_bench.config import RunConfig
+    from hogwild_bench.runner import GPU_BOUND_WEIGHT_BYTES, compiles_buckets
+
+    def model(weight_bytes):
+        weights = torch.empty(weight_bytes // 2, dtype=torch.bfloat16, device="meta")
+        table = SimpleNamespace(weight=torch.empty(0, device="meta"))
+        return SimpleNamespace(
+            parameters=lambda: [weights], get_input_embeddings=lambda: table, get_output_embeddings=lambda: table
+        )
+
+    assert RunConfig().batch.compile_buckets is None, "auto by default"
+
+    def run_config(value):
+        return SimpleNamespace(batch=SimpleNamespace(compile_buckets=value))
+
+    assert compiles_buckets(run_config(None), model(2 * GPU_BOUND_WEIGHT_BYTES)) is True
+    assert compiles_buckets(run_config(None), model(GPU_BOUND_WEIGHT_BYTES // 3)) is False
+    assert compiles_buckets(run_config(False), model(2 * GPU_BOUND_WEIGHT_BYTES)) is False
+    assert compiles_buckets(run_config(True), model(GPU_BOUND_WEIGHT_BYTES // 3)) is True
