@@ -3,6 +3,9 @@ header's encode (`engine.pieces.encode_short`), a generation's view names (`Cach
 commit's RoPE-shift cos/sin (`RotaryShift.cos_sin` of an int). py-spy of the real sweep (session 17) put them
 at 4.3 % (`PromptFormat.encode`, prompts included), 2.3 % and 3.1 % of the loop's thread; this says what each
 call costs with and without the memo, on this machine's CPU (``--device cuda`` for the cos/sin launches on a GPU).
+Session 18: the same for a stream of commit lengths (synthetic: uniform in 0..8191, a history up to 4 x 2,048
+tokens), where session 17's memo (a dict of up to 4,096 deltas, cleared when full) mostly missed, against the
+table of every delta that replaced it.
 
     python experiments/host_micro.py --out experiments/results/host_micro_cpu.json
 """
@@ -11,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import random
 import sys
 import timeit
 from pathlib import Path
@@ -57,6 +61,27 @@ def main() -> None:
             torch.cuda.synchronize()
         return out
 
+    rng = random.Random(0)
+    lengths = [rng.randrange(8192) for _ in range(20000)]
+    kept17: dict[int, tuple] = {}
+
+    def session17_cos_sin(delta: int):  # session 17's memo: up to 4,096 deltas, then cleared
+        pair = kept17.get(delta)
+        if pair is None:
+            if len(kept17) >= 4096:
+                kept17.clear()
+            pair = kept17[delta] = rope._cos_sin(rope._freqs(device) * float(delta))
+        return pair
+
+    def stream(cos_sin):
+        def run():
+            out = [cos_sin(d) for d in lengths]
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            return out
+
+        return lambda: min(timeit.repeat(run, number=1, repeat=3)) / len(lengths) * 1e6
+
     result = {
         "command": " ".join(["experiments/host_micro.py", *sys.argv[1:]]),
         "torch": torch.__version__,
@@ -69,6 +94,8 @@ def main() -> None:
             "qualify_4_rows_kept": per_call_us(lambda: namespace.qualify(writes), 20000),
             f"cos_sin_int_fresh_{device.type}": per_call_us(fresh_cos_sin, 2000),
             f"cos_sin_int_kept_{device.type}": per_call_us(kept_cos_sin, 2000),
+            f"cos_sin_length_stream_session17_memo_{device.type}": stream(session17_cos_sin)(),
+            f"cos_sin_length_stream_table_{device.type}": stream(lambda d: rope.cos_sin(d, device))(),
         },
     }
     result["us_per_call"] = {k: round(v, 2) for k, v in result["us_per_call"].items()}

@@ -184,17 +184,31 @@ def test_kv_block_grows_by_doubling_and_moves_by_rotation_only():
     torch.testing.assert_close(keys[:, 3:], rope.rotate(moved_keys, 3))
 
 
-def test_a_shift_by_an_int_is_computed_once_and_equals_a_fresh_one():
-    """Commits shift by block lengths that repeat: their cos/sin are kept, bit for bit what a tensor delta gives,
-    and plain tensors even when first made under inference mode."""
-    rope = RotaryShift(1.0 / (10000 ** (torch.arange(0, 8, 2).float() / 8)))
+@pytest.mark.parametrize(
+    "device", ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="no GPU"))]
+)
+def test_a_shift_by_an_int_is_computed_once_and_equals_a_fresh_one(device):
+    """Commits shift by block lengths that repeat: their cos/sin are kept (rows of one table per device, grown
+    as larger deltas come), bit for bit what a tensor delta gives, and plain tensors even when first made under
+    inference mode."""
+    rope = RotaryShift(1.0 / (10000 ** (torch.arange(0, 16, 2).float() / 16)))
     with torch.inference_mode():
-        cos, sin = rope.cos_sin(37, torch.device("cpu"))
-    fresh_cos, fresh_sin = rope.cos_sin(torch.tensor(37), torch.device("cpu"))
+        cos, sin = rope.cos_sin(37, torch.device(device))
+    fresh_cos, fresh_sin = rope.cos_sin(torch.tensor(37), torch.device(device))
     assert torch.equal(cos, fresh_cos) and torch.equal(sin, fresh_sin)
-    assert not cos.is_inference() and rope.cos_sin(37, "cpu")[0] is cos
-    assert not torch.equal(rope.cos_sin(38, "cpu")[0], cos)
-    x = torch.randn(3, 8, requires_grad=True)  # usable where autograd records
+    assert not cos.is_inference() and rope.cos_sin(37, device)[0].data_ptr() == cos.data_ptr()  # not recomputed
+    assert not torch.equal(rope.cos_sin(38, device)[0], cos)
+    deltas = [0, 1, 1023, 1024, 5000, 70_000, 3]  # past the first table and past its doubling: it grows
+    for delta in deltas:
+        cos, sin = rope.cos_sin(delta, device)
+        fresh_cos, fresh_sin = rope.cos_sin(torch.tensor(delta), device)
+        assert cos.shape == (16,) and torch.equal(cos, fresh_cos) and torch.equal(sin, fresh_sin), delta
+    every = torch.arange(70_001)
+    table_cos = torch.stack([rope.cos_sin(int(d), device)[0] for d in every[::97]])
+    assert torch.equal(table_cos, rope.cos_sin(every[::97], device)[0])
+    back_cos, _ = rope.cos_sin(-5, device)  # a shift backwards: computed, not kept
+    assert torch.equal(back_cos, rope.cos_sin(torch.tensor(-5), device)[0])
+    x = torch.randn(3, 16, requires_grad=True, device=device)  # usable where autograd records
     rope.rotate(x, 37).sum().backward()
     assert x.grad is not None
 

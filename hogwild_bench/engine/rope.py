@@ -77,7 +77,7 @@ def rotate_half(x: torch.Tensor) -> torch.Tensor:
     return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
 
 
-SHIFTS_KEPT = 4096  # cos/sin pairs of int deltas kept per `RotaryShift` (each 2 x head_dim floats)
+SHIFTS_TABLE_MIN = 1024  # rows of the first cos/sin table of int deltas per device (it doubles as deltas grow)
 
 
 class RotaryShift:
@@ -90,7 +90,8 @@ class RotaryShift:
     def __init__(self, inv_freq: torch.Tensor):
         self.inv_freq = inv_freq.detach().to(torch.float32).cpu()
         self._by_device: dict[torch.device, torch.Tensor] = {}
-        self._by_delta: dict[tuple[torch.device, int], tuple[torch.Tensor, torch.Tensor]] = {}
+        self._tables: dict[torch.device, tuple[torch.Tensor, torch.Tensor]] = {}
+        self._rows: dict[tuple[torch.device, int], tuple[torch.Tensor, torch.Tensor]] = {}
 
     @classmethod
     def from_model(cls, model: torch.nn.Module) -> RotaryShift:
@@ -122,21 +123,31 @@ class RotaryShift:
     def cos_sin(self, delta: torch.Tensor | int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
         """cos/sin of shape ``[*delta.shape, head_dim]`` (float32; do not modify them in place).
 
-        An int delta's pair is kept: every commit shifts a block by the length of the one it joins, four small
-        launches each time (3.1 % of a real sweep's batch loop, py-spy, session 17), and lengths repeat."""
+        An int delta's pair is a row of a table per device, every delta from 0 up (doubled when a larger one comes):
+        every commit shifts a block by the length of the one it joins, four small launches each time when computed
+        afresh (3.1 % of a real sweep's batch loop, py-spy, session 17), and a row is a view, no launch. The
+        table's rows are the same float32 products and the same cos/sin as a fresh computation, bit for bit. It
+        holds 8 x head_dim bytes per delta (32 MB at 32k positions and head_dim 128); the row views handed out
+        are kept too, one pair per delta seen (session 17 kept up to 4,096 deltas and then started again: a
+        sweep's lengths, up to 4 x 2,048, mostly missed)."""
         if isinstance(delta, torch.Tensor):
             return self._cos_sin(delta.to(device=device, dtype=torch.float32)[..., None] * self._freqs(device))
-        device = torch.device(device)
-        if device.type == "cuda" and torch.cuda.is_current_stream_capturing():
-            return self._cos_sin(self._freqs(device) * float(delta))  # a captured graph's memory: not kept
-        key = (device, int(delta))
-        pair = self._by_delta.get(key)
-        if pair is None:
-            if len(self._by_delta) >= SHIFTS_KEPT:
-                self._by_delta.clear()
+        device, delta = torch.device(device), int(delta)
+        pair = self._rows.get((device, delta))  # the row views already made: a lookup is cheaper than a view
+        if pair is not None:
+            return pair
+        table = self._tables.get(device)
+        if table is None or not 0 <= delta < len(table[0]):
+            capturing = device.type == "cuda" and torch.cuda.is_current_stream_capturing()
+            if delta < 0 or capturing:  # a captured graph's memory is not for keeping
+                return self._cos_sin(self._freqs(device) * float(delta))
+            rows = max(SHIFTS_TABLE_MIN, 1 << delta.bit_length())
             with torch.inference_mode(False):  # plain tensors, usable in and out of inference mode
-                # a Python int: scale on the device, no host-to-device copy (and no sync)
-                pair = self._by_delta[key] = self._cos_sin(self._freqs(device) * float(delta))
+                angles = torch.arange(rows, device=device, dtype=torch.float32)[:, None] * self._freqs(device)
+                table = self._tables[device] = self._cos_sin(angles)
+            self._rows = {key: row for key, row in self._rows.items() if key[0] != device}  # views of the old one
+        with torch.inference_mode(False):
+            pair = self._rows[device, delta] = (table[0][delta], table[1][delta])
         return pair
 
     @staticmethod
