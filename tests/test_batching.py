@@ -1,6 +1,7 @@
 """Continuous batching: many generations in one forward give exactly what each gives alone."""
 
 import dataclasses
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -270,23 +271,26 @@ def test_a_batched_run_stores_what_a_one_at_a_time_run_stores(tmp_path, protocol
     assert batched == alone and len(batched) > 0
 
 
+def model_reading(weight_bytes: int) -> SimpleNamespace:
+    """A stand-in model whose decode step reads ``weight_bytes`` of weights (`bench.weight_bytes_read`), with
+    no memory behind them."""
+    weights = torch.empty(weight_bytes // 2, dtype=torch.bfloat16, device="meta")
+    table = SimpleNamespace(weight=torch.empty(0, device="meta"))  # the tied embedding table: read whole
+    return SimpleNamespace(
+        parameters=lambda: [weights], get_input_embeddings=lambda: table, get_output_embeddings=lambda: table
+    )
+
+
 def test_automatic_lanes_are_two_for_small_models_on_a_gpu_and_one_otherwise(models):
     """``batch.lanes=0``: a small model's batched step is host-bound (two lanes overlap host and GPU), a large
     one's GPU-bound (two lanes read the weights twice per round); on CPU there is nothing to overlap."""
-    from types import SimpleNamespace
-
     from hogwild_bench.runner import GPU_BOUND_WEIGHT_BYTES, lanes
 
     def run_config(value):
         return SimpleNamespace(batch=SimpleNamespace(lanes=value))
 
     def engine(device, weight_bytes):
-        weights = torch.empty(weight_bytes // 2, dtype=torch.bfloat16, device="meta")  # no memory behind it
-        table = SimpleNamespace(weight=torch.empty(0, device="meta"))  # the tied embedding table: read whole
-        model = SimpleNamespace(
-            parameters=lambda: [weights], get_input_embeddings=lambda: table, get_output_embeddings=lambda: table
-        )
-        return SimpleNamespace(device=torch.device(device), model=model)
+        return SimpleNamespace(device=torch.device(device), model=model_reading(weight_bytes))
 
     small, large = GPU_BOUND_WEIGHT_BYTES // 3, 2 * GPU_BOUND_WEIGHT_BYTES
     assert lanes(run_config(0), engine("cuda", small)) == 2
@@ -298,24 +302,16 @@ def test_automatic_lanes_are_two_for_small_models_on_a_gpu_and_one_otherwise(mod
 def test_automatic_bucket_compilation_is_on_for_gpu_bound_steps_only():
     """``batch.compile_buckets=null``: fusing the small kernels pays where the loop waits for the GPU (a step
     reading >= 8 GB of weights), not where it waits for its own host work; a value set by hand is kept."""
-    from types import SimpleNamespace
-
     from hogwild_bench.config import RunConfig
     from hogwild_bench.runner import GPU_BOUND_WEIGHT_BYTES, compiles_buckets
-
-    def model(weight_bytes):
-        weights = torch.empty(weight_bytes // 2, dtype=torch.bfloat16, device="meta")
-        table = SimpleNamespace(weight=torch.empty(0, device="meta"))
-        return SimpleNamespace(
-            parameters=lambda: [weights], get_input_embeddings=lambda: table, get_output_embeddings=lambda: table
-        )
 
     assert RunConfig().batch.compile_buckets is None, "auto by default"
 
     def run_config(value):
         return SimpleNamespace(batch=SimpleNamespace(compile_buckets=value))
 
-    assert compiles_buckets(run_config(None), model(2 * GPU_BOUND_WEIGHT_BYTES)) is True
-    assert compiles_buckets(run_config(None), model(GPU_BOUND_WEIGHT_BYTES // 3)) is False
-    assert compiles_buckets(run_config(False), model(2 * GPU_BOUND_WEIGHT_BYTES)) is False
-    assert compiles_buckets(run_config(True), model(GPU_BOUND_WEIGHT_BYTES // 3)) is True
+    small, large = model_reading(GPU_BOUND_WEIGHT_BYTES // 3), model_reading(2 * GPU_BOUND_WEIGHT_BYTES)
+    assert compiles_buckets(run_config(None), large) is True
+    assert compiles_buckets(run_config(None), small) is False
+    assert compiles_buckets(run_config(False), large) is False
+    assert compiles_buckets(run_config(True), small) is True
