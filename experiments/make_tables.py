@@ -174,7 +174,9 @@ def batch_table(bench: dict) -> str:
 
 
 def runs_merged(*names: str) -> dict:
-    """The points of several runs of `batch_bench.py` on one machine, one after the other, as one table."""
+    """The points of several runs of `batch_bench.py` as one table. Each point's speedup over one at a time is
+    its own run's; HF `generate` is taken per row count from whichever run measured it (the README says where
+    each run ran)."""
     return {"points": [p for name in names for p in json.loads((RESULTS / name).read_text())["points"]]}
 
 
