@@ -38,6 +38,7 @@ def test_graph_replay_matches_eager(models, tokenizer, layout, dtype, compile):
     (eager, eager_snap, _), (graph, graph_snap, cache) = runs
     graphs = list(cache.decode_graphs.values())
     assert graphs and sum(g.captures for g in graphs) < 20, "graphs are captured once and replayed"
+    assert sum(g.prepared_hits for g in graphs) > 0, "most steps use the tables prepared during the one before"
     assert graph_snap.worker_tokens == eager_snap.worker_tokens
     tol = 1e-3 if dtype == torch.float32 else 5e-2
     for a, b in zip(eager, graph):
