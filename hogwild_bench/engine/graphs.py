@@ -46,7 +46,8 @@ class DecodeGraph:
         self.graph: torch.cuda.CUDAGraph | None = None
         self.signature = None
         self.captures = 0
-        self.prepared: tuple[tuple, np.ndarray] | None = None  # (cache state, int32 tables) for the next step
+        # for the next step: (the cache state it assumes, its int32 tables, whether they are on the device already)
+        self.prepared: tuple[tuple, np.ndarray, bool] | None = None
         self.prepared_hits = 0
 
     # -- host side ---------------------------------------------------------------------------------
@@ -88,7 +89,8 @@ class DecodeGraph:
     def _prepare_next(self) -> None:
         """The int32 tables of the next step if every row writes one more token in the same blocks, computed
         while the device runs the step just launched (no forward is in flight on the host side: the cache is
-        put in that state and back)."""
+        put in that state and back), and already copied to the device when they fit the captured graph: the
+        copy is queued behind the running replay, which reads the tables it was launched with."""
         self.prepared = None
         cache = self.cache
         try:
@@ -97,7 +99,12 @@ class DecodeGraph:
             return
         try:
             blocks = self._blocks()
-            self.prepared = (self._state(blocks), flat_tables(self._host_tables()[1])[1].numpy())
+            flat_i32 = flat_tables(self._host_tables()[1])[1].numpy()
+            fits = self.graph is not None and self._signature(blocks) == self.signature
+            fits = fits and len(flat_i32) == self.host_i32.numel()
+            if fits:
+                self._upload_tables(flat_i32)
+            self.prepared = (self._state(blocks), flat_i32, fits)
         finally:
             cache.end_forward(ok=False)
 
@@ -121,11 +128,12 @@ class DecodeGraph:
         self.host_i64 = torch.empty(2 * rows, dtype=torch.int64).pin_memory()
         self.tables_i32 = torch.empty(total, dtype=torch.int32, device=device)
         self.tables_i64 = torch.empty(2 * rows, dtype=torch.int64, device=device)
-        self.uploaded = torch.cuda.Event()
+        self.uploaded_tables, self.uploaded_ids = torch.cuda.Event(), torch.cuda.Event()
         self.static = table_views(self.tables_i32, shapes)
         self.input_ids = self.tables_i64[:rows].view(rows, 1)
         self.positions = self.tables_i64[rows:].view(rows, 1)
-        self._upload(flat_tables(arrays)[1].numpy(), self._ids(tokens))
+        self._upload_tables(flat_tables(arrays)[1].numpy())
+        self._upload_ids(self._ids(tokens))
         self.plan = TritonPlan.assemble(blocks, self.static, sizes, pointer_tables(blocks, device))
         self.own_tables = address_tables([row.own.addresses() for row in self.cache.rows], device)
         self.one_new = torch.ones(rows, dtype=torch.int32, device=device)
@@ -157,15 +165,20 @@ class DecodeGraph:
         self.signature = self._signature(blocks)
         self.captures += 1
 
-    def _upload(self, flat_i32: np.ndarray, flat_i64: list[int]) -> None:
-        """Host tables -> device buffers: two asynchronous copies from pinned memory (filled through numpy:
-        torch ops on small CPU tensors cost more)."""
-        self.uploaded.synchronize()  # the previous step's copies have read the staging buffers
+    def _upload_tables(self, flat_i32: np.ndarray) -> None:
+        """The plan's int32 tables -> the device buffer the graph reads: an asynchronous copy from pinned memory
+        (filled through numpy: torch ops on small CPU tensors cost more)."""
+        self.uploaded_tables.synchronize()  # the last copy has read the staging buffer
         self.host_i32.numpy()[:] = flat_i32
-        self.host_i64.numpy()[:] = flat_i64
         self.tables_i32.copy_(self.host_i32, non_blocking=True)
+        self.uploaded_tables.record()
+
+    def _upload_ids(self, flat_i64: list[int]) -> None:
+        """Token ids and write positions -> the graph's int64 inputs (as `_upload_tables`)."""
+        self.uploaded_ids.synchronize()
+        self.host_i64.numpy()[:] = flat_i64
         self.tables_i64.copy_(self.host_i64, non_blocking=True)
-        self.uploaded.record()
+        self.uploaded_ids.record()
 
     def append(self, layer: int, keys: torch.Tensor, values: torch.Tensor) -> None:
         """`HogwildCache.store_new` while capturing: device-side append at the own blocks' positions."""
@@ -180,15 +193,18 @@ class DecodeGraph:
         try:
             blocks = self._blocks()
             fresh = self.graph is not None and self._signature(blocks) == self.signature
+            uploaded = False
             if fresh:
                 if self._same_state(blocks):
-                    flat_i32 = self.prepared[1]
+                    _, flat_i32, uploaded = self.prepared
                     self.prepared_hits += 1
                 else:
                     flat_i32 = flat_tables(self._host_tables()[1])[1].numpy()
                 fresh = len(flat_i32) == self.host_i32.numel()  # same table shapes as captured
             if fresh:
-                self._upload(flat_i32, self._ids(tokens))
+                if not uploaded:
+                    self._upload_tables(flat_i32)
+                self._upload_ids(self._ids(tokens))
             else:
                 self._ensure_storage(blocks)
                 self._capture(tokens)
