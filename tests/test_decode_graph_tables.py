@@ -57,7 +57,7 @@ def test_prepared_tables_are_those_of_the_next_step_built_afresh():
             step_on_host(graph, [10 + step, 20 + step])
             graph.cache.begin_forward(graph.views, [[1], [2]])
             try:
-                assert graph._same_state(graph._blocks())
+                assert graph._same_state(graph._blocks(), graph.prepared)
                 np.testing.assert_array_equal(graph.prepared[1], fresh_tables(graph))
             finally:
                 graph.cache.end_forward(ok=True)
@@ -68,13 +68,13 @@ def test_a_commit_or_a_new_block_between_steps_makes_the_prepared_tables_unusabl
     step_on_host(graph, [1, 2])
     graph.cache.commit("step0", "history")  # a step boundary: lengths change
     graph.cache.begin_forward(graph.views, [[3], [4]])
-    assert not graph._same_state(graph._blocks())
+    assert not graph._same_state(graph._blocks(), graph.prepared)
     graph.cache.end_forward(ok=False)
 
     step_on_host(graph, [1, 2])
     graph.cache.blocks["step1"] = type(graph.cache.blocks["step1"])("step1", LAYERS)  # another object, same name
     graph.cache.begin_forward(graph.views, [[3], [4]])
-    assert not graph._same_state(graph._blocks())
+    assert not graph._same_state(graph._blocks(), graph.prepared)
     graph.cache.end_forward(ok=False)
 
 

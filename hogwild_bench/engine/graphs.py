@@ -77,10 +77,10 @@ class DecodeGraph:
         (capacity), lengths and pending tokens."""
         return tuple((b, b.storage_version, b.length, b.pending) for b in blocks)
 
-    def _same_state(self, blocks: list) -> bool:
-        if self.prepared is None:
-            return False
-        then = self.prepared[0]
+    @staticmethod
+    def _same_state(blocks: list, prepared: tuple) -> bool:
+        """The cache is in the state ``prepared`` (`_prepare_next`'s) was made for."""
+        then = prepared[0]
         return len(then) == len(blocks) and all(
             t[0] is b and t[1] == b.storage_version and t[2] == b.length and t[3] == b.pending
             for t, b in zip(then, blocks)
@@ -193,10 +193,11 @@ class DecodeGraph:
         try:
             blocks = self._blocks()
             fresh = self.graph is not None and self._signature(blocks) == self.signature
-            uploaded = False
+            uploaded, prepared = False, self.prepared
+            self.prepared = None  # used once: any upload or capture from here on makes its device copy stale
             if fresh:
-                if self._same_state(blocks):
-                    _, flat_i32, uploaded = self.prepared
+                if prepared is not None and self._same_state(blocks, prepared):
+                    _, flat_i32, uploaded = prepared
                     self.prepared_hits += 1
                 else:
                     flat_i32 = flat_tables(self._host_tables()[1])[1].numpy()
