@@ -20,11 +20,12 @@ import time
 from pathlib import Path
 
 import torch
+from torch.profiler import ProfilerActivity, profile
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from hogwild_bench.bench import build_model, fill_cache, layout_lengths  # noqa: E402
+from hogwild_bench.bench import build_model, cache_shape, fill_cache, layout_lengths  # noqa: E402
 from hogwild_bench.engine import HogwildLM, get_layout  # noqa: E402
 from hogwild_bench.engine.model import Write  # noqa: E402
 
@@ -52,8 +53,7 @@ def main() -> None:
     parser.add_argument("--layers", type=int, default=None)
     args = parser.parse_args()
     model = build_model(args.layers)
-    config = model.config
-    shape = (config.num_hidden_layers, config.num_key_value_heads, config.hidden_size // config.num_attention_heads)
+    shape = cache_shape(model)
     lm = HogwildLM(model, cuda_graphs=True, compile=args.compile)
     points = []
     for n in args.workers:
@@ -68,7 +68,6 @@ def main() -> None:
             graph = cache.decode_graphs[tuple(tuple(v) for v in views)]
             real = graph.graph
             marks: dict = {}
-
             graph.graph = TimedReplay(real, marks)
             parts = {"before_replay": [], "replay_call": [], "after_replay": [], "gpu_tail": [], "total": []}
             for _ in range(args.steps):
@@ -84,8 +83,6 @@ def main() -> None:
                 parts["total"].append(end - start)
             point = {"workers": n, "layout": layout, "compiled": args.compile}
             point.update({f"{k}_ms": round(1e3 * statistics.median(v), 3) for k, v in parts.items()})
-            from torch.profiler import ProfilerActivity, profile
-
             with profile(activities=[ProfilerActivity.CPU]) as prof:
                 for _ in range(5):
                     lm.forward(cache, writes)

@@ -21,7 +21,7 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from hogwild_bench.bench import build_model, engine_step_ms  # noqa: E402
+from hogwild_bench.bench import build_model, cache_shape, engine_step_ms  # noqa: E402
 from hogwild_bench.engine import HogwildLM  # noqa: E402
 
 
@@ -33,8 +33,7 @@ def main() -> None:
     parser.add_argument("--context", type=int, default=16384)
     args = parser.parse_args()
     model = build_model()
-    config = model.config
-    shape = (config.num_hidden_layers, config.num_key_value_heads, config.hidden_size // config.num_attention_heads)
+    shape = cache_shape(model)
     lm = HogwildLM(model, cuda_graphs=True, compile=True)
     if args.freezing:
         lm.decoder.compiled = torch.compile(model, options={"freezing": True})

@@ -56,6 +56,12 @@ def build_model(layers: int | None = None, shape_name: str = "7b"):
     return model.eval()
 
 
+def cache_shape(model) -> tuple[int, int, int]:
+    """``(layers, kv_heads, head_dim)``: the cache shape the bench's helpers (`fill_cache`, `engine_step_ms`) take."""
+    config = model.config
+    return config.num_hidden_layers, config.num_key_value_heads, config.hidden_size // config.num_attention_heads
+
+
 def weight_bytes_read(model) -> int:
     """Bytes of weights a decode step reads: every parameter but the embedding table (only a row per token),
     unless the output layer is that same table (tied embeddings: read whole for the logits)."""
@@ -299,8 +305,7 @@ def main(argv=None) -> None:
 
     gpu = torch.cuda.get_device_name()
     model = build_model(args.layers)
-    config = model.config
-    shape = (config.num_hidden_layers, config.num_key_value_heads, config.hidden_size // config.num_attention_heads)
+    shape = cache_shape(model)
     lm = HogwildLM(model, cuda_graphs=False)
     lm_graph = HogwildLM(model, cuda_graphs=True)
     lm_compiled = HogwildLM(model, cuda_graphs=True, compile=True)

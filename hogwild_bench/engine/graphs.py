@@ -77,14 +77,9 @@ class DecodeGraph:
         (capacity), lengths and pending tokens."""
         return tuple((b, b.storage_version, b.length, b.pending) for b in blocks)
 
-    @staticmethod
-    def _same_state(blocks: list, prepared: tuple) -> bool:
-        """The cache is in the state ``prepared`` (`_prepare_next`'s) was made for."""
-        then = prepared[0]
-        return len(then) == len(blocks) and all(
-            t[0] is b and t[1] == b.storage_version and t[2] == b.length and t[3] == b.pending
-            for t, b in zip(then, blocks)
-        )
+    def _same_state(self, blocks: list, prepared: tuple) -> bool:
+        """The cache is in the state ``prepared`` (`_prepare_next`'s) was made for (blocks compare by identity)."""
+        return prepared[0] == self._state(blocks)
 
     def _prepare_next(self) -> None:
         """The int32 tables of the next step if every row writes one more token in the same blocks, computed
@@ -99,7 +94,7 @@ class DecodeGraph:
             return
         try:
             blocks = self._blocks()
-            flat_i32 = flat_tables(self._host_tables()[1])[1].numpy()
+            flat_i32 = self._int32_values()
             fits = self.graph is not None and self._signature(blocks) == self.signature
             fits = fits and len(flat_i32) == self.host_i32.numel()
             if fits:
@@ -112,6 +107,10 @@ class DecodeGraph:
         config = self.lm.model.config
         groups = config.num_attention_heads // config.num_key_value_heads
         return plan_arrays(self.cache.rows, 1, groups, keep_empty=True, by_capacity=True)
+
+    def _int32_values(self) -> np.ndarray:
+        """The forward in flight's plan tables, flattened in capture order (what `_upload_tables` copies)."""
+        return flat_tables(self._host_tables()[1])[1].numpy()
 
     def _ids(self, tokens: list[int]) -> list[int]:
         """The int64 table: token ids, then each row's write position."""
@@ -132,7 +131,7 @@ class DecodeGraph:
         self.static = table_views(self.tables_i32, shapes)
         self.input_ids = self.tables_i64[:rows].view(rows, 1)
         self.positions = self.tables_i64[rows:].view(rows, 1)
-        self._upload_tables(flat_tables(arrays)[1].numpy())
+        self._upload_tables(flat.numpy())
         self._upload_ids(self._ids(tokens))
         self.plan = TritonPlan.assemble(blocks, self.static, sizes, pointer_tables(blocks, device))
         self.own_tables = address_tables([row.own.addresses() for row in self.cache.rows], device)
@@ -200,7 +199,7 @@ class DecodeGraph:
                     _, flat_i32, uploaded = prepared
                     self.prepared_hits += 1
                 else:
-                    flat_i32 = flat_tables(self._host_tables()[1])[1].numpy()
+                    flat_i32 = self._int32_values()
                 fresh = len(flat_i32) == self.host_i32.numel()  # same table shapes as captured
             if fresh:
                 if not uploaded:
