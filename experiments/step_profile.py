@@ -10,8 +10,9 @@ layout, steps of 64 tokens) at each ``--rows``. Every replayed step is split int
     the generation coroutines, admission).
 The whole run is also split (``timeline``): seconds in replayed forwards, in eager forwards (prefills,
 step prefixes, finisher prompts), in captures, and outside any forward, each synchronised at its end.
-A second pass replays the last captured graph ``--repeats`` times back to back: the GPU time of a step
-with no host work at all. Median ms of each, over replayed steps with the batch full.
+A probe after ``--probe-at`` full-batch steps replays that step's graph ``--repeats`` times back to back (the
+GPU time of a step with no host work at all) and lists its kernels, beside the K/V floor of that step (its
+unique K/V tokens read once at copy bandwidth). Median ms of each, over replayed steps with the batch full.
 
     python experiments/step_profile.py --out experiments/results/step_profile_h100.json
 """
@@ -35,11 +36,16 @@ sys.path.insert(0, str(ROOT / "experiments"))
 from batch_bench import jobs, prompts  # noqa: E402
 from profile_sweep import top as top_functions  # noqa: E402
 
-from hogwild_bench.bench import build_model, copy_bandwidth, weight_bytes_read  # noqa: E402
+from hogwild_bench.bench import build_model, cache_shape, copy_bandwidth, weight_bytes_read  # noqa: E402
 from hogwild_bench.engine import HogwildLM, triton_attention  # noqa: E402
 from hogwild_bench.engine import bucket_graphs as bucket_module  # noqa: E402
 from hogwild_bench.engine.batch import ContinuousBatcher  # noqa: E402
 from hogwild_bench.tiny import tiny_tokenizer  # noqa: E402
+
+
+class ProbeTaken(BaseException):
+    """Ends a run at its probe (``--stop-after-probe``); not an `Exception`, so the batcher does not record it
+    as its generations' failure."""
 
 
 class StepClock:
@@ -50,7 +56,11 @@ class StepClock:
         self.last_end: float | None = None
         self.current: dict | None = None
 
-    def reset(self) -> None:
+    def reset(self, full_rows: int = 0, probe_at: int = 0, repeats: int = 20) -> None:
+        """``probe_at``: after that many full-batch replayed steps, replay the step's graph alone (GPU time and
+        kernels) while its generations are alive (after the run their K/V storage is freed)."""
+        self.full_rows, self.probe_at, self.repeats = full_rows, probe_at, repeats
+        self.full_steps, self.probe, self.stop_after_probe = 0, None, False
         self.steps.clear()
         self.last_end = None
         self.spans = {"replayed": [0, 0.0], "eager": [0, 0.0], "capture": [0, 0.0]}
@@ -84,7 +94,17 @@ class StepClock:
                 clock.span("replayed", end - start - clock.current.get("capture", 0.0))
             if out is not None and graph.replays > replayed_before and "replay_start" in clock.current:
                 clock.current["total"] = end - start
+                clock.current["kv_tokens"] = sum(b.visible_length for b in graph.view_walk.unique)
                 clock.steps.append(clock.current)
+                if clock.current["rows"] == clock.full_rows and clock.probe is None:
+                    clock.full_steps += 1
+                    if clock.full_steps == clock.probe_at:  # the generations are alive: their tables are valid
+                        clock.probe = {"full_step": clock.full_steps, "kv_tokens": clock.current["kv_tokens"]}
+                        clock.probe["replay_alone_gpu_ms"] = replay_alone(graph.real_graph, clock.repeats)
+                        clock.probe["replay_kernels"] = replay_kernels(graph.real_graph)
+                        end = time.perf_counter()  # the next step's `between` leaves the probe out
+                        if clock.stop_after_probe:
+                            raise ProbeTaken
             clock.current = None
             clock.last_end = end
             return out
@@ -137,12 +157,14 @@ class StepClock:
         out = {"steps": len(rows)}
         for name, values in parts.items():
             out[f"{name}_ms"] = round(1e3 * statistics.median(values), 2) if values else None
+        if rows:  # unique K/V tokens read by the step: the median full step, and the last
+            out["kv_tokens_median"] = int(statistics.median(s["kv_tokens"] for s in rows))
+            out["kv_tokens_last"] = rows[-1]["kv_tokens"]
         return out
 
 
-def replay_alone(graphs, repeats: int) -> float:
-    """Median GPU ms of the biggest captured bucket's graph replayed back to back (no host work)."""
-    graph = graphs.graphs[max(graphs.graphs)].real_graph
+def replay_alone(graph, repeats: int) -> float:
+    """Median GPU ms of a captured graph replayed back to back (no host work; it rewrites the same K/V)."""
     for _ in range(3):
         graph.replay()
     times = []
@@ -156,11 +178,10 @@ def replay_alone(graphs, repeats: int) -> float:
     return round(statistics.median(times), 2)
 
 
-def replay_kernels(graphs, repeats: int = 5, top: int = 15) -> list[dict]:
-    """GPU kernels of the biggest bucket's replay (torch.profiler), by device time per replay."""
+def replay_kernels(graph, repeats: int = 5, top: int = 15) -> list[dict]:
+    """GPU kernels of a captured graph's replay (torch.profiler), by device time per replay."""
     from torch.profiler import ProfilerActivity, profile
 
-    graph = graphs.graphs[max(graphs.graphs)].real_graph
     with profile(activities=[ProfilerActivity.CUDA]) as prof:
         for _ in range(repeats):
             graph.replay()
@@ -203,6 +224,9 @@ def main() -> None:
     parser.add_argument("--cpu-threads", type=int, default=1, help="torch CPU threads (0: torch's default)")
     parser.add_argument("--kernel", default="", help="attention KernelSettings to use, e.g. split=512,num_stages=2")
     parser.add_argument("--cprofile", action="store_true", help="also a cProfile pass at the first --rows")
+    parser.add_argument("--compile-buckets", action="store_true", help="replayed steps run the compiled model")
+    parser.add_argument("--probe-at", type=int, default=0, help="full steps before the probe (0: 3/4 of --budget)")
+    parser.add_argument("--stop-after-probe", action="store_true", help="end each run at its probe")
     args = parser.parse_args()
     if args.cpu_threads:
         torch.set_num_threads(args.cpu_threads)  # as the runner does (batch.cpu_threads)
@@ -211,13 +235,16 @@ def main() -> None:
         triton_attention.settings = replace(triton_attention.settings, **{k: int(v) for k, v in fields.items()})
     model = build_model(args.layers, args.shape)
     tokenizer = tiny_tokenizer("qwen")
-    lm = HogwildLM(model, cuda_graphs=True)
+    lm = HogwildLM(model, cuda_graphs=True, compile_buckets=args.compile_buckets)
     weight_bytes = weight_bytes_read(model)
     bandwidth = copy_bandwidth()
+    layers, kv_heads, head_dim = cache_shape(model)
+    kv_bytes_per_token = 2 * layers * kv_heads * head_dim * model.dtype.itemsize  # K and V, every layer
     result = {
         "gpu": torch.cuda.get_device_name(),
         "bandwidth_bytes_per_s": bandwidth,
         "weight_ms": round(1e3 * weight_bytes / bandwidth, 2),
+        "kv_bytes_per_token": kv_bytes_per_token,
         "command": " ".join(sys.argv),
         "kernel_settings": asdict(triton_attention.settings),
         "points": [],
@@ -227,23 +254,30 @@ def main() -> None:
     warm = jobs(lm, tokenizer, prompts(2, 64, tokenizer, seed=99), 2, 32)
     list(ContinuousBatcher(lm, max_rows=64).run(warm))
     for rows in args.rows:
-        clock.reset()
+        clock.reset(rows, args.probe_at or (3 * args.budget) // 4, args.repeats)
         count = rows // args.workers
         job_list = jobs(lm, tokenizer, prompts(count, args.prompt_tokens, tokenizer), args.workers, args.budget)
         batcher = ContinuousBatcher(lm, max_rows=rows, cuda_graphs=True)
         torch.cuda.synchronize()
+        clock.stop_after_probe = args.stop_after_probe
         start = time.perf_counter()
-        finished = list(batcher.run(job_list))
+        try:
+            finished = list(batcher.run(job_list))
+        except ProbeTaken:
+            finished = []
         torch.cuda.synchronize()
         wall = time.perf_counter() - start
         assert all(f.ok for f in finished), [str(f.error) for f in finished if not f.ok][:1]
         point = {"rows": rows, "workers": args.workers, "wall_seconds": round(wall, 2), **clock.summary(rows)}
         point["timeline"] = clock.timeline(wall)
-        point["replay_alone_gpu_ms"] = replay_alone(batcher.graphs, args.repeats)
-        try:
-            point["replay_kernels"] = replay_kernels(batcher.graphs)
-        except Exception as error:  # the profiler is a bonus; the timings above stand without it
-            point["replay_kernels"] = f"failed: {error}"
+        for which in ("median", "last"):  # the K/V floor: reading each unique token's K/V once at copy bandwidth
+            if f"kv_tokens_{which}" in point:
+                kv_bytes = point[f"kv_tokens_{which}"] * kv_bytes_per_token
+                point[f"kv_floor_ms_{which}"] = round(1e3 * kv_bytes / bandwidth, 2)
+        if clock.probe is not None:
+            probe = clock.probe
+            probe["kv_floor_ms"] = round(1e3 * probe["kv_tokens"] * kv_bytes_per_token / bandwidth, 2)
+            point["probe"] = probe
         result["points"].append(point)
         print(json.dumps(point), flush=True)
         del batcher

@@ -71,7 +71,7 @@ def main() -> None:
     args = parser.parse_args()
     default = ta.settings
     variants = [replace(default, split=s, block_n=b, num_warps=w, num_stages=st)
-                for s, b, w, st in itertools.product((128, 256, 512), (32, 64, 128), (4, 8), (2, 3))]  # fmt: skip
+                for s, b, w, st in itertools.product((128, 256, 512, 1024), (32, 64, 128), (4, 8), (2, 3))]  # fmt: skip
     points = [(layout, n) for layout in ("contiguous", "interleaved", "combined") for n in (1, 4)]
     results = []
     for layout, n in points:

@@ -47,6 +47,21 @@ class BlockAddresses:
         return self._on_device[device]
 
 
+KERNEL_ALIGNMENT = 16  # bytes: the Triton kernels load K/V in 16-byte vectors from the addresses in the tables
+
+
+def _check_aligned(name: str, storage: list[torch.Tensor]) -> None:
+    """Kernels are told every head of every layer starts on a `KERNEL_ALIGNMENT` boundary (so they can load
+    whole vectors); a storage tensor that breaks that would make them read wrong data, so it is refused."""
+    for tensor in storage:
+        head_stride = tensor.stride(0) * tensor.element_size()
+        if tensor.data_ptr() % KERNEL_ALIGNMENT or head_stride % KERNEL_ALIGNMENT or not tensor.is_contiguous():
+            raise ValueError(
+                f"block {name!r}: K/V storage must be contiguous with every head {KERNEL_ALIGNMENT}-byte aligned "
+                f"(address {tensor.data_ptr()}, head stride {head_stride} bytes)"
+            )
+
+
 class KVBlock:
     """Per-layer key/value storage for one block of tokens.
 
@@ -100,6 +115,7 @@ class KVBlock:
             found = None
             if all(k is not None for k in self.keys):
                 capacity = [k.shape[1] for k in self.keys]
+                _check_aligned(self.name, self.keys + self.values)
                 table = torch.tensor(
                     [[k.data_ptr() for k in self.keys], [v.data_ptr() for v in self.values], capacity],
                     dtype=torch.int64,

@@ -95,10 +95,12 @@ def _block_attention_kernel(
     if split * SPLIT_SIZE >= length:  # grids sized by capacity (CUDA graphs) have idle splits
         return
     dtype = Q.dtype.element_ty
-    k_base = tl.load(K_PTRS + block).to(tl.pointer_type(dtype))
-    v_base = tl.load(V_PTRS + block).to(tl.pointer_type(dtype))
-    k_base += kv_head * capacity * D
-    v_base += kv_head * capacity * D
+    # Addresses read from a table carry no alignment the compiler can see, and without one it loads K/V two
+    # bytes at a time, synchronously (no cp.async pipeline): the hint is what makes the key loop stream. True
+    # by construction: storage is a torch allocation and a head's stride, capacity x D elements, is a multiple
+    # of 16 bytes (`KVBlock.addresses` checks both).
+    k_base = tl.multiple_of(tl.load(K_PTRS + block).to(tl.pointer_type(dtype)) + kv_head * capacity * D, 16)
+    v_base = tl.multiple_of(tl.load(V_PTRS + block).to(tl.pointer_type(dtype)) + kv_head * capacity * D, 16)
 
     # query rows: (entry, head in group, query position); wide blocks are tiled over program_id(2)
     rows = tile * BLOCK_M + tl.arange(0, BLOCK_M)
@@ -416,8 +418,8 @@ def _append_kernel(
     if t >= skip:
         d = tl.arange(0, D)
         dtype = NEW_K.dtype.element_ty
-        k_base = tl.load(K_PTRS + row).to(tl.pointer_type(dtype))
-        v_base = tl.load(V_PTRS + row).to(tl.pointer_type(dtype))
+        k_base = tl.multiple_of(tl.load(K_PTRS + row).to(tl.pointer_type(dtype)), 16)  # see the attention kernel
+        v_base = tl.multiple_of(tl.load(V_PTRS + row).to(tl.pointer_type(dtype)), 16)
         position = tl.load(POS + row).to(tl.int64) + t - skip
         offset = head * tl.load(CAPACITY + row).to(tl.int64) * D + position * D + d
         source = row * stride_r + head * stride_h + t * stride_t + d
@@ -535,10 +537,10 @@ def _shift_append_kernel(
     swapped = (d + HALF) % D
     sign = tl.where(d < HALF, -1.0, 1.0)
     dtype = LIKE.dtype.element_ty
-    src_k = tl.load(SRC + layer).to(tl.pointer_type(dtype))
-    src_v = tl.load(SRC + layers + layer).to(tl.pointer_type(dtype))
-    dst_k = tl.load(DST + layer).to(tl.pointer_type(dtype))
-    dst_v = tl.load(DST + layers + layer).to(tl.pointer_type(dtype))
+    src_k = tl.multiple_of(tl.load(SRC + layer).to(tl.pointer_type(dtype)), 16)  # see the attention kernel
+    src_v = tl.multiple_of(tl.load(SRC + layers + layer).to(tl.pointer_type(dtype)), 16)
+    dst_k = tl.multiple_of(tl.load(DST + layer).to(tl.pointer_type(dtype)), 16)
+    dst_v = tl.multiple_of(tl.load(DST + layers + layer).to(tl.pointer_type(dtype)), 16)
     src = head * tl.load(SRC + 2 * layers + layer) * D + t[:, None] * D
     dst = head * tl.load(DST + 2 * layers + layer) * D + (start + t[:, None]) * D
     k = tl.load(src_k + src + d[None, :], mask=valid, other=0.0).to(tl.float32)
