@@ -5,13 +5,15 @@ the same blocks with the same storage. This runs a churning batch on CPU (joins,
 finishers, early ends) with the capture and replay stubbed -- replay yields random logits -- and checks
 every replayed step's host tables against a fresh build. The GPU tests check replayed tokens end to end."""
 
+from dataclasses import replace
+
 import pytest
 import torch
 from conftest import LAYOUTS
 from helpers import host_buffers, live_blocks, random_replay, track_blocks
 
 from hogwild_bench.answers import BOXED_FINISHER
-from hogwild_bench.engine import GenerationOptions, HogwildGenerator, HogwildLM
+from hogwild_bench.engine import GenerationOptions, HogwildGenerator, HogwildLM, triton_attention
 from hogwild_bench.engine import bucket_graphs as bucket_module
 from hogwild_bench.engine.attention import token_rows
 from hogwild_bench.engine.batch import PREFILL_TOKENS, BatchJob, ContinuousBatcher
@@ -35,10 +37,14 @@ def _jobs(lm, tokenizer, count):
 
 
 def test_incremental_step_tables_equal_tables_built_afresh(models, tokenizer, monkeypatch):
+    # buckets of 16 rows and more take the batch split, those of 8 the small one: both are checked
+    batch = replace(triton_attention.settings, batch_rows=16, batch_split=64)
+    monkeypatch.setattr(triton_attention, "settings", batch)
     monkeypatch.setattr(bucket_module.BucketGraph, "_allocate", host_buffers)
     monkeypatch.setattr(bucket_module.BucketGraph, "_capture", random_replay())
     upload, plan, checked, reused = bucket_module.BucketGraph._upload, bucket_module.BucketGraph._plan, [], []
     several = []  # replayed steps with a write of several tokens
+    splits = set()
 
     def noted_plan(graph, rows):
         before = graph.view_walk
@@ -49,7 +55,10 @@ def test_incremental_step_tables_equal_tables_built_afresh(models, tokenizer, mo
     def checked_upload(graph, blocks, arrays, rows, tokens):
         upload(graph, blocks, arrays, rows, tokens)
         assert rows == token_rows(graph.cache.rows)
-        fresh_blocks, fresh, _ = plan_arrays(rows, 1, graph.groups, by_capacity=True, block_m=graph.caps.block_m)
+        split = triton_attention.settings.split_for(graph.rows)  # the bucket's, whatever rows it holds now
+        assert graph.caps.split == split
+        fresh_blocks, fresh, _ = plan_arrays(rows, 1, graph.groups, by_capacity=True, block_m=graph.caps.block_m,
+                                             split=split)  # fmt: skip
         assert fresh_blocks == blocks
         stepped_i32, stepped_i64 = graph.host_i32.clone(), graph.host_i64.clone()
         kept = graph.written_read, graph.written_own
@@ -60,6 +69,7 @@ def test_incremental_step_tables_equal_tables_built_afresh(models, tokenizer, mo
         graph.written_read, graph.written_own = kept
         assert torch.equal(graph.host_i32, stepped_i32) and torch.equal(graph.host_i64, stepped_i64)
         checked.append(len(rows))
+        splits.add(split)
         several.append(len(rows) > len(graph.cache.rows))
 
     monkeypatch.setattr(bucket_module.BucketGraph, "_upload", checked_upload)
@@ -72,6 +82,7 @@ def test_incremental_step_tables_equal_tables_built_afresh(models, tokenizer, mo
     assert len(checked) > 50 and len(set(checked)) > 3, "steps of changing batches were replayed"
     assert 0.3 < sum(reused) / len(reused) < 1, "most steps reuse the walk; membership changes rebuild it"
     assert sum(several) > 10, "step headers and prompts replay as one-token rows"
+    assert splits == {batch.split, batch.batch_split}
 
 
 @pytest.mark.parametrize("lanes", [1, 2])

@@ -55,15 +55,16 @@ def scenario(n_rows, heads, kv_heads, dim, lengths, q_len, dtype, device, seed):
     return query, row_views
 
 
-def check(n_rows, heads, kv_heads, dim, lengths, q_len, dtype, device, seed, tol):
-    from hogwild_bench.engine.triton_attention import attend_rows_triton
+def check(n_rows, heads, kv_heads, dim, lengths, q_len, dtype, device, seed, tol, split=None):
+    from hogwild_bench.engine.triton_attention import TritonPlan, attend_rows_triton
 
     query, rows = scenario(n_rows, heads, kv_heads, dim, lengths, q_len, dtype, device, seed)
     rope = RotaryShift(1.0 / (10000 ** (torch.arange(0, dim, 2).float() / dim)))
     scaling = dim**-0.5
     reference = torch.stack([attend_rotating_queries(query[b].double(), row, 0, rope, scaling).float()
                              for b, row in enumerate(rows)])  # fmt: skip
-    got = attend_rows_triton(query, rows, 0, rope, scaling).float()
+    plan = TritonPlan.build(rows, q_len, heads // kv_heads, query.device, split=split)
+    got = attend_rows_triton(query, rows, 0, rope, scaling, plan).float()
     for b, row in enumerate(rows):  # left-padding slots are unspecified; compare the real tokens
         real = slice(q_len - row.n_new, q_len)
         assert not got[b, real].isnan().any(), f"row {b}: unwritten output"
@@ -102,6 +103,22 @@ def test_kernel_matches_torch_path_tiny(n_rows, heads, kv_heads, q_len):
           tol=1e-4 if not ON_GPU else 5e-3)  # fmt: skip
 
 
+@pytest.mark.parametrize("split", [16, 64])
+def test_kernel_matches_torch_path_whatever_the_split(split):
+    """Keys per program is a plan setting (forwards of many rows take longer splits): blocks cut into several
+    splits, merged per row, give the same attention."""
+    device = "cuda" if ON_GPU else "cpu"
+    check(3, 4, 2, 16, (37, 70, 9), q_len=2, dtype=torch.float32, device=device, seed=split, split=split,
+          tol=1e-4 if not ON_GPU else 5e-3)  # fmt: skip
+
+
+def test_forwards_of_many_rows_take_the_batch_split():
+    from hogwild_bench.engine.triton_attention import settings
+
+    assert settings.split_for(1) == settings.split_for(settings.batch_rows - 1) == settings.split
+    assert settings.split_for(settings.batch_rows) == settings.split_for(4096) == settings.batch_split
+
+
 @pytest.mark.skipif(not (ON_GPU and os.environ.get("HOGWILD_TRITON_FULL")), reason="full shapes: GPU only")
 @pytest.mark.parametrize("n_rows", [1, 2, 3, 4, 8])
 @pytest.mark.parametrize("ratio", [1, 4, 8])
@@ -122,11 +139,12 @@ REAL_SHAPES = [(12, 2, 128), (14, 2, 64), (9, 3, 64)]
 @pytest.mark.parametrize("heads,kv_heads,dim", REAL_SHAPES)
 @pytest.mark.parametrize("n_rows", [1, 2, 4])
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
-def test_kernel_real_model_shapes(heads, kv_heads, dim, n_rows, dtype):
+@pytest.mark.parametrize("split", [None, 1024])
+def test_kernel_real_model_shapes(heads, kv_heads, dim, n_rows, dtype, split):
     tol = 1e-2 if dtype == torch.bfloat16 else 5e-3  # float32 dots run as tf32-free ieee; the merge adds a little
     for seed, lengths in enumerate([(211, 1500, 37), (4000, 0, 1), (5, 9, 300)]):
         check(n_rows, heads, kv_heads, dim, lengths, q_len=1 if seed != 2 else 4, dtype=dtype, device="cuda",
-              seed=seed, tol=tol)  # fmt: skip
+              seed=seed, tol=tol, split=split)  # fmt: skip
 
 
 @pytest.mark.parametrize("heads,kv_heads,dim", REAL_SHAPES)

@@ -25,6 +25,7 @@ from dataclasses import dataclass, fields
 import numpy as np
 import torch
 
+from hogwild_bench.engine import triton_attention
 from hogwild_bench.engine.attention import RowView, token_rows
 from hogwild_bench.engine.blocks import KVBlock
 from hogwild_bench.engine.cache import HogwildCache, to_device
@@ -45,7 +46,7 @@ PER_WORK = ("work_block", "work_split", "work_tile")
 
 @dataclass(frozen=True)
 class Capacities:
-    """Table sizes a captured graph was built for (``block_m`` must match exactly)."""
+    """Table sizes a captured graph was built for (``block_m`` and ``split`` must match exactly)."""
 
     blocks: int  # one more than the blocks in use: the spare, empty block padded work items point at
     entries: int
@@ -53,16 +54,18 @@ class Capacities:
     parts: int  # partials per row
     slots: int  # partial-result slots in all
     block_m: int
+    split: int
 
     def holds(self, need: Capacities) -> bool:
-        return all(getattr(self, f.name) >= getattr(need, f.name) for f in fields(self)) and (
-            self.block_m == need.block_m
+        exact = ("block_m", "split")
+        return all(getattr(self, f.name) >= getattr(need, f.name) for f in fields(self)) and all(
+            getattr(self, name) == getattr(need, name) for name in exact
         )
 
     def grown(self, need: Capacities, scale: float) -> Capacities:
         """Room for ``need`` scaled by ``scale`` (at least what is captured now, the tile exact)."""
         size = {f.name: max(getattr(self, f.name), math.ceil(getattr(need, f.name) * scale)) for f in fields(self)}
-        return Capacities(**{**size, "block_m": self.block_m})
+        return Capacities(**{**size, "block_m": self.block_m, "split": self.split})
 
 
 def bucket_for(rows: int) -> int:
@@ -90,6 +93,11 @@ class BucketGraph:
         self.view_walk: ViewPositions | None = None  # the last step's walk over the views
 
     # -- host tables -------------------------------------------------------------------------------
+    @property
+    def split(self) -> int:
+        """Keys per attention program: by the bucket's row count, so every step of the bucket has the same."""
+        return triton_attention.settings.split_for(self.rows)
+
     def _plan(self, rows) -> tuple[list, dict, dict]:
         """The step's plan; the walk over the views is reused from the previous step while the rows see the
         same blocks (most steps: only lengths, offsets and token ids change)."""
@@ -97,13 +105,13 @@ class BucketGraph:
             self.view_walk = ViewPositions.walk(rows)
         caps = self.caps
         return plan_arrays(rows, 1, self.groups, by_capacity=True, block_m=caps.block_m if caps else None,
-                           positions=self.view_walk)  # fmt: skip
+                           positions=self.view_walk, split=self.split)  # fmt: skip
 
     @staticmethod
     def _need(blocks: list, arrays: dict, sizes: dict) -> Capacities:
         return Capacities(
             blocks=len(blocks) + 1, entries=sizes["n_entries"], work=len(arrays["work_block"]),
-            parts=arrays["row_parts"].shape[1], slots=sizes["n_slots"], block_m=sizes["block_m"],
+            parts=arrays["row_parts"].shape[1], slots=sizes["n_slots"], block_m=sizes["block_m"], split=sizes["split"],
         )  # fmt: skip
 
     def _int32_tables(self, blocks: list, arrays: dict) -> None:
@@ -251,7 +259,8 @@ class BucketGraph:
                 return None
             need = self._need(blocks, arrays, sizes)
             if self.caps is None or not self.caps.holds(need):
-                start = self.caps or Capacities(**{f.name: 0 for f in fields(Capacities)} | {"block_m": need.block_m})
+                exact = {"block_m": need.block_m, "split": need.split}
+                start = self.caps or Capacities(**{f.name: 0 for f in fields(Capacities)} | exact)
                 self.caps = start.grown(need, HEADROOM * self.rows / len(rows))
                 blocks, arrays, sizes = self._plan(rows)  # with the captured tile
                 self._ensure_scratch(blocks)

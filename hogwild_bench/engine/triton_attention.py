@@ -29,10 +29,19 @@ from hogwild_bench.engine.rope import RotaryShift
 class KernelSettings:
     """Tile sizes and launch settings (``experiments/tune_attention.py`` measures variants on a GPU)."""
 
-    split: int = 256  # keys per program along a block (flash-decoding split)
+    split: int = 256  # keys per program along a block (flash-decoding split), in forwards of few rows
+    # Forwards of at least `batch_rows` rows (batched sweeps) have programs enough from their many blocks;
+    # longer splits there mean fewer programs and partials: -25 % attention at 1.5B x 256 rows with 2k-token
+    # budgets, the same at 7B x 64 rows (experiments/README, "K/V loads in 16-byte vectors")
+    batch_split: int = 1024
+    batch_rows: int = 64
     block_n: int = 64  # keys per inner-loop tile
     num_warps: int = 4
     num_stages: int = 3  # least device time summed over the tuned points: results/tune_attention_h100.json
+
+    def split_for(self, rows: int) -> int:
+        """Keys per program for a forward of ``rows`` rows."""
+        return self.batch_split if rows >= self.batch_rows else self.split
 
 
 settings = KernelSettings()
@@ -241,6 +250,7 @@ class TritonPlan:
 
     blocks: list
     block_m: int  # query rows per program
+    split: int  # keys per program
     work_block: torch.Tensor  # one program per (block, split, query tile) per KV head
     work_split: torch.Tensor
     work_tile: torch.Tensor
@@ -270,16 +280,17 @@ class TritonPlan:
         return replace(self, _rotation=None)
 
     @classmethod
-    def build(cls, rows: list[RowView], q_len: int, groups: int, device: torch.device) -> TritonPlan:
-        blocks, arrays, sizes = plan_arrays(rows, q_len, groups)
+    def build(cls, rows: list[RowView], q_len: int, groups: int, device: torch.device,
+              split: int | None = None) -> TritonPlan:  # fmt: skip
+        blocks, arrays, sizes = plan_arrays(rows, q_len, groups, split=split)
         shapes, flat = flat_tables(arrays)  # one upload for every table
         tensors = table_views(upload(flat, torch.int32, device), shapes)
         return cls.assemble(blocks, tensors, sizes, pointer_tables(blocks, device))
 
     @classmethod
     def assemble(cls, blocks, tensors: dict, sizes: dict, tables) -> TritonPlan:
-        return cls(blocks=blocks, tables=tables, block_m=sizes["block_m"], n_entries=sizes["n_entries"],
-                   n_slots=sizes["n_slots"], **tensors)  # fmt: skip
+        return cls(blocks=blocks, tables=tables, block_m=sizes["block_m"], split=sizes["split"],
+                   n_entries=sizes["n_entries"], n_slots=sizes["n_slots"], **tensors)  # fmt: skip
 
 
 def _cdiv(a: int, b: int) -> int:
@@ -322,6 +333,7 @@ def plan_arrays(
     by_capacity: bool = False,
     block_m: int | None = None,
     positions: ViewPositions | None = None,
+    split: int | None = None,
 ):
     """Host-side metadata of one forward: ``(blocks, {name: int32 CPU tensor}, {name: int})``.
 
@@ -330,7 +342,8 @@ def plan_arrays(
     many entries does not pay for the longest block's splits). ``keep_empty`` keeps empty blocks and
     ``by_capacity`` sizes the work list and the slots by storage capacity rather than length, so the array
     shapes stay fixed from step to step (CUDA graphs). ``block_m`` fixes the query tile to that of a graph
-    captured earlier. ``positions``: the rows' `ViewPositions`, when known (else walked here). Apart from that
+    captured earlier. ``positions``: the rows' `ViewPositions`, when known (else walked here). ``split``: keys per
+    program (default: `KernelSettings.split_for` the number of rows). Apart from that
     walk everything is vector ops -- numpy, not torch: this runs before every forward of a batch of hundreds of
     rows, and a torch call on a small CPU tensor costs several times a numpy one."""
     positions = positions or ViewPositions.walk(rows)
@@ -352,7 +365,7 @@ def plan_arrays(
     blocks = [b for b, k in zip(unique, kept_block.tolist()) if k]
     e_block, e_row = renumber[pos_block[keep]], pos_row[keep]
     e_delta, e_qstart = delta[keep], qstart[keep]
-    n_blocks, split = len(blocks), settings.split
+    n_blocks, split = len(blocks), split or settings.split_for(n_rows)
     length = visible[kept_block]
     extent = np.fromiter(map(_capacity, blocks), dtype=np.int64, count=n_blocks) if by_capacity else length
     splits, used = (extent + split - 1) // split, (length + split - 1) // split
@@ -387,7 +400,7 @@ def plan_arrays(
         "work_block": work_block, "work_split": k // tiles[work_block], "work_tile": k % tiles[work_block],
         "length": length, "row_parts": row_parts, "row_count": row_count,
     }  # fmt: skip
-    sizes = dict(n_entries=len(e_row), n_slots=max(1, int(ent_splits.sum())), block_m=block_m)
+    sizes = dict(n_entries=len(e_row), n_slots=max(1, int(ent_splits.sum())), block_m=block_m, split=split)
     return blocks, {name: torch.from_numpy(t.astype(np.int32, copy=False)) for name, t in arrays.items()}, sizes
 
 
@@ -509,7 +522,7 @@ def _launch(query: torch.Tensor, out: torch.Tensor, plan: TritonPlan, layer: int
             plan.ent_start, plan.ent_count, plan.ent_row, plan.ent_qstart, plan.ent_slot, *plan.rotation(rope),
             o_part, lse_part, o_part.stride(0), o_part.stride(1), o_part.stride(2),
             scaling * 1.4426950408889634, q_len,
-            G=groups, D=dim, HALF=dim // 2, SPLIT_SIZE=settings.split, BLOCK_M=plan.block_m, BLOCK_N=settings.block_n,
+            G=groups, D=dim, HALF=dim // 2, SPLIT_SIZE=plan.split, BLOCK_M=plan.block_m, BLOCK_N=settings.block_n,
             PRECISION="ieee" if query.dtype == torch.float32 else "tf32",
             num_warps=settings.num_warps, num_stages=settings.num_stages if device.type == "cuda" else 1,
         )  # fmt: skip
