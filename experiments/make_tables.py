@@ -213,6 +213,9 @@ def main() -> None:
         "batch-bench-session13-table": batch_table(
             json.loads((RESULTS / "batch_bench_h100_session13.json").read_text())
         ),
+        "batch-bench-session20-table": batch_table(
+            json.loads((RESULTS / "batch_bench_h100_session20.json").read_text())
+        ),
         "batch-bench-session18-table": batch_table(
             runs_merged(
                 "batch_bench_h100_session18_rows16_32.json",
