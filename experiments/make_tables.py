@@ -214,7 +214,7 @@ def main() -> None:
             json.loads((RESULTS / "batch_bench_h100_session13.json").read_text())
         ),
         "batch-bench-session20-table": batch_table(
-            json.loads((RESULTS / "batch_bench_h100_session20.json").read_text())
+            runs_merged("batch_bench_h100_session20.json", "batch_bench_h100_session20_rows128.json")
         ),
         "batch-bench-session18-table": batch_table(
             runs_merged(
