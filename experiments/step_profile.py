@@ -36,7 +36,7 @@ sys.path.insert(0, str(ROOT / "experiments"))
 from batch_bench import jobs, prompts  # noqa: E402
 from profile_sweep import top as top_functions  # noqa: E402
 
-from hogwild_bench.bench import build_model, cache_shape, copy_bandwidth, weight_bytes_read  # noqa: E402
+from hogwild_bench.bench import build_model, copy_bandwidth, weight_bytes_read  # noqa: E402
 from hogwild_bench.engine import HogwildLM, triton_attention  # noqa: E402
 from hogwild_bench.engine import bucket_graphs as bucket_module  # noqa: E402
 from hogwild_bench.engine.batch import ContinuousBatcher  # noqa: E402
@@ -56,11 +56,11 @@ class StepClock:
         self.last_end: float | None = None
         self.current: dict | None = None
 
-    def reset(self, full_rows: int = 0, probe_at: int = 0, repeats: int = 20) -> None:
+    def reset(self, full_rows: int = 0, probe_at: int = 0, repeats: int = 20, stop_after_probe: bool = False) -> None:
         """``probe_at``: after that many full-batch replayed steps, replay the step's graph alone (GPU time and
         kernels) while its generations are alive (after the run their K/V storage is freed)."""
         self.full_rows, self.probe_at, self.repeats = full_rows, probe_at, repeats
-        self.full_steps, self.probe, self.stop_after_probe = 0, None, False
+        self.full_steps, self.probe, self.stop_after_probe = 0, None, stop_after_probe
         self.steps.clear()
         self.last_end = None
         self.spans = {"replayed": [0, 0.0], "eager": [0, 0.0], "capture": [0, 0.0]}
@@ -238,8 +238,11 @@ def main() -> None:
     lm = HogwildLM(model, cuda_graphs=True, compile_buckets=args.compile_buckets)
     weight_bytes = weight_bytes_read(model)
     bandwidth = copy_bandwidth()
-    layers, kv_heads, head_dim = cache_shape(model)
-    kv_bytes_per_token = 2 * layers * kv_heads * head_dim * model.dtype.itemsize  # K and V, every layer
+    kv_bytes_per_token = lm.kv_bytes_per_token
+
+    def kv_floor_ms(tokens: int) -> float:  # reading each unique token's K/V once at copy bandwidth
+        return round(1e3 * tokens * kv_bytes_per_token / bandwidth, 2)
+
     result = {
         "gpu": torch.cuda.get_device_name(),
         "bandwidth_bytes_per_s": bandwidth,
@@ -254,12 +257,11 @@ def main() -> None:
     warm = jobs(lm, tokenizer, prompts(2, 64, tokenizer, seed=99), 2, 32)
     list(ContinuousBatcher(lm, max_rows=64).run(warm))
     for rows in args.rows:
-        clock.reset(rows, args.probe_at or (3 * args.budget) // 4, args.repeats)
+        clock.reset(rows, args.probe_at or (3 * args.budget) // 4, args.repeats, args.stop_after_probe)
         count = rows // args.workers
         job_list = jobs(lm, tokenizer, prompts(count, args.prompt_tokens, tokenizer), args.workers, args.budget)
         batcher = ContinuousBatcher(lm, max_rows=rows, cuda_graphs=True)
         torch.cuda.synchronize()
-        clock.stop_after_probe = args.stop_after_probe
         start = time.perf_counter()
         try:
             finished = list(batcher.run(job_list))
@@ -270,14 +272,11 @@ def main() -> None:
         assert all(f.ok for f in finished), [str(f.error) for f in finished if not f.ok][:1]
         point = {"rows": rows, "workers": args.workers, "wall_seconds": round(wall, 2), **clock.summary(rows)}
         point["timeline"] = clock.timeline(wall)
-        for which in ("median", "last"):  # the K/V floor: reading each unique token's K/V once at copy bandwidth
+        for which in ("median", "last"):
             if f"kv_tokens_{which}" in point:
-                kv_bytes = point[f"kv_tokens_{which}"] * kv_bytes_per_token
-                point[f"kv_floor_ms_{which}"] = round(1e3 * kv_bytes / bandwidth, 2)
+                point[f"kv_floor_ms_{which}"] = kv_floor_ms(point[f"kv_tokens_{which}"])
         if clock.probe is not None:
-            probe = clock.probe
-            probe["kv_floor_ms"] = round(1e3 * probe["kv_tokens"] * kv_bytes_per_token / bandwidth, 2)
-            point["probe"] = probe
+            point["probe"] = {**clock.probe, "kv_floor_ms": kv_floor_ms(clock.probe["kv_tokens"])}
         result["points"].append(point)
         print(json.dumps(point), flush=True)
         del batcher

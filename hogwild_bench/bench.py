@@ -310,7 +310,7 @@ def main(argv=None) -> None:
     lm_graph = HogwildLM(model, cuda_graphs=True)
     lm_compiled = HogwildLM(model, cuda_graphs=True, compile=True)
     weight_bytes = weight_bytes_read(model)
-    kv_bytes_per_token = 2 * shape[0] * shape[1] * shape[2] * 2
+    kv_bytes_per_token = lm.kv_bytes_per_token
     bandwidth = copy_bandwidth()
     print(f"{gpu}: weights read per step {weight_bytes / 1e9:.2f} GB, copy bandwidth {bandwidth / 1e12:.2f} TB/s")
 

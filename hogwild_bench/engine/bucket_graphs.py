@@ -56,16 +56,20 @@ class Capacities:
     block_m: int
     split: int
 
+    EXACT = ("block_m", "split")  # baked into the captured kernels: never grown
+
     def holds(self, need: Capacities) -> bool:
-        exact = ("block_m", "split")
         return all(getattr(self, f.name) >= getattr(need, f.name) for f in fields(self)) and all(
-            getattr(self, name) == getattr(need, name) for name in exact
+            getattr(self, name) == getattr(need, name) for name in self.EXACT
         )
 
+    def exact(self) -> dict[str, int]:
+        return {name: getattr(self, name) for name in self.EXACT}
+
     def grown(self, need: Capacities, scale: float) -> Capacities:
-        """Room for ``need`` scaled by ``scale`` (at least what is captured now, the tile exact)."""
+        """Room for ``need`` scaled by ``scale`` (at least what is captured now, the exact fields kept)."""
         size = {f.name: max(getattr(self, f.name), math.ceil(getattr(need, f.name) * scale)) for f in fields(self)}
-        return Capacities(**{**size, "block_m": self.block_m, "split": self.split})
+        return Capacities(**(size | self.exact()))
 
 
 def bucket_for(rows: int) -> int:
@@ -259,8 +263,7 @@ class BucketGraph:
                 return None
             need = self._need(blocks, arrays, sizes)
             if self.caps is None or not self.caps.holds(need):
-                exact = {"block_m": need.block_m, "split": need.split}
-                start = self.caps or Capacities(**{f.name: 0 for f in fields(Capacities)} | exact)
+                start = self.caps or Capacities(**{f.name: 0 for f in fields(Capacities)} | need.exact())
                 self.caps = start.grown(need, HEADROOM * self.rows / len(rows))
                 blocks, arrays, sizes = self._plan(rows)  # with the captured tile
                 self._ensure_scratch(blocks)

@@ -31,8 +31,8 @@ class KernelSettings:
 
     split: int = 256  # keys per program along a block (flash-decoding split), in forwards of few rows
     # Forwards of at least `batch_rows` rows (batched sweeps) have programs enough from their many blocks;
-    # longer splits there mean fewer programs and partials: -25 % attention at 1.5B x 256 rows with 2k-token
-    # budgets, the same at 7B x 64 rows (experiments/README, "K/V loads in 16-byte vectors")
+    # longer splits there mean fewer programs and partials: -24 % / -27 % attention at 1.5B x 256 / 128 rows
+    # with 2k-token budgets, -3 % at 7B x 64 rows (experiments/README, "K/V loads in 16-byte vectors")
     batch_split: int = 1024
     batch_rows: int = 64
     block_n: int = 64  # keys per inner-loop tile
