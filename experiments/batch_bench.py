@@ -19,6 +19,7 @@ For each worker count it measures generated tokens/s and wall time of:
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import random
 import sys
@@ -64,12 +65,29 @@ def throughput(tokens: int, wall: float) -> dict:
     return {"tokens": tokens, "wall_seconds": round(wall, 2), "tokens_per_second": round(tokens / wall, 1)}
 
 
-def run_batched(lm, job_list, max_rows: int, max_jobs: int | None, graphs: bool, lanes: int = 1) -> dict:
+def run_batched(
+    lm,
+    job_list,
+    max_rows: int,
+    max_jobs: int | None,
+    graphs: bool,
+    lanes: int = 1,
+    overlap: bool = False,
+    warm: list | None = None,
+) -> dict:
+    """Time one run of ``job_list``; with ``warm`` (the same jobs made afresh) the batcher first runs those
+    untimed, so the timed run replays graphs already captured, as a sweep's does after its first wave."""
     forwards = []
     batcher = ContinuousBatcher(
         lm, max_rows=max_rows, max_jobs=max_jobs, cuda_graphs=graphs, on_step=lambda rows, s: forwards.append(rows),
-        lanes=lanes,
+        lanes=lanes, overlap=overlap,
     )  # fmt: skip
+    if warm is not None:
+        for _ in batcher.run(warm):
+            pass
+        forwards.clear()
+        batcher.times = type(batcher.times)()
+    graph_counts = [(lane.graphs.captures, lane.graphs.replays) for lane in batcher.lanes if lane.graphs is not None]
     torch.cuda.synchronize()
     start = time.perf_counter()
     finished = list(batcher.run(job_list))
@@ -82,9 +100,12 @@ def run_batched(lm, job_list, max_rows: int, max_jobs: int | None, graphs: bool,
     peak = max(f.cost.peak_kv_bytes for f in finished)
     lane_graphs = [lane.graphs for lane in batcher.lanes if lane.graphs is not None]
     replayed = {
-        "graph_captures": sum(g.captures for g in lane_graphs), "graph_replays": sum(g.replays for g in lane_graphs),
+        "graph_captures": sum(g.captures for g in lane_graphs) - sum(c for c, _ in graph_counts),
+        "graph_replays": sum(g.replays for g in lane_graphs) - sum(r for _, r in graph_counts),
         "eager_forwards": batcher.times.eager,
     } if lane_graphs else {}  # fmt: skip
+    if overlap:
+        replayed |= {"steps_ahead": batcher.times.ahead, "taken_back": batcher.times.taken_back}
     del batcher
     torch.cuda.empty_cache()
     return {
@@ -186,9 +207,18 @@ def main() -> None:
         action="store_true",
         help="also time the graph rows with batch.compile_buckets (compiled in a warm-up run)",
     )
+    parser.add_argument(
+        "--warm-batcher", action="store_true",
+        help="time each batched variant on a batcher that has run the same jobs once (graphs captured: a sweep's "
+        "steady state); without it the timed run includes the captures",
+    )  # fmt: skip
     parser.add_argument("--skip-hf", action="store_true")
     parser.add_argument("--skip-eager", action="store_true", help="time the batcher with graphs only")
     parser.add_argument("--lanes", type=int, nargs="+", default=[1], help="batch.lanes values timed with graphs")
+    parser.add_argument(
+        "--overlap", type=int, nargs="+", default=[0], choices=[0, 1],
+        help="batch.overlap values timed for each batched variant (1: steps launched before their tokens are read)",
+    )  # fmt: skip
     args = parser.parse_args()
     if args.cpu_threads:
         torch.set_num_threads(args.cpu_threads)  # as the runner does (batch.cpu_threads)
@@ -256,12 +286,14 @@ def main() -> None:
                 save({"method": "compile_buckets_warmup", "workers": n, "rows": rows,
                       "wall_seconds": round(time.perf_counter() - started, 1)})  # fmt: skip
                 variants.append(("batched+graphs+compile_buckets", bucketed, True, 1))
-            for method, engine, graphs, lanes in variants:
+            for (method, engine, graphs, lanes), overlap in itertools.product(variants, args.overlap):
+                warm = jobs(engine, tokenizer, problems, n, args.budget) if args.warm_batcher else None
                 batched = run_batched(
-                    engine, jobs(engine, tokenizer, problems, n, args.budget), rows, None, graphs, lanes
-                )
+                    engine, jobs(engine, tokenizer, problems, n, args.budget), rows, None, graphs, lanes, bool(overlap),
+                    warm,
+                )  # fmt: skip
                 point = {
-                    "method": method,
+                    "method": method + ("+overlap" if overlap else "") + ("+warm_batcher" if warm else ""),
                     "workers": n,
                     "rows": rows,
                     **batched,

@@ -203,6 +203,11 @@ class BatchConfig:
     # one H100 2 lanes ran the real 1.5B sweep 34-64 % faster (host-bound) and the random 7B 7-25 % slower
     # (GPU-bound: each lane's forward reads the weights again); experiments/README, session 13
     lanes: int = 0
+    # launch each lane's next forward before the host has read the tokens of its last one (generations guessed to
+    # write each drawn token in its row; a wrong guess -- a step boundary, a stop, a budget -- is taken back and
+    # its step runs again): the host's work for a step overlaps the GPU's. null (auto): on CUDA; results are as
+    # without it up to the batch-shape rounding any batching has (CPU float32: identical, tests/test_batching.py)
+    overlap: bool | None = None
     # processes that turn finished generations into records (decode texts and transcript, score, collaboration
     # metrics) while the decode loop goes on; 0: in the loop's own thread; -1 (auto): on CUDA a quarter of the CPU
     # cores, at most 4, else 0. Records are the same either way (a record depends on its generation alone)

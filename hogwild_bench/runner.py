@@ -248,6 +248,14 @@ def lanes(cfg: RunConfig, lm: HogwildLM) -> int:
     return 2 if weight_bytes_read(lm.model) < GPU_BOUND_WEIGHT_BYTES else 1
 
 
+def overlaps(cfg: RunConfig, lm: HogwildLM) -> bool:
+    """``batch.overlap``, or for null (auto) whether the model runs on CUDA: there the device computes a step
+    while the host runs the generations' code for the last one; on CPU the forward itself is the host's work."""
+    if cfg.batch.overlap is not None:
+        return cfg.batch.overlap
+    return lm.device.type == "cuda"
+
+
 def compiles_buckets(cfg: RunConfig, model: torch.nn.Module) -> bool:
     """``batch.compile_buckets``, or for null (auto) whether a decode step reads at least 8 GB of weights: fusing
     a GPU-bound step's small kernels shortens what the loop waits for (session 18, random 7B: +18-21 % tokens/s at
@@ -304,6 +312,7 @@ def _generations(
         times=times,
         insert_wait_rounds=cfg.batch.insert_wait_rounds,
         lanes=lanes(cfg, lm) if batched else 1,
+        overlap=overlaps(cfg, lm) if batched else False,
     )
     failed: list[Finished] = []
 

@@ -77,11 +77,14 @@ def alone(models, tokenizer):
     return lm, {i: comparable(make_generator(lm, tokenizer, o, h).generate(p)) for i, (p, o, h) in enumerate(MIXED)}
 
 
+@pytest.mark.parametrize("overlap", [False, True], ids=["in_turn", "overlap"])
 @pytest.mark.parametrize(
     "max_rows,order,lanes", [(64, [0, 1, 2, 3, 4, 5], 1), (4, [5, 3, 1, 0, 4, 2], 1), (8, [5, 3, 1, 0, 4, 2], 2)]
 )
-def test_batched_generations_equal_each_generation_run_alone(alone, tokenizer, max_rows, order, lanes):
-    """Also in two lanes stepped in turn (the host's work for one beside the device's for the other)."""
+def test_batched_generations_equal_each_generation_run_alone(alone, tokenizer, max_rows, order, lanes, overlap):
+    """Also in two lanes stepped in turn (the host's work for one beside the device's for the other), and with
+    each step launched before the host has read the last step's tokens (``overlap``: the guessed steps that
+    were wrong -- step boundaries, stops, budgets, finishers -- taken back)."""
     lm, expected = alone
     steps, lane_rows = [], []
 
@@ -89,8 +92,11 @@ def test_batched_generations_equal_each_generation_run_alone(alone, tokenizer, m
         steps.append(rows)
         lane_rows.append([lane.rows for lane in batcher.lanes])
 
-    batcher = ContinuousBatcher(lm, max_rows=max_rows, on_step=on_step, lanes=lanes)
+    batcher = ContinuousBatcher(lm, max_rows=max_rows, on_step=on_step, lanes=lanes, overlap=overlap)
     finished = list(batcher.run(jobs_for(lm, tokenizer, order)))
+    if overlap:
+        times = batcher.times
+        assert 0 < times.taken_back < times.ahead, "most steps ran ahead and stood, some were taken back"
     assert all(rows <= max_rows // lanes for step in lane_rows for rows in step), "each lane keeps to its share"
     assert any(all(step) for step in lane_rows), "every lane had generations at once"
     assert [f.error for f in finished] == [None] * len(MIXED)
@@ -262,13 +268,14 @@ def test_a_batched_run_stores_what_a_one_at_a_time_run_stores(tmp_path, protocol
     from hogwild_bench.store import ResultStore, record_key
 
     stored = {}
-    for where, batching in (("batched", "batch.max_rows=7"), ("alone", "batch.enabled=false")):
+    runs = (("batched", "batch.max_rows=7"), ("overlap", "batch.overlap=true"), ("alone", "batch.enabled=false"))
+    for where, batching in runs:
         overrides = tiny_run_overrides(tmp_path / where, "dataset.limit=4", *protocol, batching)
         records = ResultStore(run(compose_config(overrides))).records()
         assert all(r["status"] == "ok" and all(r[f] is not None for f in COST_FIELDS) for r in records)
         stored[batching] = {record_key(r): {f: r.get(f) for f in CONTENT} for r in records}
-    batched, alone = stored.values()
-    assert batched == alone and len(batched) > 0
+    batched, overlapped, alone = stored.values()
+    assert batched == alone and overlapped == alone and len(batched) > 0
 
 
 def model_reading(weight_bytes: int) -> SimpleNamespace:

@@ -66,16 +66,20 @@ def test_compiled_graph_steps_match_uncompiled_eager_in_float32(models, tokenize
         torch.testing.assert_close(a.logits, b.logits, atol=1e-3, rtol=1e-3)
 
 
-@pytest.mark.parametrize("family,lanes,compiled", [("qwen2", 1, False), ("llama", 1, False), ("qwen2", 2, False),
-                                                   ("qwen2", 2, True)])  # fmt: skip
+@pytest.mark.parametrize("family,lanes,compiled,overlap", [
+    ("qwen2", 1, False, False), ("llama", 1, False, False), ("qwen2", 2, False, False), ("qwen2", 2, True, False),
+    ("qwen2", 1, False, True), ("llama", 1, True, True), ("qwen2", 2, False, True),
+])  # fmt: skip
 def test_batched_steps_replayed_from_bucket_graphs_equal_each_generation_alone(
-    models, tokenizer, family, lanes, compiled, monkeypatch
+    models, tokenizer, family, lanes, compiled, overlap, monkeypatch
 ):
     """The batcher's graphs serve any generations in flight: as they finish and others join (different worker
     counts, layouts, early stops, finishers, sampling), each generation's tokens and snapshots stay those it
     gets alone and eager, in float32; a handful of captures serve every step. In two lanes (each with its own
     graphs, the host preparing one while the device runs the other) too, and with the replayed steps
-    torch.compile'd per bucket (``compile_buckets``; the eager forwards stay uncompiled)."""
+    torch.compile'd per bucket (``compile_buckets``; the eager forwards stay uncompiled), and with each step
+    launched before the host read the last one's tokens (``overlap``: token ids copied into the replayed graph's
+    inputs on the device; wrong guesses taken back)."""
     from helpers import live_blocks, track_blocks
     from test_batching import MIXED, comparable, jobs_for, make_generator
 
@@ -89,7 +93,7 @@ def test_batched_steps_replayed_from_bucket_graphs_equal_each_generation_alone(
         steps: list[int] = []
         batcher = ContinuousBatcher(
             HogwildLM(model, attention="triton", compile_buckets=compiled), max_rows=6 * lanes, cuda_graphs=True,
-            on_step=lambda rows, seconds: steps.append(rows), lanes=lanes,
+            on_step=lambda rows, seconds: steps.append(rows), lanes=lanes, overlap=overlap,
         )  # fmt: skip
         finished = list(batcher.run(jobs_for(lm, tokenizer, [5, 3, 1, 0, 4, 2])))
     finally:
@@ -102,7 +106,11 @@ def test_batched_steps_replayed_from_bucket_graphs_equal_each_generation_alone(
     # eager are only first writes into blocks without storage and a rare write longer than a replay's room
     # (with inserts eager, over 40 forwards were)
     assert batcher.times.eager <= 10 * lanes and batcher.times.replayed > 20
+    if overlap:
+        assert 0 < batcher.times.taken_back < batcher.times.ahead
+    # (stepping ahead mixes generations' rows differently, so more row-count buckets are used: 11 captures seen)
     for lane in batcher.lanes:
-        assert lane.graphs is not None and 0 < lane.graphs.captures <= 8 and lane.graphs.replays > 10
+        assert lane.graphs is not None and 0 < lane.graphs.captures <= (12 if overlap else 8)
+        assert lane.graphs.replays > 10
     # nothing keeps a finished generation's storage: not a capture's plan, not a bucket's last walk
     assert {b.name for b in live_blocks(blocks)} == {"bucket scratch"}

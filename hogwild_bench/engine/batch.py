@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import itertools
 import time
-from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -28,10 +27,10 @@ from typing import Any
 import torch
 
 from hogwild_bench.engine.blocks import KVBlock
-from hogwild_bench.engine.cache import HogwildCache
+from hogwild_bench.engine.cache import HogwildCache, to_device
 from hogwild_bench.engine.generation import Steps
-from hogwild_bench.engine.model import HogwildLM, Write
-from hogwild_bench.engine.sampling import Draw, PendingTokens, draw_tokens, enqueue_draws
+from hogwild_bench.engine.model import DeviceTokens, HogwildLM, Write
+from hogwild_bench.engine.sampling import Draw, PendingTokens, Sampler, draw_tokens, enqueue_draws
 
 PREFILL_TOKENS = 32  # a request with a row this long (a prompt) is a prefill: not run in the decode rows' forward
 PREFILL_TOKENS_PER_FORWARD = 8192  # prefills waiting together share forwards of up to this many tokens (packed rows)
@@ -55,6 +54,7 @@ class CacheNamespace:
     def __init__(self, cache: HogwildCache, prefix: str):
         self.cache, self.prefix = cache, prefix
         self._qualified: dict[tuple[str, ...], tuple[str, ...]] = {}  # a generation has few distinct views
+        self.changes = 0  # commits, reservations and clears so far (a step guessed ahead must see none)
 
     def qualify(self, writes: Sequence[Write]) -> list[Write]:
         return [Write(self._qualified_view(w.view), w.tokens) for w in writes]
@@ -73,12 +73,15 @@ class CacheNamespace:
         return self.cache.writable(self.prefix + name)
 
     def commit(self, source: str, target: str) -> None:
+        self.changes += 1
         self.cache.commit(self.prefix + source, self.prefix + target)
 
     def reserve(self, names: Sequence[str], tokens: int, like: str) -> None:
+        self.changes += 1
         self.cache.reserve([self.prefix + n for n in names], tokens, like=self.prefix + like)
 
     def clear(self, name: str) -> None:
+        self.changes += 1
         self.cache.clear(self.prefix + name)
 
     def tokens(self, names: Sequence[str]) -> list[int]:
@@ -151,7 +154,9 @@ class BatchTimes:
     code), ``draw`` choosing tokens (it waits for the GPU to finish the step), ``resume`` the generations'
     own code between forwards (stop rules, step boundaries, snapshots), ``admit`` starting generations
     (prompt texts, tokenisation), ``outside`` the caller's time between finished generations (scoring,
-    storing). Forward counts: ``replayed`` from bucket graphs, ``eager`` decode/insert forwards, ``prefill``."""
+    storing). Forward counts: ``replayed`` from bucket graphs, ``eager`` decode/insert forwards, ``prefill``.
+    With ``overlap``: ``ahead`` generation steps launched before their tokens were read, ``taken_back`` of
+    those whose guess was wrong (their rows' work was thrown away and the step ran again)."""
 
     forward: float = 0.0
     draw: float = 0.0
@@ -161,12 +166,15 @@ class BatchTimes:
     replayed: int = 0
     eager: int = 0
     prefill: int = 0
+    ahead: int = 0
+    taken_back: int = 0
 
     def summary(self) -> str:
         seconds = ", ".join(
             f"{name} {getattr(self, name):.1f}" for name in ("forward", "draw", "resume", "admit", "outside")
         )
-        return f"{seconds} s; forwards: {self.replayed} replayed, {self.eager} eager, {self.prefill} prefill"
+        guessed = f"; steps ahead {self.ahead}, taken back {self.taken_back}" if self.ahead else ""
+        return f"{seconds} s; forwards: {self.replayed} replayed, {self.eager} eager, {self.prefill} prefill{guessed}"
 
 
 class AdmissionError(RuntimeError):
@@ -174,15 +182,48 @@ class AdmissionError(RuntimeError):
 
 
 @dataclass
+class _Ahead:
+    """A generation's rows in a forward launched before the host read the tokens they feed (``overlap``): the
+    guess that it next writes each drawn token in the row that drew it, and what taking the guess back needs."""
+
+    writes: list[Write]  # the guessed writes (host token ids are placeholders; the ids came from the device)
+    blocks: list[KVBlock]  # each row's own block
+    versions: list[int]  # their storage versions after the forward (moved storage: the K/V are not there)
+    changes: int  # the namespace's block changes at launch
+    logits: torch.Tensor
+    sampler: Sampler
+    counter: int  # the sampler's draw count before this step's draw
+    slot: int  # its draw's index among the lane's pending draws
+
+
+def _same_rows(a: torch.Tensor, b: torch.Tensor) -> bool:
+    """``a`` and ``b`` are the same rows of the same logits (a generation draws from the logits it was sent)."""
+    return a.shape == b.shape and a.data_ptr() == b.data_ptr() and (a.shape[0] == 1 or a.stride() == b.stride())
+
+
+@dataclass
 class _Running:
     job: BatchJob
     namespace: CacheNamespace
     steps: Steps[Any]
-    writes: list[Write]  # the rows of the next forward it needs
+    writes: list[Write]  # the rows of the next forward it needs (while it draws: of the forward it draws from)
     started: float
     lane: _Lane | None = None
     cost: JobCost = field(default_factory=JobCost)
     draw: Draw | None = None  # a token choice it waits for
+    sent: torch.Tensor | None = None  # the logits it was last sent
+    ahead: _Ahead | None = None  # its step launched ahead of reading its draw
+
+    def guessable(self) -> bool:
+        """Its next forward can be launched before its draw is read: the draw is one token for each row of the
+        forward it was sent logits from (the generation then most likely writes each token in its row)."""
+        draw = self.draw
+        return (
+            draw is not None
+            and self.sent is not None
+            and draw.logits.shape[0] == len(self.writes)
+            and _same_rows(draw.logits, self.sent)
+        )
 
 
 @dataclass
@@ -194,12 +235,18 @@ class _Lane:
     graphs: Any = None  # its own `BucketGraphs` (own staging buffers), or None: eager forwards
     members: dict[int, _Running] = field(default_factory=dict)
     insert_wait: int = 0  # rounds its generations writing several tokens have waited
-    drawing: list[_Running] = field(default_factory=list)  # generations whose tokens are being chosen
+    drawing: list[_Running | None] = field(default_factory=list)  # generations whose tokens are being chosen
     tokens: PendingTokens | None = None  # those choices, on the device
 
     @property
     def rows(self) -> int:
         return sum(r.job.rows for r in self.members.values())
+
+    def detach(self) -> tuple[PendingTokens | None, list[_Running | None]]:
+        """The lane's pending token choices, handed over (the lane then has none)."""
+        pending = self.tokens, self.drawing
+        self.tokens, self.drawing = None, []
+        return pending
 
 
 class ContinuousBatcher:
@@ -209,8 +256,14 @@ class ContinuousBatcher:
 
     ``lanes`` splits the generations in flight into that many sets stepped in turn, each holding up to its
     share of ``max_rows`` (a lone generation may take more): with 2 on a GPU the host's work for one set
-    overlaps the device's work for the other. ``on_step(rows, seconds)`` is called after every forward
-    (progress displays); ``times`` (a `BatchTimes`, default a new one) adds up where the run's time goes."""
+    overlaps the device's work for the other. ``overlap`` launches each lane's next forward before the host
+    has read the tokens of its last one: a generation that drew one token per row is guessed to write each in
+    its row (most steps of most generations), its rows take their token ids from the device, and the host reads
+    the draw and runs the generation's code while the device computes; a wrong guess (a step boundary, a stop,
+    a budget) is taken back -- the rows' K/V are forgotten and its sampler rewound -- and the generation's real
+    request runs in the next forward. Results are as without it, up to the batch-shape rounding of any batching.
+    ``on_step(rows, seconds)`` is called after every forward (progress displays); ``times`` (a `BatchTimes`,
+    default a new one) adds up where the run's time goes."""
 
     def __init__(
         self,
@@ -223,6 +276,7 @@ class ContinuousBatcher:
         times: BatchTimes | None = None,
         insert_wait_rounds: int = INSERT_WAIT_ROUNDS,
         lanes: int = 1,
+        overlap: bool = False,
     ):
         if max_rows < 1:
             raise ValueError(f"max_rows must be >= 1, got {max_rows}")
@@ -230,6 +284,7 @@ class ContinuousBatcher:
             raise ValueError(f"lanes must be >= 1, got {lanes}")
         self.lm, self.max_rows, self.kv_budget = lm, max_rows, kv_budget_bytes
         self.cuda_graphs, self.on_step, self.max_jobs = cuda_graphs, on_step, max_jobs
+        self.overlap = overlap
         self.cache = lm.new_cache()
         self.lanes = [_Lane() for _ in range(lanes)]
         if cuda_graphs and lm.device.type == "cuda":
@@ -284,38 +339,40 @@ class ContinuousBatcher:
         return None
 
     def run(self, jobs: Iterable[BatchJob]) -> Iterator[Finished]:
-        queue = iter(jobs)
-        waiting: deque[BatchJob] = deque()
-        exhausted = False
+        queue: _Queue = _Queue(iter(jobs))
         while True:
             for lane in self.lanes:
-                yield from self._collect(lane)
-                # admit in queue order while the next one fits (a job never overtakes an earlier one)
-                while True:
-                    if not waiting and not exhausted:
-                        nxt = next(queue, None)
-                        exhausted = nxt is None
-                        if nxt is not None:
-                            waiting.append(nxt)
-                    if not waiting:
-                        break
-                    job = waiting[0]
-                    reason = self._too_big(job)
-                    if reason is not None:
-                        waiting.popleft()
-                        yield from self._hand(Finished(job.key, error=AdmissionError(reason)))
-                        continue
-                    if not self._fits(job, lane):
-                        break
-                    waiting.popleft()
-                    started = time.perf_counter()
-                    done = self._admit(job, lane)
-                    self.times.admit += time.perf_counter() - started
-                    if done is not None:
-                        yield from self._hand(done)
-                yield from self._launch(lane)
-            if not self.running and not waiting and exhausted:
+                if self.overlap:  # the lane's next forward first, then the host reads the last one's tokens
+                    pending = yield from self._launch(lane)
+                    yield from self._collect(pending)
+                    yield from self._admit_from(queue, lane)
+                else:
+                    yield from self._collect(lane.detach())
+                    yield from self._admit_from(queue, lane)
+                    yield from self._launch(lane)
+            if not self.running and queue.empty():
                 return
+
+    def _admit_from(self, queue: _Queue, lane: _Lane) -> Iterator[Finished]:
+        """Admit queued jobs into ``lane`` in queue order while the next one fits (a job never overtakes an
+        earlier one); a job that cannot fit even alone finishes with an `AdmissionError`."""
+        while True:
+            job = queue.peek()
+            if job is None:
+                return
+            reason = self._too_big(job)
+            if reason is not None:
+                queue.pop()
+                yield from self._hand(Finished(job.key, error=AdmissionError(reason)))
+                continue
+            if not self._fits(job, lane):
+                return
+            queue.pop()
+            started = time.perf_counter()
+            done = self._admit(job, lane)
+            self.times.admit += time.perf_counter() - started
+            if done is not None:
+                yield from self._hand(done)
 
     def _hand(self, finished: Finished) -> Iterator[Finished]:
         """Yield ``finished`` to the caller, timing how long the caller keeps it (``times.outside``)."""
@@ -342,15 +399,16 @@ class ContinuousBatcher:
         self.reserved_bytes += self.job_bytes(job)
         return None
 
-    def _groups(self, lane: _Lane) -> list[tuple[list[_Running], bool]]:
+    def _groups(self, lane: _Lane, ahead: list[_Running]) -> list[tuple[list[_Running], bool]]:
         """A lane's forwards: decode rows in one merged forward; prompt prefills in forwards of their own, since
         attention sees rows padded to the longest and a prompt beside one-token rows would widen every row to
         its length. With packed rows (`HogwildLM.pack_rows`) the prefills waiting together share forwards of up
         to ``PREFILL_TOKENS_PER_FORWARD`` tokens: a wave of new generations costs a few forwards, not one each,
-        so it holds the decode rows back for less. Generations waiting for their tokens are in none. Each group
-        comes with whether it may replay from the lane's bucket graphs."""
+        so it holds the decode rows back for less. Generations waiting for their tokens are in none, except
+        those stepped ``ahead`` (one token per row, in the decode forward). Each group comes with whether it
+        may replay from the lane's bucket graphs."""
         prefills: list[tuple[list[_Running], int]] = []
-        decode = []
+        decode = list(ahead)
         for running in lane.members.values():
             if running.draw is not None:
                 continue
@@ -369,10 +427,15 @@ class ContinuousBatcher:
         # rides along as one row per token while the forward stays within `replay_rows`. Those that do not
         # fit get an eager forward of their own rather than holding everyone back. Generations never see each
         # other: splitting by generation changes no generation's forwards, only when they run.
-        room = self.replay_rows - sum(len(r.writes) for r in decode if all(len(w.tokens) == 1 for w in r.writes))
+        guessed = {id(r) for r in ahead}
+
+        def tokens_of(running: _Running) -> int:
+            return len(running.writes) if id(running) in guessed else sum(len(w.tokens) for w in running.writes)
+
+        room = self.replay_rows - sum(len(r.writes) for r in decode if tokens_of(r) == len(r.writes))
         single, inserts = [], []
         for running in decode:
-            tokens = sum(len(w.tokens) for w in running.writes)
+            tokens = tokens_of(running)
             if tokens == len(running.writes):
                 single.append(running)
             elif tokens <= room:
@@ -388,19 +451,48 @@ class ContinuousBatcher:
                 groups.append((inserts, False))
         return groups + ([(single, True)] if single else [])
 
-    def _launch(self, lane: _Lane) -> Iterator[Finished]:
+    def _ahead_rows(self, pending: tuple[PendingTokens | None, list[_Running | None]]) -> dict[int, int]:
+        """For each generation of ``pending`` whose next step can be launched now (`_Running.guessable`), the
+        row of its first token among the pending draws."""
+        tokens, drawing = pending
+        if not self.overlap or tokens is None:
+            return {}
+        rows, first = {}, 0
+        for running, count in zip(drawing, tokens.counts):
+            if running is not None and id(running) in self.running and running.guessable():
+                rows[id(running)] = first
+            first += count
+        return rows
+
+    def _launch(self, lane: _Lane):
         """Run the lane's forwards, hand each generation its logits and put the token choices they ask for on
-        the device without waiting for them (`_collect` takes them)."""
-        finished, drawing = [], []
-        for group, replay in self._groups(lane):
-            writes = [w for r in group for w in r.namespace.qualify(r.writes)]
+        the device without waiting for them (`_collect` takes them). With ``overlap``, the generations whose
+        tokens are still being chosen are stepped ahead in the decode forward. Returns the lane's token choices
+        pending before (for `_collect`)."""
+        pending = lane.detach()
+        first_row = self._ahead_rows(pending)
+        ahead = [r for r in pending[1] if r is not None and id(r) in first_row]
+        finished, drawing, draws = [], [], []
+        for group, replay in self._groups(lane, ahead):
+            writes, fill_writes, fill_rows = [], [], []
+            for r in group:
+                if id(r) in first_row:  # one row per write, its token the one drawn in that row
+                    fill_writes += range(len(writes), len(writes) + len(r.writes))
+                    fill_rows += range(first_row[id(r)], first_row[id(r)] + len(r.writes))
+                    writes += r.namespace.qualify([Write(w.view, [0]) for w in r.writes])
+                else:
+                    writes += r.namespace.qualify(r.writes)
+            device_tokens = None
+            if fill_writes:
+                values = pending[0].on_device[to_device(torch.tensor(fill_rows), self.lm.device)]
+                device_tokens = DeviceTokens(fill_writes, values)
             times, started = self.times, time.perf_counter()
             try:
-                logits = lane.graphs.forward(writes) if replay else None
+                logits = lane.graphs.forward(writes, device_tokens) if replay else None
                 if logits is not None:
                     times.replayed += 1
                 else:
-                    logits = self.lm.forward(self.cache, writes, cuda_graphs=False)
+                    logits = self.lm.forward(self.cache, writes, cuda_graphs=False, device_tokens=device_tokens)
                     if _is_prefill(writes):
                         times.prefill += 1
                     else:
@@ -416,23 +508,44 @@ class ContinuousBatcher:
             started = time.perf_counter()
             for running in group:
                 rows = len(running.writes)
+                part = logits[offset : offset + rows]
+                offset += rows
+                if id(running) in first_row:
+                    running.ahead = self._stepped_ahead(running, part, len(draws))
+                    draws.append(Draw(part, running.draw.sampler))
+                    drawing.append(running)
+                    times.ahead += 1
+                    continue
                 running.cost.forwards += 1
-                done = self._resume(running, logits[offset : offset + rows])
+                running.sent = part
+                done = self._resume(running, part)
                 if done is not None:
                     finished.append(done)
                 elif running.draw is not None:
+                    draws.append(running.draw)
                     drawing.append(running)
-                offset += rows
             times.resume += time.perf_counter() - started
-        if drawing:  # every token choice of the lane's forwards in one call
+        if draws:  # every token choice of the lane's forwards in one call
             started = time.perf_counter()
+            for running in drawing:
+                if running.ahead is not None:
+                    running.ahead.counter = running.ahead.sampler.draws
             try:
-                lane.tokens, lane.drawing = enqueue_draws([r.draw for r in drawing]), drawing
+                lane.tokens, lane.drawing = enqueue_draws(draws), drawing
             except Exception as error:  # e.g. out of memory: these generations fail, the others go on
                 finished += self._fail(drawing, error)
             self.times.draw += time.perf_counter() - started
         for done in finished:
             yield from self._hand(done)
+        return pending
+
+    def _stepped_ahead(self, running: _Running, logits: torch.Tensor, slot: int) -> _Ahead:
+        blocks = [running.namespace.block(w.view[-1]) for w in running.writes]
+        return _Ahead(
+            writes=[Write(w.view, [0]) for w in running.writes], blocks=blocks,
+            versions=[b.storage_version for b in blocks], changes=running.namespace.changes, logits=logits,
+            sampler=running.draw.sampler, counter=0, slot=slot,
+        )  # fmt: skip
 
     def _fail(self, group: list[_Running], error: BaseException) -> list[Finished]:
         """End ``group`` with ``error`` (a device step they shared failed) and give their memory back."""
@@ -441,24 +554,38 @@ class ContinuousBatcher:
             torch.cuda.empty_cache()
         return finished
 
-    def _collect(self, lane: _Lane) -> Iterator[Finished]:
-        """Wait for the lane's token choices and send them to their generations (a generation that asks for
-        another choice at once gets it here, waited for)."""
-        if lane.tokens is None:
+    def _collect(self, pending: tuple[PendingTokens | None, list[_Running | None]]) -> Iterator[Finished]:
+        """Wait for the token choices ``pending`` and send them to their generations (a generation that asks
+        for another choice at once gets it here, waited for). A generation stepped ahead is first taken back to
+        before that step; if it then asks for exactly the step that ran, the step (and its pending draw) stands."""
+        chosen_tokens, answered = pending
+        if chosen_tokens is None:
             return
         started = time.perf_counter()
-        tokens, answered = lane.tokens.result(), lane.drawing
-        lane.tokens, lane.drawing = None, []
+        tokens = chosen_tokens.result()
         finished = []
         while answered:
             drawn = time.perf_counter()
             self.times.draw += drawn - started
             waiting = []
             for running, chosen in zip(answered, tokens):
-                done = self._resume(running, chosen)
+                if running is None or id(running) not in self.running:
+                    continue
+                ahead, running.ahead = running.ahead, None
+                if ahead is not None:
+                    for block in ahead.blocks:
+                        block.retract(1)
+                    ahead.sampler.draws = ahead.counter
+                running.sent = None
+                done, kept = self._resume(running, chosen), False
+                if done is None and ahead is not None:
+                    done, kept = self._keep_ahead(running, ahead, chosen)
+                if ahead is not None and not kept:  # its rows' work is thrown away, its draw void
+                    running.lane.drawing[ahead.slot] = None
+                    self.times.taken_back += 1
                 if done is not None:
                     finished.append(done)
-                elif running.draw is not None:
+                elif running.draw is not None and not kept:
                     waiting.append(running)
             self.times.resume += time.perf_counter() - drawn
             started, answered = time.perf_counter(), waiting
@@ -466,6 +593,35 @@ class ContinuousBatcher:
                 tokens = draw_tokens([r.draw for r in waiting])
         for done in finished:
             yield from self._hand(done)
+
+    def _keep_ahead(self, running: _Running, ahead: _Ahead, chosen: list[int]) -> tuple[Finished | None, bool]:
+        """After the generation read its tokens: if it asks for the step launched ahead (the same views, each
+        drawn token in its row, its blocks untouched since), give the step back to it and hand it the logits;
+        if it then draws from them with the same sampler, that draw is the one already pending. Returns what
+        ended the generation (or None) and whether its pending draw stands."""
+        request = running.writes
+        if (
+            running.draw is not None
+            or len(request) != len(ahead.writes)
+            or any(
+                list(w.tokens) != [t] or list(w.view) != list(g.view) for w, g, t in zip(request, ahead.writes, chosen)
+            )
+            or running.namespace.changes != ahead.changes
+            or any(b.storage_version != v for b, v in zip(ahead.blocks, ahead.versions))
+        ):
+            return None, False
+        for block, token in zip(ahead.blocks, chosen):
+            block.reinstate([token])
+        running.cost.forwards += 1
+        running.sent = ahead.logits
+        done = self._resume(running, ahead.logits)
+        if done is not None:
+            return done, False
+        draw = running.draw
+        if draw is None or draw.sampler is not ahead.sampler or not _same_rows(draw.logits, ahead.logits):
+            return None, False
+        ahead.sampler.draws = ahead.counter + draw.logits.shape[0]  # its draw is the one already made
+        return None, True
 
     def _resume(self, running: _Running, value: Any) -> Finished | None:
         """Send ``value`` to the generation and note what it asks for next (a forward or a draw)."""
@@ -493,3 +649,24 @@ class ContinuousBatcher:
         running.lane.members.pop(id(running), None)
         self.reserved_bytes -= self.job_bytes(running.job)
         return Finished(running.job.key, result=result, error=error, cost=cost)
+
+
+class _Queue:
+    """The jobs not yet admitted: read from the caller's iterable one at a time, as admission reaches them."""
+
+    def __init__(self, jobs: Iterator[BatchJob]):
+        self.jobs, self.head = jobs, None
+        self.exhausted = False
+
+    def peek(self) -> BatchJob | None:
+        if self.head is None and not self.exhausted:
+            self.head = next(self.jobs, None)
+            self.exhausted = self.head is None
+        return self.head
+
+    def pop(self) -> BatchJob:
+        job, self.head = self.head, None
+        return job
+
+    def empty(self) -> bool:
+        return self.peek() is None

@@ -216,6 +216,19 @@ class KVBlock:
     def clear(self) -> None:
         self.truncate(0)
 
+    def retract(self, count: int) -> None:
+        """Hold back the last ``count`` tokens: forgotten like `truncate`, but their K/V stay where they are in
+        storage, so `reinstate` can give them back unless the storage moved (a batch steps a generation before
+        it has read that generation's last tokens, and takes the step back if the guess was wrong)."""
+        self.truncate(self.length - count)
+
+    def reinstate(self, token_ids: list[int]) -> None:
+        """Give back tokens `retract` held back, with their ids now known; their K/V must still be in storage."""
+        if self.length + len(token_ids) > min(self.capacity(layer) for layer in range(self.num_layers)):
+            raise RuntimeError(f"block {self.name!r}: no stored K/V to reinstate past length {self.length}")
+        self.length += len(token_ids)
+        self.token_ids.extend(token_ids)
+
     @torch.inference_mode()
     def copy(self, name: str | None = None) -> KVBlock:
         clone = KVBlock(name or self.name, self.num_layers)

@@ -30,6 +30,7 @@ from hogwild_bench.engine.attention import RowView, token_rows
 from hogwild_bench.engine.blocks import KVBlock
 from hogwild_bench.engine.cache import HogwildCache, to_device
 from hogwild_bench.engine.graphs import WARMUP_RUNS
+from hogwild_bench.engine.model import DeviceTokens, fill_tokens, token_slots
 from hogwild_bench.engine.triton_attention import (
     OwnBlockTables,
     TritonPlan,
@@ -246,10 +247,13 @@ class BucketGraph:
         k_ptrs, v_ptrs, capacity = self.own_tables[0, layer], self.own_tables[1, layer], self.own_tables[2, layer]
         append_rows(keys, values, k_ptrs, v_ptrs, capacity, self.positions, self.one_new)
 
-    def step(self, views: Sequence[Sequence[str]], tokens: Sequence[Sequence[int]]) -> torch.Tensor | None:
+    def step(
+        self, views: Sequence[Sequence[str]], tokens: Sequence[Sequence[int]], device_tokens: DeviceTokens | None = None
+    ) -> torch.Tensor | None:
         """Write ``tokens[b]`` at the end of ``views[b][-1]``; float32 logits of each write's last token
         ``[writes, V]``, or None (nothing written) when a block has no storage yet, so the step must run
-        eagerly. The graph's rows are the writes' tokens (`token_rows`): at most ``self.rows`` in all."""
+        eagerly. The graph's rows are the writes' tokens (`token_rows`): at most ``self.rows`` in all.
+        ``device_tokens``: one-token writes whose ids are on the device (copied in after the tables)."""
         cache = self.cache
         cache.begin_forward(views, tokens)
         ok = False
@@ -269,9 +273,11 @@ class BucketGraph:
                 self._ensure_scratch(blocks)
                 self._allocate()
                 self._upload(blocks, arrays, rows, flat)
+                self._fill(tokens, device_tokens)
                 self._capture(blocks, sizes)
             else:
                 self._upload(blocks, arrays, rows, flat)
+                self._fill(tokens, device_tokens)
             self.graph.replay()
             self.replays += 1
             if len(flat) == len(tokens):
@@ -283,6 +289,11 @@ class BucketGraph:
             return logits
         finally:
             cache.end_forward(ok)
+
+    def _fill(self, tokens: Sequence[Sequence[int]], device_tokens: DeviceTokens | None) -> None:
+        if device_tokens is not None:
+            slots = token_slots([len(t) for t in tokens], device_tokens.writes, None)
+            fill_tokens(self.input_ids, slots, device_tokens.values)
 
 
 class BucketGraphs:
@@ -314,11 +325,11 @@ class BucketGraphs:
             if walk is not None and any(id(block) in gone for block in walk.unique):
                 graph.view_walk = None
 
-    def forward(self, writes) -> torch.Tensor | None:
+    def forward(self, writes, device_tokens: DeviceTokens | None = None) -> torch.Tensor | None:
         """Logits of each write's last token, replayed from the graph of the bucket that holds all of the
         writes' tokens as one-token rows; None when the step cannot replay (the caller runs it eagerly). A view
         naming an unknown block raises `UnknownBlockError` from `begin_forward`, as an eager forward would."""
         rows = bucket_for(sum(len(w.tokens) for w in writes))
         if rows not in self.graphs:
             self.graphs[rows] = BucketGraph(self.lm, self.cache, rows)
-        return self.graphs[rows].step([w.view for w in writes], [w.tokens for w in writes])
+        return self.graphs[rows].step([w.view for w in writes], [w.tokens for w in writes], device_tokens)

@@ -63,6 +63,30 @@ class Write:
     tokens: Sequence[int]
 
 
+@dataclass
+class DeviceTokens:
+    """Token ids that are still on the device: write ``writes[j]`` (a one-token write; its host token is a
+    placeholder) takes ``values[j]``. Lets a forward be launched before the host has read the tokens it
+    feeds (`engine.batch` steps generations ahead of reading their draws)."""
+
+    writes: Sequence[int]
+    values: torch.Tensor  # int64 [len(writes)] on the model's device
+
+
+def token_slots(n_new: Sequence[int], writes: Sequence[int], width: int | None) -> list[int]:
+    """Flat indices in a forward's ``input_ids`` of the last token of each of ``writes``: rows left-padded to
+    ``width`` tokens (``[rows, width]``), or, for ``width=None``, packed one after another (``[1, total]``)."""
+    if width is not None:
+        return [w * width + width - 1 for w in writes]
+    ends = torch.tensor(n_new).cumsum(0).sub(1).tolist()
+    return [ends[w] for w in writes]
+
+
+def fill_tokens(input_ids: torch.Tensor, slots: Sequence[int], values: torch.Tensor) -> None:
+    """Write ``values`` at the flat ``slots`` of ``input_ids`` (contiguous), in stream order on its device."""
+    input_ids.view(-1)[to_device(torch.tensor(slots, dtype=torch.long), input_ids.device)] = values
+
+
 def default_attention_backend(device: torch.device) -> str:
     """The Triton kernel on CUDA (when triton imports), the torch query-rotation path elsewhere."""
     if device.type == "cuda":
@@ -153,7 +177,12 @@ class HogwildLM:
 
     @torch.inference_mode()
     def forward(
-        self, cache: HogwildCache, writes: Sequence[Write], all_logits: bool = False, cuda_graphs: bool = True
+        self,
+        cache: HogwildCache,
+        writes: Sequence[Write],
+        all_logits: bool = False,
+        cuda_graphs: bool = True,
+        device_tokens: DeviceTokens | None = None,
     ) -> torch.Tensor:
         """Run one batched forward; returns float32 logits ``[rows, V]`` (last token) or ``[rows, T, V]``.
 
@@ -161,9 +190,10 @@ class HogwildLM:
         left-padded to the longest, or, when they write different numbers of tokens and only last-token
         logits are asked for, packed into one sequence (``pack_rows``: no padded slots in the model's matmuls).
         ``cuda_graphs=False`` runs this forward eagerly even where a decode graph could replay it (views that
-        change every few steps would re-capture each time).
+        change every few steps would re-capture each time). ``device_tokens``: tokens some one-token writes take
+        from the device instead of their (placeholder) host ids.
         """
-        if cuda_graphs and self._use_graph(cache, writes, all_logits):
+        if cuda_graphs and device_tokens is None and self._use_graph(cache, writes, all_logits):
             views = tuple(tuple(w.view) for w in writes)
             if views not in cache.decode_graphs:
                 from hogwild_bench.engine.graphs import DecodeGraph
@@ -180,6 +210,9 @@ class HogwildLM:
         ok = False
         try:
             input_ids, positions = to_device(host, self.device)
+            if device_tokens is not None:
+                slots = token_slots(n_new, device_tokens.writes, None if packed else q_len)
+                fill_tokens(input_ids, slots, device_tokens.values)
             keep: int | torch.Tensor = 0 if all_logits else 1
             if packed:  # keep each row's last token: its end in the packed sequence
                 cache.packed = PackedRows(n_new)

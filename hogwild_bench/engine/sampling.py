@@ -138,6 +138,7 @@ class PendingTokens:
 
     def __init__(self, counts: Sequence[int], chosen: torch.Tensor):
         self.counts = counts  # rows of each draw
+        self.on_device = chosen  # [rows] int64: a forward may read them before the host does
         self.event = None
         if chosen.is_cuda:
             self.chosen = torch.empty(chosen.shape, dtype=chosen.dtype, pin_memory=True)
