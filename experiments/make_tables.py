@@ -216,6 +216,9 @@ def main() -> None:
         "batch-bench-session20-table": batch_table(
             runs_merged("batch_bench_h100_session20.json", "batch_bench_h100_session20_rows128.json")
         ),
+        "batch-bench-session21-table": batch_table(
+            runs_merged("session21/batch_bench_overlap.json", "session21/batch_bench_overlap_warm.json")
+        ),
         "batch-bench-session18-table": batch_table(
             runs_merged(
                 "batch_bench_h100_session18_rows16_32.json",
