@@ -310,3 +310,21 @@ def test_the_triton_path_on_a_cpu_model_is_refused_with_the_fix(models, monkeypa
         pytest.skip("the model is on a GPU here")
     with pytest.raises(ValueError, match="needs the model on a CUDA device .*use 'query_rotation'"):
         HogwildLM(model, attention="triton")
+
+
+def test_a_retracted_token_comes_back_from_storage_and_only_while_storage_holds_it():
+    """`KVBlock.retract` forgets tokens but leaves their K/V where they are; `reinstate` gives them back with their
+    ids (the batch takes back a step launched ahead, then keeps it if the guess was right)."""
+    from hogwild_bench.engine.blocks import KVBlock
+
+    block = KVBlock("step", num_layers=1)
+    block.start_write([7, 8, 9])
+    block.write(0, torch.arange(6.0).view(1, 3, 2), torch.zeros(1, 3, 2))
+    block.finish_write()
+    block.retract(1)
+    assert block.length == 2 and block.token_ids == [7, 8]
+    block.reinstate([5])
+    assert block.length == 3 and block.token_ids == [7, 8, 5]
+    assert block.layer_kv(0)[0][0, 2].tolist() == [4.0, 5.0]  # the K/V written before the retraction
+    with pytest.raises(RuntimeError, match="no stored K/V"):
+        block.reinstate([1] * (block.capacity(0) - block.length + 1))
