@@ -27,7 +27,7 @@ from typing import Any
 import torch
 
 from hogwild_bench.engine.blocks import KVBlock
-from hogwild_bench.engine.cache import HogwildCache, to_device
+from hogwild_bench.engine.cache import HogwildCache
 from hogwild_bench.engine.generation import Steps
 from hogwild_bench.engine.model import DeviceTokens, HogwildLM, Write
 from hogwild_bench.engine.sampling import Draw, PendingTokens, Sampler, draw_tokens, enqueue_draws
@@ -186,13 +186,13 @@ class _Ahead:
     """A generation's rows in a forward launched before the host read the tokens they feed (``overlap``): the
     guess that it next writes each drawn token in the row that drew it, and what taking the guess back needs."""
 
-    writes: list[Write]  # the guessed writes (host token ids are placeholders; the ids came from the device)
+    views: list[Sequence[str]]  # of the guessed writes, one token each (its ids came from the device)
     blocks: list[KVBlock]  # each row's own block
     versions: list[int]  # their storage versions after the forward (moved storage: the K/V are not there)
     changes: int  # the namespace's block changes at launch
     logits: torch.Tensor
     sampler: Sampler
-    counter: int  # the sampler's draw count before this step's draw
+    counter: int  # the sampler's draw count before this step's draw (it draws nothing else in between)
     slot: int  # its draw's index among the lane's pending draws
 
 
@@ -482,10 +482,7 @@ class ContinuousBatcher:
                     writes += r.namespace.qualify([Write(w.view, [0]) for w in r.writes])
                 else:
                     writes += r.namespace.qualify(r.writes)
-            device_tokens = None
-            if fill_writes:
-                values = pending[0].on_device[to_device(torch.tensor(fill_rows), self.lm.device)]
-                device_tokens = DeviceTokens(fill_writes, values)
+            device_tokens = DeviceTokens(fill_writes, pending[0].on_device, fill_rows) if fill_writes else None
             times, started = self.times, time.perf_counter()
             try:
                 logits = lane.graphs.forward(writes, device_tokens) if replay else None
@@ -527,9 +524,6 @@ class ContinuousBatcher:
             times.resume += time.perf_counter() - started
         if draws:  # every token choice of the lane's forwards in one call
             started = time.perf_counter()
-            for running in drawing:
-                if running.ahead is not None:
-                    running.ahead.counter = running.ahead.sampler.draws
             try:
                 lane.tokens, lane.drawing = enqueue_draws(draws), drawing
             except Exception as error:  # e.g. out of memory: these generations fail, the others go on
@@ -541,10 +535,10 @@ class ContinuousBatcher:
 
     def _stepped_ahead(self, running: _Running, logits: torch.Tensor, slot: int) -> _Ahead:
         blocks = [running.namespace.block(w.view[-1]) for w in running.writes]
+        sampler = running.draw.sampler
         return _Ahead(
-            writes=[Write(w.view, [0]) for w in running.writes], blocks=blocks,
-            versions=[b.storage_version for b in blocks], changes=running.namespace.changes, logits=logits,
-            sampler=running.draw.sampler, counter=0, slot=slot,
+            views=[w.view for w in running.writes], blocks=blocks, versions=[b.storage_version for b in blocks],
+            changes=running.namespace.changes, logits=logits, sampler=sampler, counter=sampler.draws, slot=slot,
         )  # fmt: skip
 
     def _fail(self, group: list[_Running], error: BaseException) -> list[Finished]:
@@ -602,10 +596,8 @@ class ContinuousBatcher:
         request = running.writes
         if (
             running.draw is not None
-            or len(request) != len(ahead.writes)
-            or any(
-                list(w.tokens) != [t] or list(w.view) != list(g.view) for w, g, t in zip(request, ahead.writes, chosen)
-            )
+            or len(request) != len(ahead.views)
+            or any(list(w.tokens) != [t] or list(w.view) != list(v) for w, v, t in zip(request, ahead.views, chosen))
             or running.namespace.changes != ahead.changes
             or any(b.storage_version != v for b, v in zip(ahead.blocks, ahead.versions))
         ):

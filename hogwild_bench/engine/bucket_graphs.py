@@ -266,18 +266,19 @@ class BucketGraph:
             if any(b.addresses() is None for b in blocks):
                 return None
             need = self._need(blocks, arrays, sizes)
-            if self.caps is None or not self.caps.holds(need):
+            capture = self.caps is None or not self.caps.holds(need)
+            if capture:
                 start = self.caps or Capacities(**{f.name: 0 for f in fields(Capacities)} | need.exact())
                 self.caps = start.grown(need, HEADROOM * self.rows / len(rows))
                 blocks, arrays, sizes = self._plan(rows)  # with the captured tile
                 self._ensure_scratch(blocks)
                 self._allocate()
-                self._upload(blocks, arrays, rows, flat)
-                self._fill(tokens, device_tokens)
+            self._upload(blocks, arrays, rows, flat)
+            if device_tokens is not None:  # after the tables: they carry placeholder ids in those slots
+                slots = token_slots([len(t) for t in tokens], device_tokens.writes, None)
+                fill_tokens(self.input_ids, slots, device_tokens)
+            if capture:
                 self._capture(blocks, sizes)
-            else:
-                self._upload(blocks, arrays, rows, flat)
-                self._fill(tokens, device_tokens)
             self.graph.replay()
             self.replays += 1
             if len(flat) == len(tokens):
@@ -289,11 +290,6 @@ class BucketGraph:
             return logits
         finally:
             cache.end_forward(ok)
-
-    def _fill(self, tokens: Sequence[Sequence[int]], device_tokens: DeviceTokens | None) -> None:
-        if device_tokens is not None:
-            slots = token_slots([len(t) for t in tokens], device_tokens.writes, None)
-            fill_tokens(self.input_ids, slots, device_tokens.values)
 
 
 class BucketGraphs:

@@ -8,6 +8,7 @@ normal model everywhere else (``model.generate`` included).
 
 from __future__ import annotations
 
+import itertools
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -66,11 +67,12 @@ class Write:
 @dataclass
 class DeviceTokens:
     """Token ids that are still on the device: write ``writes[j]`` (a one-token write; its host token is a
-    placeholder) takes ``values[j]``. Lets a forward be launched before the host has read the tokens it
+    placeholder) takes ``source[rows[j]]``. Lets a forward be launched before the host has read the tokens it
     feeds (`engine.batch` steps generations ahead of reading their draws)."""
 
     writes: Sequence[int]
-    values: torch.Tensor  # int64 [len(writes)] on the model's device
+    source: torch.Tensor  # int64 token ids on the model's device (a draw's output)
+    rows: Sequence[int]
 
 
 def token_slots(n_new: Sequence[int], writes: Sequence[int], width: int | None) -> list[int]:
@@ -78,13 +80,15 @@ def token_slots(n_new: Sequence[int], writes: Sequence[int], width: int | None) 
     ``width`` tokens (``[rows, width]``), or, for ``width=None``, packed one after another (``[1, total]``)."""
     if width is not None:
         return [w * width + width - 1 for w in writes]
-    ends = torch.tensor(n_new).cumsum(0).sub(1).tolist()
-    return [ends[w] for w in writes]
+    ends = list(itertools.accumulate(n_new))
+    return [ends[w] - 1 for w in writes]
 
 
-def fill_tokens(input_ids: torch.Tensor, slots: Sequence[int], values: torch.Tensor) -> None:
-    """Write ``values`` at the flat ``slots`` of ``input_ids`` (contiguous), in stream order on its device."""
-    input_ids.view(-1)[to_device(torch.tensor(slots, dtype=torch.long), input_ids.device)] = values
+def fill_tokens(input_ids: torch.Tensor, slots: Sequence[int], tokens: DeviceTokens) -> None:
+    """Copy ``tokens`` into the flat ``slots`` of ``input_ids`` (contiguous), in stream order on its device
+    (both index lists in one upload)."""
+    index = to_device(torch.tensor([list(slots), list(tokens.rows)], dtype=torch.long), input_ids.device)
+    input_ids.view(-1)[index[0]] = tokens.source[index[1]]
 
 
 def default_attention_backend(device: torch.device) -> str:
@@ -212,7 +216,7 @@ class HogwildLM:
             input_ids, positions = to_device(host, self.device)
             if device_tokens is not None:
                 slots = token_slots(n_new, device_tokens.writes, None if packed else q_len)
-                fill_tokens(input_ids, slots, device_tokens.values)
+                fill_tokens(input_ids, slots, device_tokens)
             keep: int | torch.Tensor = 0 if all_logits else 1
             if packed:  # keep each row's last token: its end in the packed sequence
                 cache.packed = PackedRows(n_new)
