@@ -20,6 +20,7 @@ unique K/V tokens read once at copy bandwidth). Median ms of each, over replayed
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import statistics
 import sys
@@ -39,7 +40,7 @@ from profile_sweep import top as top_functions  # noqa: E402
 from hogwild_bench.bench import build_model, copy_bandwidth, weight_bytes_read  # noqa: E402
 from hogwild_bench.engine import HogwildLM, triton_attention  # noqa: E402
 from hogwild_bench.engine import bucket_graphs as bucket_module  # noqa: E402
-from hogwild_bench.engine.batch import ContinuousBatcher  # noqa: E402
+from hogwild_bench.engine.batch import PREFILL_TOKENS, ContinuousBatcher  # noqa: E402
 from hogwild_bench.tiny import tiny_tokenizer  # noqa: E402
 
 
@@ -64,6 +65,8 @@ class StepClock:
         self.steps.clear()
         self.last_end = None
         self.spans = {"replayed": [0, 0.0], "eager": [0, 0.0], "capture": [0, 0.0]}
+        self.forwards = {"prefill": [], "insert": []}  # every eager forward: rows, tokens, host and synced ms
+        self.profile_insert, self.insert_profile = 3, None  # torch.profiler on this insert forward
 
     def span(self, name: str, seconds: float) -> None:
         self.spans[name][0] += 1
@@ -75,19 +78,32 @@ class StepClock:
         eager = HogwildLM.forward
 
         def timed_forward(lm, cache, writes, *args, **kwargs):
-            start = time.perf_counter()
-            out = eager(lm, cache, writes, *args, **kwargs)
             torch.cuda.synchronize()
-            clock.span("eager", time.perf_counter() - start)
+            start = time.perf_counter()
+            lengths = [len(w.tokens) for w in writes]
+            kind = "prefill" if max(lengths) > PREFILL_TOKENS else "insert"
+            profiled = kind == "insert" and clock.profile_insert == len(clock.forwards[kind])
+            with _kernel_profile() if profiled else contextlib.nullcontext() as prof:
+                out = eager(lm, cache, writes, *args, **kwargs)
+                host = time.perf_counter() - start
+                torch.cuda.synchronize()
+            seconds = time.perf_counter() - start
+            clock.span("eager", seconds)
+            clock.forwards[kind].append(
+                {"rows": len(writes), "tokens": sum(lengths), "q_len": max(lengths), "host_ms": round(1e3 * host, 2),
+                 "ms": round(1e3 * seconds, 2), "profiled": profiled}
+            )  # fmt: skip
+            if profiled:
+                clock.insert_profile = _top_events(prof)
             return out
 
-        def timed_step(graph, views, tokens):
+        def timed_step(graph, views, tokens, *args):
             start = time.perf_counter()
             clock.current = {"rows": len(tokens), "start": start}
             if clock.last_end is not None:
                 clock.current["between"] = start - clock.last_end
             replayed_before = graph.replays
-            out = step(graph, views, tokens)
+            out = step(graph, views, tokens, *args)
             torch.cuda.synchronize()
             end = time.perf_counter()
             if out is not None:
@@ -143,6 +159,23 @@ class StepClock:
         out["outside_forwards_seconds"] = round(wall - sum(sec for _, sec in self.spans.values()), 2)
         return out
 
+    def eager_summary(self) -> dict:
+        """Per kind of eager forward (prompt prefills; inserts: step headers and collaboration prompts of several
+        tokens that did not fit in a replayed forward): count, seconds, median host / synced ms, and the list."""
+        out = {}
+        for kind, items in self.forwards.items():
+            timed = [f for f in items if not f["profiled"]]
+            out[kind] = {
+                "count": len(items),
+                "seconds": round(sum(f["ms"] for f in timed) / 1e3, 2),
+                "median_ms": round(statistics.median(f["ms"] for f in timed), 2) if timed else None,
+                "median_host_ms": round(statistics.median(f["host_ms"] for f in timed), 2) if timed else None,
+                "forwards": items,
+            }
+        if self.insert_profile is not None:
+            out["insert_profile"] = self.insert_profile
+        return out
+
     def summary(self, full_rows: int) -> dict:
         torch.cuda.synchronize()
         rows = [s for s in self.steps if s["rows"] == full_rows and "between" in s]
@@ -161,6 +194,30 @@ class StepClock:
             out["kv_tokens_median"] = int(statistics.median(s["kv_tokens"] for s in rows))
             out["kv_tokens_last"] = rows[-1]["kv_tokens"]
         return out
+
+
+def _kernel_profile():
+    from torch.profiler import ProfilerActivity, profile
+
+    return profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA])
+
+
+def _top_events(prof, top: int = 25) -> dict:
+    """The heaviest ops of a profiled forward by host time and by device time."""
+    events = prof.key_averages()
+
+    def rows(key):
+        return [
+            {"name": e.key[:90], "calls": e.count, "self_cpu_ms": round(e.self_cpu_time_total / 1e3, 3),
+             "device_ms": round(e.self_device_time_total / 1e3, 3)}
+            for e in sorted(events, key=key, reverse=True)[:top]
+        ]  # fmt: skip
+
+    return {
+        "device_ms_total": round(sum(e.self_device_time_total for e in events) / 1e3, 2),
+        "by_cpu": rows(lambda e: e.self_cpu_time_total),
+        "by_device": rows(lambda e: e.self_device_time_total),
+    }
 
 
 def replay_alone(graph, repeats: int) -> float:
@@ -272,13 +329,17 @@ def main() -> None:
         assert all(f.ok for f in finished), [str(f.error) for f in finished if not f.ok][:1]
         point = {"rows": rows, "workers": args.workers, "wall_seconds": round(wall, 2), **clock.summary(rows)}
         point["timeline"] = clock.timeline(wall)
+        point["eager_forwards"] = clock.eager_summary()
         for which in ("median", "last"):
             if f"kv_tokens_{which}" in point:
                 point[f"kv_floor_ms_{which}"] = kv_floor_ms(point[f"kv_tokens_{which}"])
         if clock.probe is not None:
             point["probe"] = {**clock.probe, "kv_floor_ms": kv_floor_ms(clock.probe["kv_tokens"])}
         result["points"].append(point)
-        print(json.dumps(point), flush=True)
+        brief = {k: v for k, v in point.items() if k != "eager_forwards"}
+        brief["eager"] = {k: {n: x for n, x in v.items() if n != "forwards"} for k, v in point["eager_forwards"].items()
+                          if k != "insert_profile"}  # fmt: skip
+        print(json.dumps(brief), flush=True)
         del batcher
         torch.cuda.empty_cache()
     if args.cprofile:

@@ -130,6 +130,25 @@ def test_the_batch_accounts_for_its_time_and_forwards(alone, tokenizer):
     assert "eager" in times.summary() and "outside" in times.summary()
 
 
+def test_inserts_that_overflow_the_decode_replay_are_replayed_in_chunks_of_its_room(alone):
+    """Writes of several tokens that do not fit beside the decode rows get replayed forwards of their own, each
+    within the replay room, generations in order; a wave needing more than `INSERT_REPLAY_CHUNKS` of them, or a
+    write longer than the room, runs in one eager forward (an eager forward's host time is that of several
+    replays)."""
+    from hogwild_bench.engine.batch import INSERT_REPLAY_CHUNKS
+
+    lm, _ = alone
+    batcher = ContinuousBatcher(lm, max_rows=4)
+    room = batcher.replay_rows
+    waiting = [SimpleNamespace(tokens=t) for t in (room // 2, room // 2, room // 4, room)]
+    groups = batcher._insert_groups(waiting, lambda r: r.tokens)
+    assert groups == [(waiting[:2], True), (waiting[2:3], True), (waiting[3:], True)]
+    wave = [SimpleNamespace(tokens=room) for _ in range(INSERT_REPLAY_CHUNKS + 1)]
+    assert batcher._insert_groups(wave, lambda r: r.tokens) == [(wave, False)]
+    too_long = [SimpleNamespace(tokens=2), SimpleNamespace(tokens=room + 1)]
+    assert batcher._insert_groups(too_long, lambda r: r.tokens) == [(too_long, False)]
+
+
 def test_prompts_admitted_together_are_prefilled_in_one_forward(alone, tokenizer):
     """A wave of new generations costs one packed prefill forward, not one forward per prompt, and gives
     the same results; without packed rows each prompt runs alone (it would pad the others to its length)."""

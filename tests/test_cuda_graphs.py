@@ -114,3 +114,37 @@ def test_batched_steps_replayed_from_bucket_graphs_equal_each_generation_alone(
         assert lane.graphs.replays > 10
     # nothing keeps a finished generation's storage: not a capture's plan, not a bucket's last walk
     assert {b.name for b in live_blocks(blocks)} == {"bucket scratch"}
+
+
+@pytest.mark.parametrize("overlap", [False, True], ids=["in_turn", "overlap"])
+def test_inserts_replayed_beside_the_decode_forward_equal_each_generation_alone(models, tokenizer, overlap):
+    """With a replay room too small for the step prefixes and finisher prompts of the generations in flight,
+    those writes replay in forwards of their own (several per launch, some of the same bucket as the decode
+    rows'): each generation still gets exactly what it gets alone and eager, in float32."""
+    from test_batching import MIXED, comparable, jobs_for, make_generator
+
+    from hogwild_bench.engine.batch import ContinuousBatcher
+
+    model = models("qwen2").to("cuda")
+    try:
+        lm = HogwildLM(model, attention="triton", cuda_graphs=False)
+        expected = {i: comparable(make_generator(lm, tokenizer, o, h).generate(p)) for i, (p, o, h) in enumerate(MIXED)}
+        batcher = ContinuousBatcher(HogwildLM(model, attention="triton"), max_rows=8, cuda_graphs=True,
+                                    overlap=overlap)  # fmt: skip
+        batcher.replay_rows = 8
+        groups, plan = [], batcher._insert_groups
+
+        def spy(*args):
+            made = plan(*args)
+            groups.extend(made)
+            return made
+
+        batcher._insert_groups = spy
+        finished = list(batcher.run(jobs_for(lm, tokenizer, [1, 5, 3, 0, 4, 2])))
+    finally:
+        model.to("cpu")
+    assert [f.error for f in finished] == [None] * len(MIXED)
+    for f in finished:
+        assert comparable(f.result) == expected[f.key], f"generation {f.key} changed with inserts replayed"
+    assert batcher.times.replayed > 20 and batcher.lanes[0].graphs.replays == batcher.times.replayed
+    assert sum(replay for _, replay in groups) >= 3, "no insert forward was replayed"

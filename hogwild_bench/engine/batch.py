@@ -35,9 +35,14 @@ from hogwild_bench.engine.sampling import Draw, PendingTokens, Sampler, draw_tok
 PREFILL_TOKENS = 32  # a request with a row this long (a prompt) is a prefill: not run in the decode rows' forward
 PREFILL_TOKENS_PER_FORWARD = 8192  # prefills waiting together share forwards of up to this many tokens (packed rows)
 # With bucket graphs: generations writing several tokens (a step header, a collaboration prompt, a finisher
-# prompt) that do not fit in the replayed forward run in an eager forward of their own; by default they wait up
-# to this many rounds to share it, unless they hold a quarter of the rows in flight
+# prompt) that do not fit in the replayed decode forward get forwards of their own; by default they wait up
+# to this many rounds to share them, unless they hold a quarter of the rows in flight
 INSERT_WAIT_ROUNDS = 8
+# ... those forwards are replayed too, in chunks of at most `replay_rows` tokens, while a wave of inserts takes
+# at most this many; a larger wave runs in one eager forward. An eager 7B forward costs ~40-50 ms of host time
+# (the model's module code, ~1,500 launches) where a replay costs its GPU time, ~10 ms (H100,
+# experiments/README "Inserts replayed")
+INSERT_REPLAY_CHUNKS = 4
 REPLAY_ROWS_MIN = 64  # a replayed forward may carry this many one-token rows however small max_rows is
 
 
@@ -448,8 +453,27 @@ class ContinuousBatcher:
             due = lane.insert_wait >= self.insert_wait_rounds or not single or 4 * waiting_rows >= lane.rows
             lane.insert_wait = 0 if due else lane.insert_wait + 1
             if due:
-                groups.append((inserts, False))
+                groups += self._insert_groups(inserts, tokens_of)
         return groups + ([(single, True)] if single else [])
+
+    def _insert_groups(self, inserts: list[_Running], tokens_of) -> list[tuple[list[_Running], bool]]:
+        """Forwards for the generations whose writes did not fit in the decode forward: replayed chunks of at
+        most ``replay_rows`` tokens (generations in their order), or, for a wave of more than
+        ``INSERT_REPLAY_CHUNKS`` chunks or a generation too long for any, one eager forward."""
+        chunks: list[list[_Running]] = []
+        room = 0
+        for running in inserts:
+            tokens = tokens_of(running)
+            if tokens > self.replay_rows:
+                return [(inserts, False)]
+            if tokens > room:
+                chunks.append([])
+                room = self.replay_rows
+            chunks[-1].append(running)
+            room -= tokens
+        if len(chunks) > INSERT_REPLAY_CHUNKS:
+            return [(inserts, False)]
+        return [(chunk, True) for chunk in chunks]
 
     def _ahead_rows(self, pending: tuple[PendingTokens | None, list[_Running | None]]) -> dict[int, int]:
         """For each generation of ``pending`` whose next step can be launched now (`_Running.guessable`), the
