@@ -9,7 +9,7 @@ export HOGWILD_CACHE=/tmp/hwcache
 PYTHONPATH=/tmp/site:$R python -m hogwild_bench.models fetch qwen25_coder_15b_instruct --gguf /tmp/ship/q.gguf > /tmp/fetch.log 2>&1 &
 FETCH=$!
 # the GPU tests of this code beside the CPU-bound fetch
-PYTHONPATH=/tmp/site:$R HOGWILD_TRITON_FULL=1 timeout 300 python -m pytest -q -p no:cacheprovider tests/test_triton_attention.py tests/test_cuda_graphs.py tests/test_packing.py tests/test_sampling.py > /tmp/gpu_tests.log 2>&1
+PYTHONPATH=/tmp/site:$R HOGWILD_TRITON_FULL=1 timeout 300 python -m pytest -q -p no:cacheprovider tests/test_triton_attention.py tests/test_cuda_graphs.py tests/test_packing.py tests/test_sampling.py tests/test_decode_graph_tables.py > /tmp/gpu_tests.log 2>&1
 echo gpu tests rc $?; tail -3 /tmp/gpu_tests.log; cp /tmp/gpu_tests.log $OUT/
 wait $FETCH; tail -2 /tmp/fetch.log
 setsid nohup nvidia-smi --query-gpu=timestamp,utilization.gpu,memory.used --format=csv -l 5 > /tmp/gpu.csv 2>&1 < /dev/null &
