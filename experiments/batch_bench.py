@@ -201,6 +201,7 @@ def main() -> None:
                         help="row counts also timed with the model compiled once with dynamic shapes")  # fmt: skip
     parser.add_argument("--profile", type=int, default=0, help="rows of a short profiled batched run (0: none)")
     parser.add_argument("--layers", type=int, default=None)
+    parser.add_argument("--shape", default="7b", help="random model shape: 7b (issue 13's) or 1.5b (the real sweep's)")
     parser.add_argument("--cpu-threads", type=int, default=1, help="torch CPU threads (0: torch's default)")
     parser.add_argument(
         "--compile-buckets",
@@ -223,7 +224,7 @@ def main() -> None:
     if args.cpu_threads:
         torch.set_num_threads(args.cpu_threads)  # as the runner does (batch.cpu_threads)
     gpu = torch.cuda.get_device_name()
-    model = build_model(args.layers)
+    model = build_model(args.layers, args.shape)
     tokenizer = tiny_tokenizer("qwen")
     lm = HogwildLM(model, cuda_graphs=True)
     weight_bytes = weight_bytes_read(model)

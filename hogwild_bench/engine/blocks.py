@@ -224,7 +224,8 @@ class KVBlock:
 
     def reinstate(self, token_ids: list[int]) -> None:
         """Give back tokens `retract` held back, with their ids now known; their K/V must still be in storage."""
-        if self.length + len(token_ids) > min(self.capacity(layer) for layer in range(self.num_layers)):
+        found = self.addresses()  # kept per storage version: a batch reinstates hundreds of rows per step
+        if found is None or self.length + len(token_ids) > found.min_capacity:
             raise RuntimeError(f"block {self.name!r}: no stored K/V to reinstate past length {self.length}")
         self.length += len(token_ids)
         self.token_ids.extend(token_ids)
