@@ -205,7 +205,8 @@ class BatchConfig:
     lanes: int = 0
     # launch each lane's next forward before the host has read the tokens of its last one (generations guessed to
     # write each drawn token in its row; a wrong guess -- a step boundary, a stop, a budget -- is taken back and
-    # its step runs again): the host's work for a step overlaps the GPU's. null (auto): on CUDA; results are as
+    # its step runs again): the host's work for a step overlaps the GPU's. null (auto): on CUDA with one lane (two
+    # lanes already overlap host and GPU; with both the real 1.5B sweep ran slower, session 22); results are as
     # without it up to the batch-shape rounding any batching has (CPU float32: identical, tests/test_batching.py)
     overlap: bool | None = None
     # processes that turn finished generations into records (decode texts and transcript, score, collaboration

@@ -248,12 +248,16 @@ def lanes(cfg: RunConfig, lm: HogwildLM) -> int:
     return 2 if weight_bytes_read(lm.model) < GPU_BOUND_WEIGHT_BYTES else 1
 
 
-def overlaps(cfg: RunConfig, lm: HogwildLM) -> bool:
-    """``batch.overlap``, or for null (auto) whether the model runs on CUDA: there the device computes a step
-    while the host runs the generations' code for the last one; on CPU the forward itself is the host's work."""
+def overlaps(cfg: RunConfig, lm: HogwildLM, lane_count: int) -> bool:
+    """``batch.overlap``, or for null (auto) whether the model runs on CUDA in one lane: there the device
+    computes a step while the host runs the generations' code for the last one (random 7B, one lane: +14-15 %).
+    Two lanes already keep the device busy while the host works, and guessing adds host work to a loop that is
+    host-bound: the real 1.5B sweep with both ran at ~6,700 tokens/s, the GPU 50 % busy, where session 18's
+    without overlap ran at 11,900, 79 % busy (experiments/README, session 22). On CPU the forward itself is the
+    host's work."""
     if cfg.batch.overlap is not None:
         return cfg.batch.overlap
-    return lm.device.type == "cuda"
+    return lm.device.type == "cuda" and lane_count == 1
 
 
 def compiles_buckets(cfg: RunConfig, model: torch.nn.Module) -> bool:
@@ -302,6 +306,7 @@ def _generations(
                 yield Finished(item, error=error)
         return
     batched = cfg.batch.enabled
+    lane_count = lanes(cfg, lm) if batched else 1
     batcher = ContinuousBatcher(
         lm,
         max_rows=max_rows(cfg, lm) if batched else max(p.workers for _, p, _ in todo),
@@ -311,8 +316,8 @@ def _generations(
         on_step=speed,
         times=times,
         insert_wait_rounds=cfg.batch.insert_wait_rounds,
-        lanes=lanes(cfg, lm) if batched else 1,
-        overlap=overlaps(cfg, lm) if batched else False,
+        lanes=lane_count,
+        overlap=overlaps(cfg, lm, lane_count) if batched else False,
     )
     failed: list[Finished] = []
 

@@ -325,6 +325,28 @@ def test_automatic_lanes_are_two_for_small_models_on_a_gpu_and_one_otherwise(mod
     assert lanes(run_config(3), engine("cuda", large)) == 3  # a value set by hand is kept
 
 
+def test_automatic_overlap_is_on_for_one_lane_on_a_gpu_only():
+    """``batch.overlap=null``: launching a step before its tokens are read pays where one lane leaves the GPU
+    waiting for the host; two lanes already cover that, and on CPU the forward is the host's own work. A value
+    set by hand is kept."""
+    from hogwild_bench.config import RunConfig
+    from hogwild_bench.runner import overlaps
+
+    assert RunConfig().batch.overlap is None, "auto by default"
+
+    def run_config(value):
+        return SimpleNamespace(batch=SimpleNamespace(overlap=value))
+
+    def engine(device):
+        return SimpleNamespace(device=torch.device(device))
+
+    assert overlaps(run_config(None), engine("cuda"), 1) is True
+    assert overlaps(run_config(None), engine("cuda"), 2) is False
+    assert overlaps(run_config(None), engine("cpu"), 1) is False
+    assert overlaps(run_config(True), engine("cuda"), 2) is True
+    assert overlaps(run_config(False), engine("cuda"), 1) is False
+
+
 def test_automatic_bucket_compilation_is_on_for_gpu_bound_steps_only():
     """``batch.compile_buckets=null``: fusing the small kernels pays where the loop waits for the GPU (a step
     reading >= 8 GB of weights), not where it waits for its own host work; a value set by hand is kept."""
