@@ -219,6 +219,12 @@ def main() -> None:
         "batch-bench-session21-table": batch_table(
             runs_merged("session21/batch_bench_overlap.json", "session21/batch_bench_overlap_warm.json")
         ),
+        "batch-bench-session22-table": batch_table(
+            json.loads((RESULTS / "session22/batch_bench_inserts.json").read_text())
+        ),
+        "batch-bench-session22-15b-table": batch_table(
+            json.loads((RESULTS / "session22/batch_bench_15b_lanes2.json").read_text())
+        ),
         "batch-bench-session18-table": batch_table(
             runs_merged(
                 "batch_bench_h100_session18_rows16_32.json",
