@@ -85,11 +85,11 @@ def time_replayed_steps(profiler: cProfile.Profile | None) -> tuple[ReplayedStep
     steps, walks = ReplayedSteps(profiler), [0]
     step, walk = bucket_module.BucketGraph.step, bucket_module.ViewPositions.walk
 
-    def timed_step(graph, views, tokens):
+    def timed_step(graph, views, tokens, *args):
         if profiler is not None:
             profiler.enable()
         started = time.perf_counter()
-        out = step(graph, views, tokens)
+        out = step(graph, views, tokens, *args)
         seconds = time.perf_counter() - started
         if profiler is not None:
             profiler.disable()
