@@ -252,9 +252,9 @@ def overlaps(cfg: RunConfig, lm: HogwildLM, lane_count: int) -> bool:
     """``batch.overlap``, or for null (auto) whether the model runs on CUDA in one lane: there the device
     computes a step while the host runs the generations' code for the last one (random 7B, one lane: +14-15 %).
     Two lanes already keep the device busy while the host works, and guessing adds host work to a loop that is
-    host-bound: the real 1.5B sweep with both ran at ~6,700 tokens/s, the GPU 50 % busy, where session 18's
-    without overlap ran at 11,900, 79 % busy (experiments/README, session 22). On CPU the forward itself is the
-    host's work."""
+    host-bound: on the same generations the real 1.5B sweep with both completed 8,500 tokens/s, the GPU 50 % busy,
+    where session 18's without overlap completed 11,900, 79 % busy (experiments/README, session 22). On CPU the
+    forward itself is the host's work."""
     if cfg.batch.overlap is not None:
         return cfg.batch.overlap
     return lm.device.type == "cuda" and lane_count == 1
