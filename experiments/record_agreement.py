@@ -12,17 +12,12 @@ import json
 from collections import defaultdict
 from pathlib import Path
 
-from hogwild_bench.store import record_key
+from hogwild_bench.store import iter_records, record_key
 
 
 def load(paths: list[str]) -> dict[tuple, dict]:
-    records = {}
-    for path in paths:
-        with open(path) as lines:
-            for line in lines:
-                record = json.loads(line)
-                records[record_key(record)] = record
-    return records
+    """Records by key (the store's reader: lines a crash cut are skipped, as a resumed run skips them)."""
+    return {record_key(record): record for record in iter_records(map(Path, paths))}
 
 
 def agreement(old: dict[tuple, dict], new: dict[tuple, dict]) -> dict:
