@@ -71,10 +71,15 @@ def jobs_for(lm, tokenizer, order):
         )
 
 
+def each_alone(lm, tokenizer) -> dict[int, dict]:
+    """What each generation of `MIXED` gives run by itself (unbatched), by its index."""
+    return {i: comparable(make_generator(lm, tokenizer, o, h).generate(p)) for i, (p, o, h) in enumerate(MIXED)}
+
+
 @pytest.fixture(scope="module")
 def alone(models, tokenizer):
     lm = HogwildLM(models("qwen2"))
-    return lm, {i: comparable(make_generator(lm, tokenizer, o, h).generate(p)) for i, (p, o, h) in enumerate(MIXED)}
+    return lm, each_alone(lm, tokenizer)
 
 
 @pytest.mark.parametrize("overlap", [False, True], ids=["in_turn", "overlap"])

@@ -81,14 +81,14 @@ def test_batched_steps_replayed_from_bucket_graphs_equal_each_generation_alone(
     launched before the host read the last one's tokens (``overlap``: token ids copied into the replayed graph's
     inputs on the device; wrong guesses taken back)."""
     from helpers import live_blocks, track_blocks
-    from test_batching import MIXED, comparable, jobs_for, make_generator
+    from test_batching import MIXED, comparable, each_alone, jobs_for
 
     from hogwild_bench.engine.batch import ContinuousBatcher
 
     model = models(family).to("cuda")
     try:
         lm = HogwildLM(model, attention="triton", cuda_graphs=False)
-        expected = {i: comparable(make_generator(lm, tokenizer, o, h).generate(p)) for i, (p, o, h) in enumerate(MIXED)}
+        expected = each_alone(lm, tokenizer)
         blocks = track_blocks(monkeypatch)
         steps: list[int] = []
         batcher = ContinuousBatcher(
@@ -121,14 +121,14 @@ def test_inserts_replayed_beside_the_decode_forward_equal_each_generation_alone(
     """With a replay room too small for the step prefixes and finisher prompts of the generations in flight,
     those writes replay in forwards of their own (several per launch, some of the same bucket as the decode
     rows'): each generation still gets exactly what it gets alone and eager, in float32."""
-    from test_batching import MIXED, comparable, jobs_for, make_generator
+    from test_batching import MIXED, comparable, each_alone, jobs_for
 
     from hogwild_bench.engine.batch import ContinuousBatcher
 
     model = models("qwen2").to("cuda")
     try:
         lm = HogwildLM(model, attention="triton", cuda_graphs=False)
-        expected = {i: comparable(make_generator(lm, tokenizer, o, h).generate(p)) for i, (p, o, h) in enumerate(MIXED)}
+        expected = each_alone(lm, tokenizer)
         batcher = ContinuousBatcher(HogwildLM(model, attention="triton"), max_rows=8, cuda_graphs=True,
                                     overlap=overlap)  # fmt: skip
         batcher.replay_rows = 8
