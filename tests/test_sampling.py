@@ -4,6 +4,7 @@ import pytest
 import torch
 
 from hogwild_bench.engine.sampling import Draw, Sampler, SamplingParams, draw_tokens, gumbel_noise
+from hogwild_bench.engine.sampling_kernel import BLOCK_V, CHUNK_V, gumbel_argmax
 
 
 def frequencies(tokens: list[int], vocab: int) -> torch.Tensor:
@@ -95,3 +96,23 @@ def test_the_one_launch_sampler_chooses_the_reference_tokens():
         table[:, 3] += draw
         assert _choose_in_kernel(logits, table).tolist() == _choose(logits, table, top_p=False).tolist()
     assert _choose_in_kernel(logits, table)[[2, 3]].tolist() == [0, 10]
+
+
+@pytest.mark.skipif(not kernel_available(), reason="Triton runs on CUDA, or on CPU with TRITON_INTERPRET=1")
+@pytest.mark.parametrize("chunk", [BLOCK_V, 2 * BLOCK_V, CHUNK_V])
+def test_the_sampler_kernel_gives_the_same_tokens_however_the_vocabulary_is_cut_into_programs(chunk):
+    from hogwild_bench.engine.sampling import _choose, _keys
+
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    torch.manual_seed(1)
+    rows, vocab = 5, 3 * BLOCK_V + 17
+    logits = torch.randn(rows, vocab, device=device) * 2
+    logits[0, : 3 * BLOCK_V] = float("-inf")  # only the last, partial chunk has candidates
+    logits[1, [5, BLOCK_V + 5, 3 * BLOCK_V + 1]] = 80.0  # greedy ties in three chunks: the first wins
+    logits[2] = float("-inf")  # nothing allowed: token 0
+    table = torch.tensor([[1.0, 1.0, 777 + r, r, int(r == 1)] for r in range(rows)], dtype=torch.float64, device=device)
+    chosen = gumbel_argmax(logits, _keys(table), table[:, 0].float(), table[:, 4].bool(), chunk=chunk)
+    assert chosen.tolist() == _choose(logits, table, top_p=False).tolist()
+    assert chosen[[1, 2]].tolist() == [5, 0] and chosen[0] >= 3 * BLOCK_V
+    with pytest.raises(ValueError, match="multiple of"):
+        gumbel_argmax(logits, _keys(table), table[:, 0].float(), table[:, 4].bool(), chunk=BLOCK_V + 1)

@@ -38,6 +38,8 @@ class KernelSettings:
     block_n: int = 64  # keys per inner-loop tile
     num_warps: int = 4
     num_stages: int = 3  # least device time summed over the tuned points: results/tune_attention_h100.json
+    merge_chunk: int = 32  # partials merged per iteration of the merge kernel
+    merge_warps: int = 4
 
     def split_for(self, rows: int) -> int:
         """Keys per program for a forward of ``rows`` rows."""
@@ -198,9 +200,6 @@ def _merge_kernel(
         m = m_new
     out = acc / tl.where(l_sum > 0, l_sum, 1.0)
     tl.store(OUT + row * stride_r + t * stride_t + head * stride_h + d, out.to(OUT.dtype.element_ty))
-
-
-MERGE_CHUNK = 32  # partials merged per iteration
 
 
 def upload(values: list | torch.Tensor, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
@@ -530,7 +529,7 @@ def _launch(query: torch.Tensor, out: torch.Tensor, plan: TritonPlan, layer: int
         o_part, lse_part, o_part.stride(0), o_part.stride(1), o_part.stride(2),
         plan.row_parts, plan.row_count, plan.row_parts.shape[1],
         out, out.stride(0), out.stride(1), out.stride(2),
-        D=dim, CHUNK=MERGE_CHUNK,
+        D=dim, CHUNK=settings.merge_chunk, num_warps=settings.merge_warps,
     )  # fmt: skip
 
 
