@@ -141,7 +141,10 @@ def _block_attention_kernel(
     l_i = tl.zeros([BLOCK_M], tl.float32)
     acc = tl.zeros([BLOCK_M, D], tl.float32)
     start = split * SPLIT_SIZE
-    end = tl.minimum(start + SPLIT_SIZE, length)
+    # keys after the tile's last query position are masked for every row (causal own block): not read at all,
+    # which halves a prefill's attention; other blocks' huge qstart leaves their end as it was
+    last = tl.max(tl.where(valid, q_pos, -1), axis=0)
+    end = tl.minimum(tl.minimum(start + SPLIT_SIZE, length), last + 1)
     for n0 in range(start, end, BLOCK_N):
         n = n0 + tl.arange(0, BLOCK_N)
         in_range = n < end
