@@ -112,6 +112,21 @@ def test_kernel_matches_torch_path_whatever_the_split(split):
           tol=1e-4 if not ON_GPU else 5e-3)  # fmt: skip
 
 
+@pytest.mark.parametrize("merge_chunk,merge_warps", [(2, 1), (16, 2)])
+def test_the_merge_gives_the_same_attention_however_many_partials_it_takes_at_a_time(
+    monkeypatch, merge_chunk, merge_warps
+):
+    """The merge folds a row's partials CHUNK at a time (a `KernelSettings` choice): rows with more partials
+    than a chunk (here ~10-14 at split 16) loop, and the running log-sum-exp must carry across iterations."""
+    from hogwild_bench.engine.triton_attention import settings
+
+    monkeypatch.setattr(settings, "merge_chunk", merge_chunk)
+    monkeypatch.setattr(settings, "merge_warps", merge_warps)
+    device = "cuda" if ON_GPU else "cpu"
+    check(3, 4, 2, 16, (37, 70, 9), q_len=2, dtype=torch.float32, device=device, seed=7, split=16,
+          tol=1e-4 if not ON_GPU else 5e-3)  # fmt: skip
+
+
 def test_forwards_of_many_rows_take_the_batch_split():
     from hogwild_bench.engine.triton_attention import settings
 

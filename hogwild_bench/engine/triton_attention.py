@@ -38,8 +38,10 @@ class KernelSettings:
     block_n: int = 64  # keys per inner-loop tile
     num_warps: int = 4
     num_stages: int = 3  # least device time summed over the tuned points: results/tune_attention_h100.json
-    merge_chunk: int = 32  # partials merged per iteration of the merge kernel
-    merge_warps: int = 4
+    # partials merged per iteration of the merge kernel, and its warps: 16 / 2 took 0.24 s of merge kernel time where
+    # 32 / 4 took 0.46 s in a random-7B batched run (experiments/README, "Where the GPU's time goes", session 25)
+    merge_chunk: int = 16
+    merge_warps: int = 2
 
     def split_for(self, rows: int) -> int:
         """Keys per program for a forward of ``rows`` rows."""
