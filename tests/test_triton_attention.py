@@ -127,6 +127,19 @@ def test_the_merge_gives_the_same_attention_however_many_partials_it_takes_at_a_
           tol=1e-4 if not ON_GPU else 5e-3)  # fmt: skip
 
 
+def test_the_merge_takes_the_smallest_chunk_that_holds_the_widest_row_in_one_iteration():
+    """Merge programs wait on memory, not on arithmetic: a batched row of ~7-11 partials gets a chunk of 8 / 16
+    and a warp per 8, a long single-generation context keeps 32 / 4 (looping); fields set by hand win."""
+    from hogwild_bench.engine.triton_attention import KernelSettings
+
+    auto = KernelSettings()
+    assert [auto.merge_for(w) for w in (1, 7, 8, 9, 11, 16, 17, 70)] == [
+        (8, 1), (8, 1), (8, 1), (16, 2), (16, 2), (16, 2), (32, 4), (32, 4)
+    ]  # fmt: skip
+    assert KernelSettings(merge_chunk=4).merge_for(70) == (4, 1)
+    assert KernelSettings(merge_chunk=32, merge_warps=8).merge_for(3) == (32, 8)
+
+
 def test_forwards_of_many_rows_take_the_batch_split():
     from hogwild_bench.engine.triton_attention import settings
 

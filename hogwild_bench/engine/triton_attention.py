@@ -38,14 +38,22 @@ class KernelSettings:
     block_n: int = 64  # keys per inner-loop tile
     num_warps: int = 4
     num_stages: int = 3  # least device time summed over the tuned points: results/tune_attention_h100.json
-    # partials merged per iteration of the merge kernel, and its warps: 16 / 2 took 0.24 s of merge kernel time where
-    # 32 / 4 took 0.46 s in a random-7B batched run (experiments/README, "Where the GPU's time goes", session 25)
-    merge_chunk: int = 16
-    merge_warps: int = 2
+    # Partials the merge kernel folds per iteration, and its warps; None: by the widest row (`merge_for`)
+    merge_chunk: int | None = None
+    merge_warps: int | None = None
 
     def split_for(self, rows: int) -> int:
         """Keys per program for a forward of ``rows`` rows."""
         return self.batch_split if rows >= self.batch_rows else self.split
+
+    def merge_for(self, width: int) -> tuple[int, int]:
+        """(chunk, warps) of the merge for rows of at most ``width`` partials: one iteration of the smallest
+        power-of-two chunk from 8 that holds them, up to 32, with a warp per 8 partials. Merge programs are
+        latency-bound: in a random-7B batched run (64 rows of ~7 partials) 8 / 1 took 0.21 s of kernel time and
+        16 / 2 0.24 s where 32 / 4 took 0.46 s (experiments/README, "Where the GPU's time goes", session 25);
+        long single-generation contexts (tens of partials) keep the 32 / 4 they were tuned with."""
+        chunk = self.merge_chunk or min(32, max(8, 1 << (max(width, 1) - 1).bit_length()))
+        return chunk, self.merge_warps or max(1, chunk // 8)
 
 
 settings = KernelSettings()
@@ -530,11 +538,12 @@ def _launch(query: torch.Tensor, out: torch.Tensor, plan: TritonPlan, layer: int
             PRECISION="ieee" if query.dtype == torch.float32 else "tf32",
             num_warps=settings.num_warps, num_stages=settings.num_stages if device.type == "cuda" else 1,
         )  # fmt: skip
+    chunk, warps = settings.merge_for(plan.row_parts.shape[1])
     _merge_kernel[(n_rows, heads, q_len)](
         o_part, lse_part, o_part.stride(0), o_part.stride(1), o_part.stride(2),
         plan.row_parts, plan.row_count, plan.row_parts.shape[1],
         out, out.stride(0), out.stride(1), out.stride(2),
-        D=dim, CHUNK=settings.merge_chunk, num_warps=settings.merge_warps,
+        D=dim, CHUNK=chunk, num_warps=warps,
     )  # fmt: skip
 
 
