@@ -15,59 +15,40 @@ stand-in of a similar vocabulary, said so in the output) on the prompt the run r
 ``settings.json``); without it, at ``--chars-per-token``. Left out, so the floor is lower than any real run: finisher
 forwards, prefill compute, the sampler and the host.
 
-    python experiments/sweep_floor.py experiments/results/real_model/full_sweep_records.tar.xz \\
+    mkdir -p /tmp/sweep && tar -xJf experiments/results/real_model/full_sweep_records.tar.xz -C /tmp/sweep
+    python experiments/sweep_floor.py /tmp/sweep/gsm8k_small-qwen25_coder_15b_instruct-gsm8k-s0 \\
         --shape 1.5b --bandwidth 2.96e12 --out experiments/results/session25/sweep_floor_15b_h100.json
 """
 
 from __future__ import annotations
 
 import argparse
-import io
 import json
 import sys
-import tarfile
-from collections.abc import Iterator
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+import torch  # noqa: E402
+from transformers import AutoModelForCausalLM, Qwen2Config  # noqa: E402
+
 from hogwild_bench.bench import SHAPES, weight_bytes_read  # noqa: E402
+from hogwild_bench.engine.model import kv_bytes_per_token  # noqa: E402
+from hogwild_bench.store import iter_records  # noqa: E402
 
 GENERATION_KEY = ("problem_id", "protocol", "workers", "layout", "seed", "temperature")
 
 
-def record_lines(source: Path) -> Iterator[tuple[str, dict]]:
-    """(file name, record) of every ``records*.jsonl`` in a run directory or a ``.tar.xz`` of stores."""
-    if source.is_dir():
-        for path in sorted(source.rglob("records*.jsonl")):
-            with path.open() as handle:
-                for line in handle:
-                    yield path.name, json.loads(line)
-        return
-    with tarfile.open(source) as archive:
-        for member in archive:
-            if member.isfile() and Path(member.name).name.startswith("records") and member.name.endswith(".jsonl"):
-                with io.TextIOWrapper(archive.extractfile(member)) as handle:
-                    for line in handle:
-                        yield member.name, json.loads(line)
+def settings_of(run_dir: Path) -> dict | None:
+    found = sorted(run_dir.rglob("settings.json"))
+    return json.loads(found[0].read_text()) if found else None
 
 
-def settings_of(source: Path) -> dict | None:
-    if source.is_dir():
-        found = sorted(source.rglob("settings.json"))
-        return json.loads(found[0].read_text()) if found else None
-    with tarfile.open(source) as archive:
-        for member in archive:
-            if member.isfile() and member.name.endswith("settings.json"):
-                return json.load(archive.extractfile(member))
-    return None
-
-
-def generations(source: Path) -> dict[tuple, dict]:
+def generations(run_dir: Path) -> dict[tuple, dict]:
     """Each generation's largest-budget record (the state it ended in), keyed by `GENERATION_KEY`."""
     last: dict[tuple, dict] = {}
-    for _, record in record_lines(source):
+    for record in iter_records(sorted(run_dir.rglob("records*.jsonl"))):
         if record.get("status") != "ok":
             continue
         key = tuple(record[k] for k in GENERATION_KEY)
@@ -112,37 +93,29 @@ def prompt_counter(tokenizer_path: str | None, settings: dict | None, chars_per_
     return count, f"rendered prompts counted with {path.name} (a stand-in unless it is the run's model)"
 
 
-def kv_bytes_per_token(shape: dict) -> int:
-    head_dim = shape["hidden_size"] // shape["num_attention_heads"]
-    return 2 * shape["num_hidden_layers"] * shape["num_key_value_heads"] * head_dim * 2  # K and V, bf16
-
-
-def weight_bytes(shape: dict) -> int:
-    """Bytes a decode step reads: `hogwild_bench.bench.weight_bytes_read` of the shape's model, built without memory."""
-    import torch
-    from transformers import AutoModelForCausalLM, Qwen2Config
-
+def shape_model(shape: dict) -> torch.nn.Module:
+    """The bf16 model of ``shape`` on the meta device: its sizes without its memory."""
     with torch.device("meta"):
-        model = AutoModelForCausalLM.from_config(Qwen2Config(**shape), dtype=torch.bfloat16)
-    return weight_bytes_read(model)
+        return AutoModelForCausalLM.from_config(Qwen2Config(**shape), dtype=torch.bfloat16)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("source", type=Path, help="a run directory or a .tar.xz of one")
+    parser.add_argument("run_dir", type=Path, help="a run's store directory (records*.jsonl, settings.json)")
     parser.add_argument("--shape", default="1.5b", choices=sorted(SHAPES))
     parser.add_argument("--bandwidth", type=float, default=2.96e12, help="bytes/s (H100: copy bandwidth measured)")
     parser.add_argument("--rows", type=int, nargs="+", default=[64, 128, 256, 512], help="rows per forward")
     parser.add_argument("--tokenizer", help="GGUF file or HF directory to count prompt tokens with")
     parser.add_argument("--chars-per-token", type=float, default=4.0)
-    parser.add_argument("--target-minutes", type=float, default=20.0)
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args()
 
-    shape = SHAPES[args.shape]
-    per_token, weights = kv_bytes_per_token(shape), weight_bytes(shape)
-    count, counted = prompt_counter(args.tokenizer, settings_of(args.source), args.chars_per_token)
-    found = generations(args.source)
+    model = shape_model(SHAPES[args.shape])
+    per_token, weights = kv_bytes_per_token(model), weight_bytes_read(model)
+    count, counted = prompt_counter(args.tokenizer, settings_of(args.run_dir), args.chars_per_token)
+    found = generations(args.run_dir)
+    if not found:
+        raise SystemExit(f"no ok records under {args.run_dir} (records*.jsonl of a run's store directory)")
     row_steps = kv_read = prompt_tokens = 0
     for gen in found.values():
         steps, written = gen["tokens_per_worker"], gen["total_tokens"]
@@ -174,7 +147,6 @@ def main() -> None:
         "kv_read_bytes": kv_read,
         "kv_seconds": round(kv_seconds, 1),
         "by_rows_per_forward": table,
-        "target_minutes": args.target_minutes,
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=1))

@@ -75,6 +75,15 @@ class DeviceTokens:
     rows: Sequence[int]
 
 
+def kv_bytes_per_token(model: torch.nn.Module) -> int:
+    """Bytes of cached keys and values one token takes over all of ``model``'s layers (a model on the meta device
+    will do: only its config and dtype are read)."""
+    config = model.config
+    head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+    dtype = model.get_input_embeddings().weight.dtype
+    return 2 * config.num_hidden_layers * config.num_key_value_heads * head_dim * dtype.itemsize
+
+
 def token_slots(n_new: Sequence[int], writes: Sequence[int], width: int | None) -> list[int]:
     """Flat indices in a forward's ``input_ids`` of the last token of each of ``writes``: rows left-padded to
     ``width`` tokens (``[rows, width]``), or, for ``width=None``, packed one after another (``[1, total]``)."""
@@ -171,10 +180,7 @@ class HogwildLM:
     @property
     def kv_bytes_per_token(self) -> int:
         """Bytes of cached keys and values one token takes over all layers."""
-        config = self.model.config
-        head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
-        dtype = self.model.get_input_embeddings().weight.dtype
-        return 2 * self.num_layers * config.num_key_value_heads * head_dim * dtype.itemsize
+        return kv_bytes_per_token(self.model)
 
     def new_cache(self, attention: str | None = None) -> HogwildCache:
         return HogwildCache(self.num_layers, self.rope, attention or self.attention)
