@@ -138,6 +138,8 @@ def test_the_merge_takes_the_smallest_chunk_that_holds_the_widest_row_in_one_ite
     ]  # fmt: skip
     assert KernelSettings(merge_chunk=4).merge_for(70) == (4, 1)
     assert KernelSettings(merge_chunk=32, merge_warps=8).merge_for(3) == (32, 8)
+    with pytest.raises(ValueError, match="power of two"):
+        KernelSettings(merge_chunk=12)
 
 
 def test_forwards_of_many_rows_take_the_batch_split():

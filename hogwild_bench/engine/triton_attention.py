@@ -42,6 +42,11 @@ class KernelSettings:
     merge_chunk: int | None = None
     merge_warps: int | None = None
 
+    def __post_init__(self):
+        chunk = self.merge_chunk
+        if chunk is not None and (chunk < 1 or chunk & (chunk - 1)):
+            raise ValueError(f"KernelSettings.merge_chunk must be a power of two (a Triton range) or None, not {chunk}")
+
     def split_for(self, rows: int) -> int:
         """Keys per program for a forward of ``rows`` rows."""
         return self.batch_split if rows >= self.batch_rows else self.split
