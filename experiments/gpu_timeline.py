@@ -29,6 +29,7 @@ from collections import defaultdict
 from pathlib import Path
 
 import torch
+from torch._inductor import config as inductor_config
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -144,8 +145,16 @@ def main() -> None:
     parser.add_argument("--shape", default="7b")
     parser.add_argument("--no-overlap", action="store_true")
     parser.add_argument("--variants", nargs="+", default=["default"], help="KernelSettings fields per variant")
+    parser.add_argument("--no-profile", action="store_true", help="time each variant unprofiled only (quicker)")
+    parser.add_argument(
+        "--freeze",
+        action="store_true",
+        help="compile with Inductor's freezing (weights as constants; fuses q/k/v and gate/up)",
+    )
     args = parser.parse_args()
     torch.set_num_threads(1)  # as the runner does (batch.cpu_threads)
+    if args.freeze:
+        inductor_config.freezing = True
     from torch.profiler import ProfilerActivity, profile
 
     model = build_model(None, args.shape)
@@ -191,24 +200,34 @@ def main() -> None:
 
     result = {"gpu": torch.cuda.get_device_name(), "command": " ".join(sys.argv)}
     result |= {"roofline_tokens_per_second": round(roofline, 1), "warmup": run(False), "variants": {}}
+    failed = result["failed"] = {}
     for variant in args.variants:
         use(variant)
-        result["variants"][variant] = {"unprofiled": run(False), "profiled": run(True)}
+        try:
+            timed = {"unprofiled": run(False)}
+            result["variants"][variant] = timed | ({} if args.no_profile else {"profiled": run(True)})
+        except Exception as error:  # e.g. a tile that does not fit shared memory: the other variants still run
+            failed[variant] = f"{type(error).__name__}: {error}"[:500]
+            print(f"{variant}: failed, {failed[variant]}", flush=True)
+            continue
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         Path(args.out).write_text(json.dumps(result, indent=1))
         print(summary(variant, result["variants"][variant]), flush=True)  # a device call's log tail reads this
     triton_attention.settings = shipped
-    for variant in args.variants:  # a second timing of each, after all of them (machine drift)
+    for variant in result["variants"]:  # a second timing of each, after all of them (machine drift)
         use(variant)
         result["variants"][variant]["unprofiled_again"] = run(False)
         print(summary(variant, result["variants"][variant]), flush=True)
     triton_attention.settings = shipped
+    result["peak_memory_gib"] = round(torch.cuda.max_memory_allocated() / 2**30, 2)
     Path(args.out).write_text(json.dumps(result, indent=1))
 
 
 def summary(variant: str, timed: dict) -> str:
     """One line per variant: the fraction of the roofline of each timing, device busy / idle and merge time."""
     fractions = " ".join(f"{name} {timed[name]['fraction_of_roofline']}" for name in timed if name != "profiled")
+    if "profiled" not in timed:
+        return f"{variant}: {fractions}"
     device = timed["profiled"]["device"]
     merge = sum(k["seconds"] for k in device["kernels"] if "_merge_kernel" in k["name"])
     return (f"{variant}: {fractions}, profiled {timed['profiled']['fraction_of_roofline']}; device busy "
