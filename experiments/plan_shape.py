@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import timeit
 from pathlib import Path
 
 import numpy as np
@@ -21,7 +22,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from hogwild_bench.engine.attention import RowView  # noqa: E402
 from hogwild_bench.engine.blocks import KVBlock  # noqa: E402
 from hogwild_bench.engine.layouts import get_layout  # noqa: E402
-from hogwild_bench.engine.triton_attention import plan_arrays  # noqa: E402
+from hogwild_bench.engine.triton_attention import ViewPositions, plan_arrays  # noqa: E402
 
 
 def block(name: str, length: int) -> KVBlock:
@@ -56,6 +57,7 @@ def main() -> None:
     parser.add_argument("--step", type=int, default=15, help="tokens of each step in progress")
     parser.add_argument("--split", type=int, default=1024)
     parser.add_argument("--heads-per-kv-head", type=int, default=7)
+    parser.add_argument("--time", action="store_true", help="also the host time of one plan (as a bucket step)")
     args = parser.parse_args()
     lengths = {"prompt": args.prompt, "history": args.history, "step": args.step,
                "others_header": 10, "separator": 4, "own_header": 8}  # fmt: skip
@@ -64,9 +66,14 @@ def main() -> None:
     a = {name: t.numpy() for name, t in arrays.items()}
     work = len(a["work_seg"] if "work_seg" in a else a["work_block"])
     parts = a["row_count"]
-    print(json.dumps({"args": vars(args), "rows": len(rows), "blocks": len(blocks), "programs_per_kv_head": work,
-                      "partials_per_row_mean": round(float(np.mean(parts)), 2), "partials_max": int(parts.max()),
-                      "partial_slots": sizes["n_slots"]}))  # fmt: skip
+    result = {"args": vars(args), "rows": len(rows), "blocks": len(blocks), "programs_per_kv_head": work,
+              "partials_per_row_mean": round(float(np.mean(parts)), 2), "partials_max": int(parts.max()),
+              "partial_slots": sizes["n_slots"]}  # fmt: skip
+    if args.time:  # as `BucketGraph._plan` makes it: by capacity, the walk over the views reused; best of 7
+        walk = ViewPositions.walk(rows)
+        step = lambda: plan_arrays(rows, 1, args.heads_per_kv_head, by_capacity=True, positions=walk, split=args.split)  # noqa: E731
+        result["plan_us"] = round(min(timeit.repeat(step, number=100, repeat=7)) / 100 * 1e6)
+    print(json.dumps(result))
 
 
 if __name__ == "__main__":
