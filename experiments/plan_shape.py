@@ -1,5 +1,5 @@
-"""The attention plan's shape for a batched combined-layout step (CPU, no kernel run): programs, keys per
-program and partial results per row. Compares plan layouts without a GPU: a program that reads a 5-token
+"""The attention plan's shape for a batched combined-layout step (CPU, no kernel run): programs that read keys
+and partial results per row. Compares plan layouts without a GPU: a program that reads a 5-token
 header costs about as much fixed work (table loads, query rotation, a partial written and merged) as one
 that reads a thousand keys.
 
@@ -64,7 +64,7 @@ def main() -> None:
     rows = step_rows(args.generations, args.workers, args.layout, lengths)
     blocks, arrays, sizes = plan_arrays(rows, 1, args.heads_per_kv_head, split=args.split)
     a = {name: t.numpy() for name, t in arrays.items()}
-    work = len(a["work_seg"] if "work_seg" in a else a["work_block"])
+    work = len(a["work_seg"] if "work_seg" in a else a["work_block"])  # the grouped plan's tables, or main's
     parts = a["row_count"]
     result = {"args": vars(args), "rows": len(rows), "blocks": len(blocks), "programs_per_kv_head": work,
               "partials_per_row_mean": round(float(np.mean(parts)), 2), "partials_max": int(parts.max()),
