@@ -151,10 +151,17 @@ def main() -> None:
         action="store_true",
         help="compile with Inductor's freezing (weights as constants; on an H100 it fused gate/up, not q/k/v)",
     )
+    parser.add_argument(
+        "--autotune",
+        action="store_true",
+        help="compile with Inductor's GEMM autotuning (max_autotune_gemm: Triton templates beside cuBLAS, per shape)",
+    )
     args = parser.parse_args()
     torch.set_num_threads(1)  # as the runner does (batch.cpu_threads)
     if args.freeze:
         inductor_config.freezing = True
+    if args.autotune:
+        inductor_config.max_autotune_gemm = True
     from torch.profiler import ProfilerActivity, profile
 
     model = build_model(None, args.shape)
