@@ -155,10 +155,12 @@ def main() -> None:
     if profiler:
         result["top_own"] = top(pstats.Stats(profiler).stats, 2, 30)
     if steps.profiler is not None:
-        result["top_own_in_replayed_steps"] = top(pstats.Stats(steps.profiler).stats, 2, 20, digits=3)
+        stats = pstats.Stats(steps.profiler).stats
+        result["top_own_in_replayed_steps"] = top(stats, 2, 20, digits=3)
+        result["top_cumulative_in_replayed_steps"] = top(stats, 3, 30, digits=3)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(result, indent=1))
-    print(json.dumps({k: v for k, v in result.items() if k != "top_own"}, indent=1))
+    print(json.dumps({k: v for k, v in result.items() if not k.startswith("top_")}, indent=1))
 
 
 if __name__ == "__main__":
