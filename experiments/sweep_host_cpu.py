@@ -67,6 +67,18 @@ class ReplayedSteps:
 
     def __init__(self, profiler: cProfile.Profile | None):
         self.profiler, self.seconds, self.rows = profiler, [], []
+        self.rebuilds = {"after_a_step": 0, "same_views_reordered_or_repeated": 0, "rows_joined": 0, "rows_left": 0}
+
+    def churn(self, before: list, after: list) -> None:
+        """Why a bucket's walk was rebuilt: the rows' views (as tuples of block identities) before and after.
+        The same distinct views in another order or multiplicity (a write of several tokens rides along as a
+        row per token) count as ``same_views_reordered_or_repeated``."""
+        old, new = ({tuple(map(id, view)) for view in views} for views in (before, after))
+        counts = self.rebuilds
+        counts["after_a_step"] += 1
+        counts["same_views_reordered_or_repeated"] += old == new
+        counts["rows_joined"] += len(new - old)
+        counts["rows_left"] += len(old - new)
 
     def summary(self, walks: int) -> dict:
         ordered, n = sorted(self.seconds), len(self.seconds)
@@ -77,13 +89,14 @@ class ReplayedSteps:
             "mean_host_ms": round(1e3 * sum(ordered) / n, 3),
             "host_us_per_row": round(1e6 * sum(ordered) / sum(self.rows), 2),
             "walk_rebuilds_per_step": round(walks / n, 3),
+            "walk_rebuilds_after_a_step": self.rebuilds,  # others: a first step, or after `release`
         }
 
 
 def time_replayed_steps(profiler: cProfile.Profile | None) -> tuple[ReplayedSteps, list[int]]:
     """Wrap `BucketGraph.step` (timed, optionally profiled) and `ViewPositions.walk` (counted)."""
     steps, walks = ReplayedSteps(profiler), [0]
-    step, walk = bucket_module.BucketGraph.step, bucket_module.ViewPositions.walk
+    step, walk, plan = bucket_module.BucketGraph.step, bucket_module.ViewPositions.walk, bucket_module.BucketGraph._plan
 
     def timed_step(graph, views, tokens, *args):
         if profiler is not None:
@@ -102,7 +115,14 @@ def time_replayed_steps(profiler: cProfile.Profile | None) -> tuple[ReplayedStep
         walks[0] += 1
         return walk(rows)
 
+    def watched_plan(graph, rows):
+        before = graph.view_walk
+        if before is not None and not before.same_views(rows):
+            steps.churn(before.row_views, [row.blocks for row in rows])
+        return plan(graph, rows)
+
     bucket_module.BucketGraph.step = timed_step
+    bucket_module.BucketGraph._plan = watched_plan
     bucket_module.ViewPositions.walk = staticmethod(counted_walk)
     return steps, walks
 
