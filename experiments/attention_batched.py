@@ -34,13 +34,12 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from tune_attention import kernels_per_call  # noqa: E402
 
-from hogwild_bench.bench import copy_bandwidth  # noqa: E402
+from hogwild_bench.bench import copy_bandwidth, layout_lengths  # noqa: E402
 from hogwild_bench.engine import HogwildCache, RotaryShift, get_layout  # noqa: E402
 from hogwild_bench.engine import triton_attention as ta  # noqa: E402
 from hogwild_bench.engine.layouts import HISTORY, PROMPT, step_block  # noqa: E402
 
 HEADS, KV_HEADS, DIM = 28, 4, 128
-HEADERS = {"others_header": 12, "separator": 4, "own_header": 10}  # as `hogwild_bench.bench.layout_lengths`
 
 
 def generation_blocks(layout: str, n: int, context: int, prompt: int, step: int) -> tuple[dict, list]:
@@ -52,12 +51,11 @@ def generation_blocks(layout: str, n: int, context: int, prompt: int, step: int)
     if layout == "one_row":
         return {"all": context - step, step_block(0): step}, [["all", step_block(0)]]
     views = get_layout(layout).views(n)
+    lengths = layout_lengths(layout, n, context)  # its blocks and headers; prompt and steps as asked here
     if layout == "contiguous":
-        lengths = {PROMPT: prompt} | {step_block(i): (context - prompt) // n for i in range(n)}
+        lengths |= {PROMPT: prompt} | {step_block(i): (context - prompt) // n for i in range(n)}
     else:
-        lengths = {PROMPT: prompt, HISTORY: context - prompt - n * step} | {step_block(i): step for i in range(n)}
-        if layout == "combined":
-            lengths |= HEADERS
+        lengths |= {PROMPT: prompt, HISTORY: context - prompt - n * step} | {step_block(i): step for i in range(n)}
     seen = {name for view in views for name in view}
     return {name: lengths.get(name, 0) for name in seen}, views
 
@@ -93,13 +91,17 @@ def measure(cache, query, rope, calls: int) -> dict:
     plan = ta.TritonPlan.build(cache.rows, 1, HEADS // KV_HEADS, query.device)
     call = lambda: ta.attend_rows_triton(query, cache.rows, 0, rope, DIM**-0.5, plan)  # noqa: E731
     launched = kernels_per_call(call, calls, warmup=5)
-    kinds = {"block": "_block_attention_kernel", "merge": "_merge_kernel"}
-    by_kind: dict[str, list[float]] = {kind: [] for kind in (*kinds, "other")}
+
+    def kind(name: str) -> str:
+        return "block" if "_block_attention_kernel" in name else "merge" if "_merge_kernel" in name else "other"
+
+    by_kind: dict[str, list[float]] = {"block": [], "merge": [], "other": []}
     for kernels in launched:
-        for kind in by_kind:
-            named = [k for k in kernels if (kinds[kind] in k.name if kind in kinds else not any(
-                n in k.name for n in kinds.values()))]  # fmt: skip
-            by_kind[kind].append(sum(k.device_time for k in named))
+        per_call = dict.fromkeys(by_kind, 0.0)
+        for k in kernels:
+            per_call[kind(k.name)] += k.device_time
+        for name, us in per_call.items():
+            by_kind[name].append(us)
     return {
         **{f"{kind}_ms": round(statistics.median(us) / 1e3, 4) for kind, us in by_kind.items()},
         "programs_per_kv_head": len(plan.work_tile),
