@@ -15,6 +15,11 @@ token per row, and the same K/V bytes with less structure:
 - ``one_row``: one row per generation over ``one_block``'s cache (``N`` times fewer queries, same K/V): what
   a plain flash-decoding kernel does.
 
+and, with ``--bucket``, the layout's blocks planned as a replayed bucket step plans them: storage reserved as a
+generation reserves it (steps 1,024 tokens, the history N x the worker's tokens, doubling capacities), the work
+list sized by capacity (``capacity``: programs past a block's length return at once) and then padded with
+programs of an empty spare block to `bucket_graphs.HEADROOM` times its size (``bucket``).
+
 For each, and each ``split`` (keys per program), the median device time of the block kernel and of the merge
 over ``--calls`` calls (torch.profiler), the programs launched, and the floor: the unique K/V bytes the rows see
 over the device's copy bandwidth (as `hogwild_bench.bench.copy_bandwidth` measures it).
@@ -29,6 +34,7 @@ import sys
 from dataclasses import replace
 from pathlib import Path
 
+import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -37,6 +43,7 @@ from tune_attention import kernels_per_call  # noqa: E402
 from hogwild_bench.bench import copy_bandwidth, layout_lengths  # noqa: E402
 from hogwild_bench.engine import HogwildCache, RotaryShift, get_layout  # noqa: E402
 from hogwild_bench.engine import triton_attention as ta  # noqa: E402
+from hogwild_bench.engine.bucket_graphs import HEADROOM  # noqa: E402
 from hogwild_bench.engine.layouts import HISTORY, PROMPT, step_block  # noqa: E402
 
 HEADS, KV_HEADS, DIM = 28, 4, 128
@@ -60,9 +67,18 @@ def generation_blocks(layout: str, n: int, context: int, prompt: int, step: int)
     return {name: lengths.get(name, 0) for name in seen}, views
 
 
-def scenario(layout: str, n: int, generations: int, context: int, prompt: int, step: int, device: str):
+def reserved(n: int, budget: int) -> dict[str, int]:
+    """Tokens a generation of ``budget`` tokens per worker reserves per block (`HogwildGenerator.reserved_tokens`
+    for a layout with a history: step blocks at most 1,024, the history N x the worker's tokens)."""
+    per_worker = int(1.25 * budget) + 256
+    return {HISTORY: n * per_worker} | {step_block(i): min(per_worker, 1024) for i in range(n)}
+
+
+def scenario(layout: str, n: int, generations: int, context: int, prompt: int, step: int, device: str,
+             reserve: dict[str, int] | None = None):  # fmt: skip
     """A one-layer cache holding ``generations`` generations (block names prefixed ``g<k>:``), a forward begun
-    with one new token per row (written), the queries, the rotary table and the unique K/V tokens seen."""
+    with one new token per row (written), the queries, the rotary table and the unique K/V tokens seen.
+    ``reserve``: tokens of storage reserved per block name before the writes."""
     rope = RotaryShift(1.0 / (1e6 ** (torch.arange(0, DIM, 2).float() / DIM)))
     cache = HogwildCache(1, rope, "triton")
     views, unique = [], 0
@@ -70,6 +86,9 @@ def scenario(layout: str, n: int, generations: int, context: int, prompt: int, s
         lengths, gen_views = generation_blocks(layout, n, context, prompt, step)
         for name, length in lengths.items():
             block = cache.writable(f"g{g}:{name}")
+            if reserve and name in reserve:
+                template = torch.empty(KV_HEADS, 1, DIM, dtype=torch.bfloat16, device=device)
+                block._reserve(0, reserve[name], template)
             if length:
                 block.start_write([0] * length)
                 k = torch.randn(KV_HEADS, length, DIM, dtype=torch.bfloat16, device=device)
@@ -86,9 +105,29 @@ def scenario(layout: str, n: int, generations: int, context: int, prompt: int, s
     return cache, query, rope, unique
 
 
-def measure(cache, query, rope, calls: int) -> dict:
+def bucket_plan(rows, device, padded: bool) -> ta.TritonPlan:
+    """The plan a replayed bucket step launches for ``rows``: work sized by capacity and, when ``padded``,
+    `HEADROOM` times that many programs, the extra ones on an empty spare block (`BucketGraph._int32_tables`)."""
+    blocks, arrays, sizes = ta.plan_arrays(rows, 1, HEADS // KV_HEADS, by_capacity=True)
+    arrays = {name: values.numpy() for name, values in arrays.items()}
+    if padded:
+        spare, extra = len(blocks), int(len(arrays["work_block"]) * (HEADROOM - 1))
+        for name in ("ent_start", "ent_count", "length"):
+            arrays[name] = np.append(arrays[name], 0)
+        for name, fill in (("work_block", spare), ("work_split", 0), ("work_tile", 0)):
+            arrays[name] = np.append(arrays[name], np.full(extra, fill))
+        blocks = [*blocks, blocks[0]]  # the spare's addresses: never read (length 0)
+    shapes, flat = ta.flat_tables({name: torch.from_numpy(values.astype(np.int32)) for name, values in arrays.items()})
+    tensors = ta.table_views(ta.upload(flat, torch.int32, device), shapes)
+    return ta.TritonPlan.assemble(blocks, tensors, sizes, ta.pointer_tables(blocks, device))
+
+
+def measure(cache, query, rope, calls: int, plan_kind: str = "length") -> dict:
     """Median device ms of the block kernel and of the merge over ``calls`` calls, and the plan's shape."""
-    plan = ta.TritonPlan.build(cache.rows, 1, HEADS // KV_HEADS, query.device)
+    if plan_kind == "length":
+        plan = ta.TritonPlan.build(cache.rows, 1, HEADS // KV_HEADS, query.device)
+    else:
+        plan = bucket_plan(cache.rows, query.device, padded=plan_kind == "bucket")
     call = lambda: ta.attend_rows_triton(query, cache.rows, 0, rope, DIM**-0.5, plan)  # noqa: E731
     launched = kernels_per_call(call, calls, warmup=5)
 
@@ -121,23 +160,31 @@ def main() -> None:
     parser.add_argument("--layouts", nargs="+", default=["combined", "contiguous", "one_block", "one_row"])
     parser.add_argument("--splits", type=int, nargs="+", default=[256, 512, 1024, 2048])
     parser.add_argument("--calls", type=int, default=30)
+    parser.add_argument("--bucket", action="store_true", help="also the layouts planned as a bucket step plans them")
+    parser.add_argument("--budget", type=int, default=1024, help="tokens per worker the --bucket storage is for")
     args = parser.parse_args()
     device = "cuda" if torch.cuda.is_available() else "cpu"
     bandwidth = copy_bandwidth() if device == "cuda" else None
     kv_bytes_per_token = 2 * KV_HEADS * DIM * 2
     shipped, results = ta.settings, []
-    for layout in args.layouts:
+    runs = [(layout, "length") for layout in args.layouts]
+    if args.bucket:
+        runs += [(layout, kind) for layout in args.layouts if layout in ("combined", "contiguous")
+                 for kind in ("capacity", "bucket")]  # fmt: skip
+    for layout, plan_kind in runs:
+        reserve = reserved(args.workers, args.budget) if plan_kind != "length" else None
         cache, query, rope, unique = scenario(
-            layout, args.workers, args.generations, args.context, args.prompt, args.step, device
+            layout, args.workers, args.generations, args.context, args.prompt, args.step, device, reserve
         )
         floor_ms = unique * kv_bytes_per_token / bandwidth * 1e3 if bandwidth else None
         for split in args.splits:
             ta.settings = replace(shipped, split=split, batch_split=split)
             try:
-                point = measure(cache, query, rope, args.calls)
+                point = measure(cache, query, rope, args.calls, plan_kind)
             finally:
                 ta.settings = shipped
-            point |= {"layout": layout, "split": split, "rows": len(cache.rows), "unique_kv_tokens": unique}
+            point |= {"layout": layout, "plan": plan_kind, "split": split, "rows": len(cache.rows),
+                      "unique_kv_tokens": unique}  # fmt: skip
             if floor_ms:
                 point |= {"floor_ms": round(floor_ms, 4), "block_over_floor": round(point["block_ms"] / floor_ms, 2)}
             results.append(point)

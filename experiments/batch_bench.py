@@ -19,6 +19,7 @@ For each worker count it measures generated tokens/s and wall time of:
 from __future__ import annotations
 
 import argparse
+import contextlib
 import itertools
 import json
 import random
@@ -34,6 +35,7 @@ sys.path.insert(0, str(ROOT))
 from hogwild_bench.bench import build_model, copy_bandwidth, random_model_options, weight_bytes_read  # noqa: E402
 from hogwild_bench.engine import HogwildGenerator, HogwildLM  # noqa: E402
 from hogwild_bench.engine.batch import BatchJob, ContinuousBatcher  # noqa: E402
+from hogwild_bench.engine.cache import HogwildCache  # noqa: E402
 from hogwild_bench.tiny import tiny_tokenizer  # noqa: E402
 
 WORDS = "the of and to in is was for on that with as by at from it an be this which or are".split()
@@ -65,6 +67,44 @@ def throughput(tokens: int, wall: float) -> dict:
     return {"tokens": tokens, "wall_seconds": round(wall, 2), "tokens_per_second": round(tokens / wall, 1)}
 
 
+def generated(finished) -> dict:
+    """Tokens of finished generations at their last budget: ``tokens`` the sampled ones (what HF's count and a
+    tokens/s target mean), ``written_tokens`` with the step labels and collaboration prompts the engine
+    inserted (each one a row of some forward too: ~15 % more at 64-token steps)."""
+    last = [f.result.snapshots[max(f.result.snapshots)] for f in finished]
+    return {"tokens": sum(s.sampled_tokens for s in last), "written_tokens": sum(s.total_tokens for s in last)}
+
+
+DECODE_MAX_NEW = 128  # a forward whose rows each write fewer tokens is a decode step (a prefill writes a prompt)
+
+
+@contextlib.contextmanager
+def forward_reads(log: list[tuple[int, int]]):
+    """Each forward begun on any `HogwildCache` appends ``(largest write, K/V tokens read)``: the visible tokens
+    of every distinct block its rows see, its new tokens included -- the K/V bytes a step must read at least."""
+    begin = HogwildCache.begin_forward_blocks
+
+    def logged(cache, views, new_tokens):
+        begin(cache, views, new_tokens)
+        blocks = {id(block): block for view in views for block in view}
+        log.append((max(map(len, new_tokens)), sum(block.visible_length for block in blocks.values())))
+
+    HogwildCache.begin_forward_blocks = logged
+    try:
+        yield
+    finally:
+        HogwildCache.begin_forward_blocks = begin
+
+
+def measured_floor(log: list[tuple[int, int]], weight_bytes: int, kv_bytes_per_token: int, bandwidth: float) -> dict:
+    """From `forward_reads`' log: the mean K/V tokens a decode forward reads, and the run's floor -- every
+    forward's weights plus its K/V over the copy bandwidth (a time: the design's "memory floor")."""
+    decode = [tokens for widest, tokens in log if widest < DECODE_MAX_NEW]
+    floor = sum(weight_bytes + tokens * kv_bytes_per_token for _, tokens in log) / bandwidth
+    return {"forwards": len(log), "mean_decode_kv_tokens": round(sum(decode) / max(1, len(decode)), 1),
+            "floor_seconds": round(floor, 3)}  # fmt: skip
+
+
 def run_batched(
     lm,
     job_list,
@@ -74,29 +114,35 @@ def run_batched(
     lanes: int = 1,
     overlap: bool = False,
     warm: list | None = None,
+    reads: list | None = None,
 ) -> dict:
     """Time one run of ``job_list``; with ``warm`` (the same jobs made afresh) the batcher first runs those
-    untimed, so the timed run replays graphs already captured, as a sweep's does after its first wave."""
+    untimed, so the timed run replays graphs already captured, as a sweep's does after its first wave.
+    ``reads``: `forward_reads`' log of the warm run, or (without one) of the timed run (~30 us per forward)."""
     forwards = []
     batcher = ContinuousBatcher(
         lm, max_rows=max_rows, max_jobs=max_jobs, cuda_graphs=graphs, on_step=lambda rows, s: forwards.append(rows),
         lanes=lanes, overlap=overlap,
     )  # fmt: skip
+    logging = forward_reads(reads) if reads is not None else contextlib.nullcontext()
     if warm is not None:
-        for _ in batcher.run(warm):
-            pass
+        with logging:
+            for _ in batcher.run(warm):
+                pass
+        logging = contextlib.nullcontext()
         forwards.clear()
         batcher.times = type(batcher.times)()
     graph_counts = [(lane.graphs.captures, lane.graphs.replays) for lane in batcher.lanes if lane.graphs is not None]
     torch.cuda.synchronize()
     start = time.perf_counter()
-    finished = list(batcher.run(job_list))
+    with logging:
+        finished = list(batcher.run(job_list))
     torch.cuda.synchronize()
     wall = time.perf_counter() - start
     errors = [str(f.error) for f in finished if not f.ok]
     if errors:
         raise RuntimeError(f"{len(errors)} generations failed: {errors[0]}")
-    tokens = sum(f.result.snapshots[max(f.result.snapshots)].total_tokens for f in finished)
+    tokens = generated(finished)
     peak = max(f.cost.peak_kv_bytes for f in finished)
     lane_graphs = [lane.graphs for lane in batcher.lanes if lane.graphs is not None]
     replayed = {
@@ -110,7 +156,8 @@ def run_batched(
     torch.cuda.empty_cache()
     return {
         "generations": len(finished),
-        **throughput(tokens, wall),
+        **throughput(tokens["tokens"], wall),
+        "written_tokens": tokens["written_tokens"],
         "forwards": len(forwards),
         "mean_rows_per_forward": round(sum(forwards) / len(forwards), 1),
         "peak_kv_bytes_per_generation": peak,
@@ -289,17 +336,26 @@ def main() -> None:
                 variants.append(("batched+graphs+compile_buckets", bucketed, True, 1))
             for (method, engine, graphs, lanes), overlap in itertools.product(variants, args.overlap):
                 warm = jobs(engine, tokenizer, problems, n, args.budget) if args.warm_batcher else None
+                reads: list[tuple[int, int]] = []
                 batched = run_batched(
                     engine, jobs(engine, tokenizer, problems, n, args.budget), rows, None, graphs, lanes, bool(overlap),
-                    warm,
+                    warm, reads,
                 )  # fmt: skip
+                floor = measured_floor(reads, weight_bytes, kvb, bandwidth)
+                measured = rows * bandwidth / (weight_bytes + floor["mean_decode_kv_tokens"] * kvb)
                 point = {
                     "method": method + ("+overlap" if overlap else "") + ("+warm_batcher" if warm else ""),
                     "workers": n,
                     "rows": rows,
                     **batched,
+                    # nominal: the K/V of prompt_tokens + N x budget / 2 per generation (sessions 7-27's figure)
                     "roofline_tokens_per_second": round(roofline, 1),
-                    "fraction_of_roofline": round(batched["tokens_per_second"] / roofline, 3),
+                    "fraction_of_roofline": round(batched["written_tokens"] / batched["wall_seconds"] / roofline, 3),
+                    # measured: the K/V the run's decode forwards read (prompt template, labels, history included)
+                    "measured_roofline_tokens_per_second": round(measured, 1),
+                    "generated_fraction_of_roofline": round(batched["tokens_per_second"] / measured, 3),
+                    "floor_over_wall": round(floor["floor_seconds"] / batched["wall_seconds"], 3),
+                    "floor": floor,
                     "speedup_vs_one_at_a_time": round(batched["tokens_per_second"] / alone["tokens_per_second"], 2),
                 }
                 save(point)

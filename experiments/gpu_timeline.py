@@ -8,7 +8,12 @@ device timeline of the profiled run into kernel time by kind (matrix products, a
 kernels, sampling, copies), and idle gaps by length. CUDA events around each replayed forward, eager forward
 (prefills, inserts) and token draw give the device time of each kind of work (an event pair spans the device
 time from the work's start to its end, idle gaps inside it included). The run's wall time, ``BatchTimes`` and
-the roofline of `batch_bench.py` come with it, so busy seconds can be read against the 0.6x target.
+the roofline of `batch_bench.py` come with it, so busy seconds can be read against the 0.6x target. The first
+(untimed) run also logs the K/V every forward reads (`batch_bench.forward_reads`): each timed run then reports
+its sampled tokens/s against the roofline of the K/V its decode steps actually read
+(``generated_fraction_of_roofline``) and the run's memory floor -- every forward's weights and K/V over the copy
+bandwidth -- over its wall time (``floor_over_wall``), beside the nominal ``fraction_of_roofline`` of sessions
+7-27 (written tokens, step labels and prompts included, against the K/V of ``prompt + N x budget / 2`` tokens).
 ``--variants`` times attention kernel settings (`KernelSettings` fields, e.g. ``merge_chunk=8,merge_warps=1``;
 ``default``: as shipped) in turn in one process, each on a batcher of its own (its graphs captured afresh).
 
@@ -35,7 +40,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "experiments"))
 
-from batch_bench import jobs, prompts  # noqa: E402
+from batch_bench import forward_reads, generated, jobs, measured_floor, prompts  # noqa: E402
 
 from hogwild_bench.bench import build_model, copy_bandwidth, weight_bytes_read  # noqa: E402
 from hogwild_bench.engine import HogwildLM, triton_attention  # noqa: E402
@@ -156,7 +161,15 @@ def main() -> None:
         action="store_true",
         help="compile with Inductor's GEMM autotuning (max_autotune_gemm: Triton templates beside cuBLAS, per shape)",
     )
+    parser.add_argument(
+        "--blas",
+        choices=["default", "cublas", "cublaslt"],
+        default="default",
+        help="torch.backends.cuda.preferred_blas_library for every GEMM (default: torch's choice)",
+    )
     args = parser.parse_args()
+    if args.blas != "default":
+        torch.backends.cuda.preferred_blas_library(args.blas)
     torch.set_num_threads(1)  # as the runner does (batch.cpu_threads)
     if args.freeze:
         inductor_config.freezing = True
@@ -173,7 +186,9 @@ def main() -> None:
     mean_context = args.prompt_tokens + args.workers * (args.budget // 2)
     roofline = args.rows * bandwidth / (weight_bytes + count * mean_context * lm.kv_bytes_per_token)
 
-    def run(profiled: bool) -> dict:
+    floor: dict = {}  # of the untimed first run (the jobs' block structure does not depend on the tokens drawn)
+
+    def run(profiled: bool, reads: list | None = None) -> dict:
         times, spans = BatchTimes(), {"replayed": [], "eager": [], "draw": []}
         batcher = ContinuousBatcher(lm, max_rows=args.rows, cuda_graphs=True, overlap=not args.no_overlap, times=times)
         job_list = jobs(lm, tokenizer, problems, args.workers, args.budget)
@@ -184,13 +199,19 @@ def main() -> None:
                 finished = list(batcher.run(job_list))
                 torch.cuda.synchronize()
         else:
-            finished = list(batcher.run(job_list))
+            with forward_reads(reads) if reads is not None else contextlib.nullcontext():
+                finished = list(batcher.run(job_list))
             torch.cuda.synchronize()
         wall = time.perf_counter() - start
         assert all(f.ok for f in finished), [str(f.error) for f in finished if not f.ok][:1]
-        tokens = sum(f.result.snapshots[max(f.result.snapshots)].total_tokens for f in finished)
-        point = {"wall_seconds": round(wall, 2), "tokens": tokens, "tokens_per_second": round(tokens / wall, 1),
-                 "fraction_of_roofline": round(tokens / wall / roofline, 3), "times": times.summary()}  # fmt: skip
+        tokens = generated(finished)
+        sampled, written = tokens["tokens"], tokens["written_tokens"]
+        point = {"wall_seconds": round(wall, 2), "tokens": sampled, "written_tokens": written,
+                 "tokens_per_second": round(sampled / wall, 1),
+                 "fraction_of_roofline": round(written / wall / roofline, 3), "times": times.summary()}  # fmt: skip
+        if floor:
+            point |= {"generated_fraction_of_roofline": round(sampled / wall / floor["roofline"], 3),
+                      "floor_over_wall": round(floor["floor_seconds"] / wall, 3)}  # fmt: skip
         if profiled:
             with tempfile.TemporaryDirectory() as tmp:
                 path = Path(tmp) / "trace.json"
@@ -206,7 +227,11 @@ def main() -> None:
         triton_attention.settings = dataclasses.replace(shipped, **{k: int(v) for k, v in fields.items()})
 
     result = {"gpu": torch.cuda.get_device_name(), "command": " ".join(sys.argv)}
-    result |= {"roofline_tokens_per_second": round(roofline, 1), "warmup": run(False), "variants": {}}
+    reads: list[tuple[int, int]] = []
+    result |= {"roofline_tokens_per_second": round(roofline, 1), "warmup": run(False, reads), "variants": {}}
+    floor |= measured_floor(reads, weight_bytes, lm.kv_bytes_per_token, bandwidth)
+    floor["roofline"] = args.rows * bandwidth / (weight_bytes + floor["mean_decode_kv_tokens"] * lm.kv_bytes_per_token)
+    result["measured_floor"] = floor | {"roofline": round(floor["roofline"], 1)}
     failed = result["failed"] = {}
     for variant in args.variants:
         use(variant)
@@ -232,7 +257,12 @@ def main() -> None:
 
 def summary(variant: str, timed: dict) -> str:
     """One line per variant: the fraction of the roofline of each timing, device busy / idle and merge time."""
-    fractions = " ".join(f"{name} {timed[name]['fraction_of_roofline']}" for name in timed if name != "profiled")
+    fractions = " ".join(
+        f"{name} {t['fraction_of_roofline']} (generated {t.get('generated_fraction_of_roofline')}, "
+        f"floor/wall {t.get('floor_over_wall')})"
+        for name, t in timed.items()
+        if name != "profiled"
+    )
     if "profiled" not in timed:
         return f"{variant}: {fractions}"
     device = timed["profiled"]["device"]

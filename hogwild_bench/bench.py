@@ -22,6 +22,7 @@ from pathlib import Path
 import torch
 
 from hogwild_bench.engine import GenerationOptions, HogwildGenerator, HogwildLM, SamplingParams, Write, get_layout
+from hogwild_bench.engine.cache import cache_keyword
 from hogwild_bench.engine.layouts import HISTORY, PROMPT, step_block
 
 QWEN2_7B_SHAPE = dict(
@@ -162,7 +163,8 @@ def hf_step_ms(model, n, context, model_shape, warmup, steps) -> float:
         @torch.inference_mode()
         def step():
             positions = torch.full((n, 1), position[0], device="cuda")
-            model(input_ids=ids, position_ids=positions, past_key_values=cache, use_cache=True, logits_to_keep=1)
+            cached = {cache_keyword(type(model)): cache}
+            model(input_ids=ids, position_ids=positions, use_cache=True, logits_to_keep=1, **cached)
             position[0] += 1
 
         # flash/memory-efficient SDPA: cuDNN's SDPA (PyTorch's default for bf16 on H100) builds a new plan for

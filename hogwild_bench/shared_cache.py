@@ -33,7 +33,7 @@ from collections.abc import Sequence
 import torch
 
 from hogwild_bench.engine.blocks import KVBlock
-from hogwild_bench.engine.cache import BlockBackedCache, HogwildCache
+from hogwild_bench.engine.cache import BlockBackedCache, HogwildCache, cache_keyword
 from hogwild_bench.engine.model import ATTENTION_NAME, default_attention_backend, pack_left
 from hogwild_bench.engine.rope import RotaryShift, check_model_supported
 
@@ -163,7 +163,7 @@ class SharedCacheManager:
         return dict(
             input_ids=packed.to(device),
             position_ids=positions.to(device),
-            past_key_values=cache,
+            **{cache_keyword(): cache},
             hogwild_cache=cache,
             use_cache=True,
         )

@@ -141,6 +141,7 @@ def test_the_engines_inserted_collaboration_prompts_are_found_in_its_transcript(
     assert inserted > 0 and len(checks) == inserted
     assert {c["worker"] for c in checks} == {0, 1} and all(0 < c["step"] <= 24 for c in checks)
     assert [flags.count(False) for flags in snap.worker_inserted] == [24, 24]  # one sampled token per step
+    assert snap.sampled_tokens == 48 < snap.total_tokens  # tokens/s counts these, not the labels and prompts
 
 
 class ScriptedLM:

@@ -328,3 +328,20 @@ def test_a_retracted_token_comes_back_from_storage_and_only_while_storage_holds_
     assert block.layer_kv(0)[0][0, 2].tolist() == [4.0, 5.0]  # the K/V written before the retraction
     with pytest.raises(RuntimeError, match="no stored K/V"):
         block.reinstate([1] * (block.capacity(0) - block.length + 1))
+
+
+def test_the_model_gets_the_cache_under_the_keyword_its_transformers_version_takes(models, tokenizer):
+    """Recent transformers 5.x renamed ``past_key_values`` to ``cache`` (the old name goes in 5.40, and would then
+    be swallowed by ``**kwargs``): no forward of the engine may use a deprecated name."""
+    import inspect
+    import warnings
+
+    from hogwild_bench.engine import GenerationOptions, HogwildGenerator, HogwildLM
+    from hogwild_bench.engine.cache import cache_keyword
+
+    model = models("qwen2")
+    assert cache_keyword(type(model)) in inspect.signature(type(model).forward).parameters
+    options = GenerationOptions(n_workers=2, layout="combined", budgets=(6,), early_stop=False)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("error", message=".*past_key_values.*")
+        HogwildGenerator(HogwildLM(model), tokenizer, options).generate("2+2?")

@@ -28,7 +28,7 @@ import torch
 from hogwild_bench.engine import triton_attention
 from hogwild_bench.engine.attention import RowView, token_rows
 from hogwild_bench.engine.blocks import KVBlock
-from hogwild_bench.engine.cache import HogwildCache, to_device
+from hogwild_bench.engine.cache import HogwildCache, cache_keyword, to_device
 from hogwild_bench.engine.graphs import WARMUP_RUNS
 from hogwild_bench.engine.model import DeviceTokens, fill_tokens, token_slots
 from hogwild_bench.engine.triton_attention import (
@@ -220,8 +220,8 @@ class BucketGraph:
             if decoder is not None:
                 return decoder(self.cache, self.input_ids, self.positions).float()
             out = self.lm.model(
-                input_ids=self.input_ids, position_ids=self.positions, past_key_values=self.cache,
-                hogwild_cache=self.cache, use_cache=True, logits_to_keep=1,
+                input_ids=self.input_ids, position_ids=self.positions, hogwild_cache=self.cache, use_cache=True,
+                logits_to_keep=1, **{cache_keyword(type(self.lm.model)): self.cache},
             )  # fmt: skip
             return out.logits[:, -1].float()
 

@@ -1,14 +1,16 @@
 """`HogwildCache`: a `transformers.Cache` whose storage is a set of named `KVBlock`s.
 
-Stock models call ``past_key_values.update(k, v, layer_idx)`` with the new tokens' (already rotated)
-keys; this cache has its attention backend (`engine.backends`) store them in each worker's own block and
-hands them back unchanged. The registered ``"hogwild"`` attention function (`engine.model`) then has the
-backend read the blocks of each worker's view. Between forwards the cache is plain data: blocks can be
-committed, cleared, reserved or prefilled.
+Stock models call ``cache.update(k, v, layer_idx)`` (the cache is ``past_key_values`` in older transformers)
+with the new tokens' (already rotated) keys; this cache has its attention backend (`engine.backends`) store
+them in each worker's own block and hands them back unchanged. The registered ``"hogwild"`` attention
+function (`engine.model`) then has the backend read the blocks of each worker's view. Between forwards the
+cache is plain data: blocks can be committed, cleared, reserved or prefilled.
 """
 
 from __future__ import annotations
 
+import functools
+import inspect
 from collections.abc import Sequence
 
 import torch
@@ -20,6 +22,19 @@ from hogwild_bench.engine.blocks import KVBlock
 from hogwild_bench.engine.rope import RotaryShift
 
 ATTENTION_BACKENDS = tuple(BACKENDS)
+
+
+@functools.cache
+def cache_keyword(model_class: type | None = None) -> str:
+    """The keyword a stock model's ``forward`` takes its KV cache under: ``cache`` since transformers renamed it
+    (``past_key_values`` is deprecated there and goes in 5.40, after which it would be swallowed by ``**kwargs``),
+    ``past_key_values`` before. ``model_class``: the model's class (default: transformers' Llama, for callers
+    that have no model)."""
+    if model_class is None:
+        from transformers import LlamaForCausalLM
+
+        model_class = LlamaForCausalLM
+    return "cache" if "cache" in inspect.signature(model_class.forward).parameters else "past_key_values"
 
 
 class UnknownBlockError(KeyError):

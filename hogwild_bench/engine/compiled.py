@@ -17,7 +17,7 @@ from contextlib import contextmanager
 
 import torch
 
-from hogwild_bench.engine.cache import BlockBackedCache, HogwildCache
+from hogwild_bench.engine.cache import BlockBackedCache, HogwildCache, cache_keyword
 
 _IN_FLIGHT: list[HogwildCache] = []
 
@@ -89,7 +89,7 @@ class CompiledDecoder:
         ``keep``: 1 for left-padded rows, or the last token's index of each row packed in one sequence."""
         with running(cache):
             out = self.compiled(
-                input_ids=input_ids, position_ids=position_ids, past_key_values=self.stand_in,
+                input_ids=input_ids, position_ids=position_ids, **{cache_keyword(type(self.model)): self.stand_in},
                 hogwild_cache=self.stand_in, use_cache=True, logits_to_keep=keep,
             )  # fmt: skip
         return out.logits[:, -1] if isinstance(keep, int) else out.logits[0]

@@ -108,7 +108,13 @@ class Snapshot:
 
     @property
     def total_tokens(self) -> int:
+        """Every token in the workers' caches: sampled, and inserted by the engine (step labels, prompts)."""
         return sum(len(tokens) for tokens in self.worker_tokens)
+
+    @property
+    def sampled_tokens(self) -> int:
+        """The tokens the workers generated (drawn from the model): `total_tokens` less the inserted ones."""
+        return self.total_tokens - sum(sum(flags) for flags in self.worker_inserted)
 
 
 @dataclass

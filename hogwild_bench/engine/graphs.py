@@ -22,7 +22,7 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
-from hogwild_bench.engine.cache import HogwildCache
+from hogwild_bench.engine.cache import HogwildCache, cache_keyword
 from hogwild_bench.engine.triton_attention import (
     TritonPlan,
     address_tables,
@@ -143,8 +143,8 @@ class DecodeGraph:
             if self.lm.decoder is not None:
                 return self.lm.decoder(self.cache, self.input_ids, self.positions).float()
             out = self.lm.model(
-                input_ids=self.input_ids, position_ids=self.positions, past_key_values=self.cache,
-                hogwild_cache=self.cache, use_cache=True, logits_to_keep=1,
+                input_ids=self.input_ids, position_ids=self.positions, hogwild_cache=self.cache, use_cache=True,
+                logits_to_keep=1, **{cache_keyword(type(self.lm.model)): self.cache},
             )  # fmt: skip
             return out.logits[:, -1].float()
 

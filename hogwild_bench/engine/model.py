@@ -18,7 +18,7 @@ from transformers import AttentionInterface
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
 from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 
-from hogwild_bench.engine.cache import HogwildCache, PackedRows, to_device
+from hogwild_bench.engine.cache import HogwildCache, PackedRows, cache_keyword, to_device
 from hogwild_bench.engine.compiled import CompiledDecoder, StandInCache
 from hogwild_bench.engine.rope import RotaryShift, check_model_supported
 
@@ -231,8 +231,8 @@ class HogwildLM:
                 logits = self.decoder(cache, input_ids, positions, keep)
             else:
                 out = self.model(
-                    input_ids=input_ids, position_ids=positions, past_key_values=cache, hogwild_cache=cache,
-                    use_cache=True, logits_to_keep=keep,
+                    input_ids=input_ids, position_ids=positions, **{cache_keyword(type(self.model)): cache},
+                    hogwild_cache=cache, use_cache=True, logits_to_keep=keep,
                 )  # fmt: skip
                 logits = out.logits if all_logits else out.logits[0] if packed else out.logits[:, -1]
             ok = True
