@@ -69,10 +69,10 @@ def throughput(tokens: int, wall: float) -> dict:
 
 def generated(finished) -> dict:
     """Tokens of finished generations at their last budget: ``tokens`` the sampled ones (what HF's count and a
-    tokens/s target mean), ``written_tokens`` with the step labels and collaboration prompts the engine
+    tokens/s target mean), ``total_tokens`` with the step labels and collaboration prompts the engine
     inserted (each one a row of some forward too: ~15 % more at 64-token steps)."""
     last = [f.result.snapshots[max(f.result.snapshots)] for f in finished]
-    return {"tokens": sum(s.sampled_tokens for s in last), "written_tokens": sum(s.total_tokens for s in last)}
+    return {"tokens": sum(s.sampled_tokens for s in last), "total_tokens": sum(s.total_tokens for s in last)}
 
 
 DECODE_MAX_NEW = 128  # a forward whose rows each write fewer tokens is a decode step (a prefill writes a prompt)
@@ -157,7 +157,7 @@ def run_batched(
     return {
         "generations": len(finished),
         **throughput(tokens["tokens"], wall),
-        "written_tokens": tokens["written_tokens"],
+        "total_tokens": tokens["total_tokens"],
         "forwards": len(forwards),
         "mean_rows_per_forward": round(sum(forwards) / len(forwards), 1),
         "peak_kv_bytes_per_generation": peak,
@@ -350,7 +350,7 @@ def main() -> None:
                     **batched,
                     # nominal: the K/V of prompt_tokens + N x budget / 2 per generation (sessions 7-27's figure)
                     "roofline_tokens_per_second": round(roofline, 1),
-                    "fraction_of_roofline": round(batched["written_tokens"] / batched["wall_seconds"] / roofline, 3),
+                    "fraction_of_roofline": round(batched["total_tokens"] / batched["wall_seconds"] / roofline, 3),
                     # measured: the K/V the run's decode forwards read (prompt template, labels, history included)
                     "measured_roofline_tokens_per_second": round(measured, 1),
                     "generated_fraction_of_roofline": round(batched["tokens_per_second"] / measured, 3),

@@ -128,7 +128,7 @@ def main() -> None:
     last = [f.result.snapshots[max(f.result.snapshots)] for f in finished]
     result = {
         "command": " ".join(["experiments/bucket_plan_cpu.py", *sys.argv[1:]]),
-        "tokens": {"sampled": sum(s.sampled_tokens for s in last), "written": sum(s.total_tokens for s in last)},
+        "tokens": {"sampled": sum(s.sampled_tokens for s in last), "total": sum(s.total_tokens for s in last)},
         **summarise(points),
     }
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)

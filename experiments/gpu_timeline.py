@@ -13,7 +13,7 @@ the roofline of `batch_bench.py` come with it, so busy seconds can be read again
 its sampled tokens/s against the roofline of the K/V its decode steps actually read
 (``generated_fraction_of_roofline``) and the run's memory floor -- every forward's weights and K/V over the copy
 bandwidth -- over its wall time (``floor_over_wall``), beside the nominal ``fraction_of_roofline`` of sessions
-7-27 (written tokens, step labels and prompts included, against the K/V of ``prompt + N x budget / 2`` tokens).
+7-27 (all tokens, step labels and prompts included, against the K/V of ``prompt + N x budget / 2`` tokens).
 ``--variants`` times attention kernel settings (`KernelSettings` fields, e.g. ``merge_chunk=8,merge_warps=1``;
 ``default``: as shipped) in turn in one process, each on a batcher of its own (its graphs captured afresh).
 
@@ -205,10 +205,10 @@ def main() -> None:
         wall = time.perf_counter() - start
         assert all(f.ok for f in finished), [str(f.error) for f in finished if not f.ok][:1]
         tokens = generated(finished)
-        sampled, written = tokens["tokens"], tokens["written_tokens"]
-        point = {"wall_seconds": round(wall, 2), "tokens": sampled, "written_tokens": written,
+        sampled, total = tokens["tokens"], tokens["total_tokens"]
+        point = {"wall_seconds": round(wall, 2), "tokens": sampled, "total_tokens": total,
                  "tokens_per_second": round(sampled / wall, 1),
-                 "fraction_of_roofline": round(written / wall / roofline, 3), "times": times.summary()}  # fmt: skip
+                 "fraction_of_roofline": round(total / wall / roofline, 3), "times": times.summary()}  # fmt: skip
         if floor:
             point |= {"generated_fraction_of_roofline": round(sampled / wall / floor["roofline"], 3),
                       "floor_over_wall": round(floor["floor_seconds"] / wall, 3)}  # fmt: skip

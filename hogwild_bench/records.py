@@ -87,6 +87,7 @@ def scored_record(
         "status": "ok",
         "tokens_per_worker": outcome.tokens_per_worker,
         "total_tokens": outcome.total_tokens,
+        "sampled_tokens": sampled_tokens(outcome),
         "wall_seconds": round(outcome.wall_seconds, 4),
         "finished_early": outcome.finished_early,
         "response": outcome.response,
@@ -135,9 +136,14 @@ def failed_record(
     }
 
 
+def sampled_tokens(outcome: BudgetOutcome) -> int:
+    """The outcome's tokens drawn from the model: its total less the step labels and prompts the engine wrote."""
+    return outcome.total_tokens if outcome.sampled_tokens is None else outcome.sampled_tokens
+
+
 def generation_cost(cost: JobCost, outcomes: list[BudgetOutcome]) -> dict:
     """What the generation behind a record cost (shared by its budgets' records)."""
-    tokens = max((o.total_tokens for o in outcomes), default=0)
+    tokens = max((sampled_tokens(o) for o in outcomes), default=0)
     return {
         "generation_forwards": cost.forwards,
         "generation_seconds": round(cost.seconds, 4),

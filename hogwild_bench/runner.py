@@ -153,9 +153,9 @@ def _run_todo(cfg: RunConfig, store: ResultStore, todo: list, run_dir: Path, dig
             store.append(made.records)
             accuracy = sum(hits) / len(hits) if hits else None
             bar.update(1)
-            bar.set_postfix(acc="-" if accuracy is None else f"{accuracy:.3f}", tok_s=f"{speed.tokens_per_second:.0f}",
+            bar.set_postfix(acc="-" if accuracy is None else f"{accuracy:.3f}", rows_s=f"{speed.rows_per_second:.0f}",
                             rows=speed.rows)  # fmt: skip
-            tracker.log_problem(len(stored), len(todo), accuracy, tokens_per_second=speed.tokens_per_second)
+            tracker.log_problem(len(stored), len(todo), accuracy, rows_per_second=speed.rows_per_second)
 
     try:
         try:
@@ -198,7 +198,10 @@ def collaboration_cells(records: list[dict]) -> list[dict]:
 
 
 class Throughput:
-    """Rows per forward and generated tokens per second over the batch's recent forwards (progress bar)."""
+    """Rows per forward, and forward rows per second over the batch's recent forwards (progress bar). A decode
+    row writes one token -- sampled, or a step label's or prompt's token the engine inserts (~15 % of them at
+    64-token steps) -- so this is the engine's token rate, above the rate of sampled tokens; a record's
+    ``sampled_tokens`` and ``generation_tokens_per_second`` count the sampled ones."""
 
     def __init__(self, window: float = 10.0):
         self.window, self.events, self.rows = window, deque(), 0
@@ -211,7 +214,7 @@ class Throughput:
             self.events.popleft()
 
     @property
-    def tokens_per_second(self) -> float:
+    def rows_per_second(self) -> float:
         if len(self.events) < 2:
             return 0.0
         span = self.events[-1][0] - self.events[0][0]

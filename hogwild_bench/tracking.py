@@ -16,9 +16,7 @@ from hogwild_bench.config import LoggerConfig, LoggerName
 class Tracker:
     """No-op tracker (``logger=none``); subclasses send the same calls somewhere."""
 
-    def log_problem(
-        self, done: int, total: int, accuracy: float | None, tokens_per_second: float | None = None
-    ) -> None:
+    def log_problem(self, done: int, total: int, accuracy: float | None, rows_per_second: float | None = None) -> None:
         pass
 
     def log_summary(
@@ -74,14 +72,12 @@ class WandbTracker(Tracker):
             warnings.warn(f"W&B {what} failed ({type(error).__name__}: {error}); continuing without W&B", stacklevel=2)
             self.run = None
 
-    def log_problem(
-        self, done: int, total: int, accuracy: float | None, tokens_per_second: float | None = None
-    ) -> None:
+    def log_problem(self, done: int, total: int, accuracy: float | None, rows_per_second: float | None = None) -> None:
         payload = {"progress/problems_done": done, "progress/problems_total": total}
         if accuracy is not None:
             payload["progress/running_accuracy"] = accuracy
-        if tokens_per_second is not None:
-            payload["progress/generated_tokens_per_second"] = tokens_per_second
+        if rows_per_second is not None:  # forward rows: sampled and inserted tokens (`runner.Throughput`)
+            payload["progress/forward_rows_per_second"] = rows_per_second
         self._guard("log", lambda: self.run.log(payload))
 
     def log_summary(

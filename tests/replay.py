@@ -19,6 +19,8 @@ import torch
 import torch.nn.functional as F
 from transformers import AttentionInterface, Cache
 
+from hogwild_bench.engine.cache import cache_keyword
+
 
 class ReplayBlock:
     def __init__(self, num_layers: int):
@@ -158,8 +160,8 @@ class ReplayLM:
             out = self.model(
                 input_ids=input_ids,
                 position_ids=torch.zeros_like(input_ids),
-                past_key_values=cache,
                 replay_cache=cache,
+                **{cache_keyword(type(self.model)): cache},
                 use_cache=True,
             )
         finally:

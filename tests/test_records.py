@@ -83,3 +83,17 @@ def test_handing_a_generation_to_a_worker_does_not_wait_for_the_worker_to_start(
     assert handed < 1.0, f"submitting waited {handed:.1f} s for the workers to start"
     assert len(made) == 2 and all(m.error is not None for m in made)
     assert not Path(maker.context_file).exists()  # the context file goes with the pool
+
+
+def test_a_record_counts_the_sampled_tokens_apart_from_those_the_engine_inserted(tmp_path):
+    """Step labels and prompts are in ``total_tokens`` but not in ``sampled_tokens``, which the generation's
+    tokens/s is made of: a record's speed is the model's, not the engine's bookkeeping."""
+    overrides = tiny_run_overrides(tmp_path, "grid.workers=[1,2]", "generation.early_stop=false")
+    records = ResultStore(run(compose_config(overrides))).records()
+    assert records and all(r["status"] == "ok" for r in records)
+    for r in records:
+        assert r["sampled_tokens"] == r["workers"] * r["budget"] < r["total_tokens"]
+    last = max(records, key=lambda r: r["budget"])
+    assert last["generation_tokens_per_second"] == pytest.approx(
+        last["sampled_tokens"] / last["generation_seconds"], rel=1e-3
+    )

@@ -38,6 +38,7 @@ class BudgetOutcome:
     finished_early: bool
     extra: dict = field(default_factory=dict)
     transcript: list | None = None  # per worker `collaboration.Piece`s: the runner derives the collaboration metrics
+    sampled_tokens: int | None = None  # of total_tokens, those drawn from the model (None: all of them)
 
 
 @dataclass

@@ -49,6 +49,7 @@ class IndependentProtocol(Protocol):
                     budget=budget,
                     tokens_per_worker=snap.tokens_per_worker,
                     total_tokens=snap.total_tokens,
+                    sampled_tokens=snap.sampled_tokens,
                     wall_seconds=snap.wall_seconds,
                     response=f"Majority vote of {len(snap.worker_tokens)} independent workers: \\boxed{{{winner}}}",
                     finished_early=snap.finished_early,

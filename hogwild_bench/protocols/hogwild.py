@@ -76,7 +76,8 @@ def outcomes(result, tokenizer) -> list[BudgetOutcome]:
             **work_split(snap),
         }
         out.append(BudgetOutcome(budget=budget, tokens_per_worker=snap.tokens_per_worker,
-                                 total_tokens=snap.total_tokens, wall_seconds=snap.wall_seconds,
+                                 total_tokens=snap.total_tokens, sampled_tokens=snap.sampled_tokens,
+                                 wall_seconds=snap.wall_seconds,
                                  response=snap.response, finished_early=snap.finished_early, extra=extra,
                                  transcript=pieces))  # fmt: skip
     return out
