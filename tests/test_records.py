@@ -88,7 +88,7 @@ def test_handing_a_generation_to_a_worker_does_not_wait_for_the_worker_to_start(
 def test_a_record_counts_the_sampled_tokens_apart_from_those_the_engine_inserted(tmp_path):
     """Step labels and prompts are in ``total_tokens`` but not in ``sampled_tokens``, which the generation's
     tokens/s is made of: a record's speed is the model's, not the engine's bookkeeping."""
-    overrides = tiny_run_overrides(tmp_path, "grid.workers=[1,2]", "generation.early_stop=false")
+    overrides = tiny_run_overrides(tmp_path, "grid.workers=[1,2]", "generation.early_stop=false", "dataset.limit=1")
     records = ResultStore(run(compose_config(overrides))).records()
     assert records and all(r["status"] == "ok" for r in records)
     for r in records:
