@@ -210,8 +210,8 @@ def end_to_end(lm, tokenizer, attention, n, budget) -> dict:
     snap = result.snapshots[budget]
     return {"workers": n, "attention": attention, "cuda_graphs": lm.cuda_graphs, "compiled": lm.decoder is not None,
             "budget": budget,
-            "total_tokens": snap.total_tokens,
-            "wall_seconds": round(wall, 3), "tokens_per_second": round(snap.total_tokens / wall, 1),
+            "total_tokens": snap.total_tokens, "sampled_tokens": snap.sampled_tokens,
+            "wall_seconds": round(wall, 3), "tokens_per_second": round(snap.sampled_tokens / wall, 1),
             "steps_per_second": round(budget / wall, 2)}  # fmt: skip
 
 
