@@ -31,7 +31,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "experiments"))
 sys.path.insert(0, str(ROOT / "tests"))
 
-from batch_bench import jobs, prompts  # noqa: E402
+from batch_bench import generated, jobs, prompts  # noqa: E402
 from helpers import host_buffers, random_replay  # noqa: E402
 
 from hogwild_bench.engine import HogwildLM  # noqa: E402
@@ -125,10 +125,9 @@ def main() -> None:
     problems = prompts(args.problems or args.rows // args.workers, args.prompt_tokens, tokenizer)
     finished = list(batcher.run(jobs(lm, tokenizer, problems, args.workers, args.budget)))
     assert all(f.ok for f in finished), [str(f.error) for f in finished if not f.ok][:1]
-    last = [f.result.snapshots[max(f.result.snapshots)] for f in finished]
     result = {
         "command": " ".join(["experiments/bucket_plan_cpu.py", *sys.argv[1:]]),
-        "tokens": {"sampled": sum(s.sampled_tokens for s in last), "total": sum(s.total_tokens for s in last)},
+        **generated(finished),  # sampled tokens, and all tokens (step labels and prompts too)
         **summarise(points),
     }
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
