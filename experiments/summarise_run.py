@@ -43,6 +43,21 @@ def endings(cell) -> dict:
     }
 
 
+def sampled_tokens(records) -> int:
+    """Tokens the workers drew from the model: a record's ``sampled_tokens``; before session 28 records had none,
+    and a Hogwild! record's ``worker_written_tokens`` sum to it; else its ``total_tokens`` (no inserted tokens)."""
+    total = 0
+    for row in records.to_dict("records"):
+        sampled, written = row.get("sampled_tokens"), row.get("worker_written_tokens")
+        if sampled is not None and sampled == sampled:  # NaN where older records of the run lack the column
+            total += int(sampled)
+        elif isinstance(written, list):
+            total += sum(written)
+        else:
+            total += int(row["total_tokens"])
+    return total
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("run_dir")
@@ -73,7 +88,8 @@ def main() -> None:
         "command": " ".join(sys.argv),
         "records": len(every),
         "problems_per_cell": int(df.groupby(CELL)["problem_id"].nunique().min()),
-        "generated_tokens": int(generations["total_tokens"].sum()),
+        "generated_tokens": sampled_tokens(generations),  # sampled (session 28; before: total_tokens)
+        "total_tokens": int(generations["total_tokens"].sum()),  # with the step labels and prompts inserted
         "code_versions": sorted(every["code_version"].unique().tolist()),
         "cells": cells,
     }
