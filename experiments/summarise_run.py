@@ -19,7 +19,13 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from hogwild_bench.analysis import accuracy_vs_budget, collaboration, load_runs, plot_accuracy_vs_budget  # noqa: E402
+from hogwild_bench.analysis import (  # noqa: E402
+    accuracy_vs_budget,
+    collaboration,
+    load_runs,
+    plot_accuracy_vs_budget,
+    sampled_tokens,
+)
 
 CELL = ["protocol", "workers", "layout"]
 
@@ -41,21 +47,6 @@ def endings(cell) -> dict:
         "stopped_on_answer": int(cell["answered_by"].notna().sum()),
         "mean_tokens_per_worker": round(float(cell["tokens_per_worker"].mean()), 1),
     }
-
-
-def sampled_tokens(records) -> int:
-    """Tokens the workers drew from the model: a record's ``sampled_tokens``; before session 28 records had none,
-    and a Hogwild! record's ``worker_written_tokens`` sum to it; else its ``total_tokens`` (no inserted tokens)."""
-    total = 0
-    for row in records.to_dict("records"):
-        sampled, written = row.get("sampled_tokens"), row.get("worker_written_tokens")
-        if sampled is not None and sampled == sampled:  # NaN where older records of the run lack the column
-            total += int(sampled)
-        elif isinstance(written, list):
-            total += sum(written)
-        else:
-            total += int(row["total_tokens"])
-    return total
 
 
 def main() -> None:
@@ -88,7 +79,7 @@ def main() -> None:
         "command": " ".join(sys.argv),
         "records": len(every),
         "problems_per_cell": int(df.groupby(CELL)["problem_id"].nunique().min()),
-        "generated_tokens": sampled_tokens(generations),  # sampled (session 28; before: total_tokens)
+        "generated_tokens": sum(map(sampled_tokens, generations.to_dict("records"))),  # before session 28: total
         "total_tokens": int(generations["total_tokens"].sum()),  # with the step labels and prompts inserted
         "code_versions": sorted(every["code_version"].unique().tolist()),
         "cells": cells,

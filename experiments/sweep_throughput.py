@@ -20,8 +20,12 @@ from __future__ import annotations
 import argparse
 import json
 import re
+import sys
 from collections import Counter
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from hogwild_bench.analysis import sampled_tokens  # noqa: E402
 
 ELAPSED = re.compile(r"\| *(\d+)/\d+ \[(\d+):(\d+)(?::(\d+))?<")
 BATCH_TIME = re.compile(r"batch time: (.*)$")
@@ -44,6 +48,7 @@ def summarise(log_text: str, records: list[dict]) -> dict:
         if key not in last or record["budget"] > last[key]["budget"]:
             last[key] = record
     tokens = sum(r.get("total_tokens") or 0 for r in last.values())
+    sampled = sum(sampled_tokens(r) for r in last.values() if r.get("total_tokens") is not None)
     done, seconds = progress_seconds(log_text.replace("\r", "\n"))
     times = [m.group(1) for line in log_text.replace("\r", "\n").splitlines() if (m := BATCH_TIME.search(line))]
     return {
@@ -53,7 +58,9 @@ def summarise(log_text: str, records: list[dict]) -> dict:
         "tokens_of_completed_generations": tokens,
         "progress_seconds": seconds,
         "progress_generations": done,
-        "completed_tokens_per_second": round(tokens / seconds, 1) if seconds else None,
+        "completed_tokens_per_second": round(tokens / seconds, 1) if seconds else None,  # sampled and inserted
+        "sampled_tokens_of_completed_generations": sampled,
+        "completed_sampled_tokens_per_second": round(sampled / seconds, 1) if seconds else None,
         "batch_time": times[-1] if times else None,
     }
 
@@ -85,13 +92,16 @@ def together(runs: list[dict]) -> dict:
     """Shards that ran at the same time: their generations and tokens summed over the longest one's time."""
     seconds = max(r["progress_seconds"] for r in runs)
     tokens = sum(r["tokens_of_completed_generations"] for r in runs)
+    sampled = sum(r["sampled_tokens_of_completed_generations"] for r in runs)
     generations = sum(r["generations"] for r in runs)
     return {
         "processes": len(runs),
         "generations": generations,
         "tokens_of_completed_generations": tokens,
         "progress_seconds": seconds,
-        "completed_tokens_per_second": round(tokens / seconds, 1) if seconds else None,
+        "completed_tokens_per_second": round(tokens / seconds, 1) if seconds else None,  # sampled and inserted
+        "sampled_tokens_of_completed_generations": sampled,
+        "completed_sampled_tokens_per_second": round(sampled / seconds, 1) if seconds else None,
         "generations_per_second": round(generations / seconds, 3) if seconds else None,
     }
 

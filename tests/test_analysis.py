@@ -61,3 +61,18 @@ def test_notebook_runs_end_to_end_on_run_output(two_runs, tmp_path):
     assert (tmp_path / "accuracy_vs_tokens.png").exists()
     outputs = [o for cell in notebook.cells if cell.cell_type == "code" for o in cell.outputs]
     assert not [o for o in outputs if o.output_type == "error"]
+
+
+@pytest.mark.parametrize(
+    "record, sampled",
+    [({"total_tokens": 50, "sampled_tokens": 40, "worker_written_tokens": [20, 20]}, 40),
+     ({"total_tokens": 50, "sampled_tokens": float("nan"), "worker_written_tokens": [20, 19]}, 39),
+     ({"total_tokens": 50, "worker_written_tokens": [21, 20]}, 41),
+     ({"total_tokens": 50}, 50)],
+)  # fmt: skip
+def test_sampled_tokens_of_a_record_of_any_format(record, sampled):
+    """Records before session 28 have no ``sampled_tokens``: a Hogwild! record's per-worker sampled counts stand
+    in, and a record with neither has no inserted tokens."""
+    from hogwild_bench.analysis import sampled_tokens
+
+    assert sampled_tokens(record) == sampled
