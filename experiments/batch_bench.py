@@ -96,13 +96,25 @@ def forward_reads(log: list[tuple[int, int]]):
         HogwildCache.begin_forward_blocks = begin
 
 
-def measured_floor(log: list[tuple[int, int]], weight_bytes: int, kv_bytes_per_token: int, bandwidth: float) -> dict:
-    """From `forward_reads`' log: the mean K/V tokens a decode forward reads, and the run's floor -- every
-    forward's weights plus its K/V over the copy bandwidth (a time: the design's "memory floor")."""
+def measured_floor(
+    log: list[tuple[int, int]], weight_bytes: int, kv_bytes_per_token: int, bandwidth: float, rows: int
+) -> dict:
+    """From `forward_reads`' log: the mean K/V tokens a decode forward reads, the run's floor -- every
+    forward's weights plus its K/V over the copy bandwidth (a time: the design's "memory floor") -- and the
+    roofline of ``rows`` rows reading that mean (tokens/s, unrounded)."""
     decode = [tokens for widest, tokens in log if widest < DECODE_MAX_NEW]
+    mean = round(sum(decode) / max(1, len(decode)), 1)
     floor = sum(weight_bytes + tokens * kv_bytes_per_token for _, tokens in log) / bandwidth
-    return {"forwards": len(log), "mean_decode_kv_tokens": round(sum(decode) / max(1, len(decode)), 1),
-            "floor_seconds": round(floor, 3)}  # fmt: skip
+    return {"forwards": len(log), "mean_decode_kv_tokens": mean, "floor_seconds": round(floor, 3),
+            "roofline": rows * bandwidth / (weight_bytes + mean * kv_bytes_per_token)}  # fmt: skip
+
+
+def add_point_arguments(parser: argparse.ArgumentParser) -> None:
+    """The batched point `gpu_timeline.py` times (and `bucket_plan_cpu.py` replays on a CPU)."""
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--rows", type=int, default=64)
+    parser.add_argument("--budget", type=int, default=1024)
+    parser.add_argument("--prompt-tokens", type=int, default=512)
 
 
 def run_batched(
@@ -342,8 +354,8 @@ def main() -> None:
                     engine, jobs(engine, tokenizer, problems, n, args.budget), rows, None, graphs, lanes, bool(overlap),
                     warm, reads,
                 )  # fmt: skip
-                floor = measured_floor(reads, weight_bytes, kvb, bandwidth)
-                measured = rows * bandwidth / (weight_bytes + floor["mean_decode_kv_tokens"] * kvb)
+                floor = measured_floor(reads, weight_bytes, kvb, bandwidth, rows)
+                measured = floor.pop("roofline")
                 point = {
                     "method": method + ("+overlap" if overlap else "") + ("+warm_batcher" if warm else ""),
                     "workers": n,

@@ -31,7 +31,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "experiments"))
 sys.path.insert(0, str(ROOT / "tests"))
 
-from batch_bench import generated, jobs, prompts  # noqa: E402
+from batch_bench import add_point_arguments, generated, jobs, prompts  # noqa: E402
 from helpers import host_buffers, random_replay  # noqa: E402
 
 from hogwild_bench.engine import HogwildLM  # noqa: E402
@@ -105,10 +105,7 @@ def summarise(points: list[dict]) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", required=True)
-    parser.add_argument("--workers", type=int, default=2)
-    parser.add_argument("--rows", type=int, default=64)
-    parser.add_argument("--budget", type=int, default=1024)
-    parser.add_argument("--prompt-tokens", type=int, default=512)
+    add_point_arguments(parser)
     parser.add_argument("--problems", type=int, default=None, help="default: rows / workers, as gpu_timeline.py")
     args = parser.parse_args()
     torch.manual_seed(0)

@@ -40,7 +40,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "experiments"))
 
-from batch_bench import forward_reads, generated, jobs, measured_floor, prompts  # noqa: E402
+from batch_bench import add_point_arguments, forward_reads, generated, jobs, measured_floor, prompts  # noqa: E402
 
 from hogwild_bench.bench import build_model, copy_bandwidth, weight_bytes_read  # noqa: E402
 from hogwild_bench.engine import HogwildLM, triton_attention  # noqa: E402
@@ -143,10 +143,7 @@ def span_seconds(spans: dict[str, list]) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", required=True)
-    parser.add_argument("--workers", type=int, default=2)
-    parser.add_argument("--rows", type=int, default=64)
-    parser.add_argument("--budget", type=int, default=1024)
-    parser.add_argument("--prompt-tokens", type=int, default=512)
+    add_point_arguments(parser)
     parser.add_argument("--shape", default="7b")
     parser.add_argument("--no-overlap", action="store_true")
     parser.add_argument("--variants", nargs="+", default=["default"], help="KernelSettings fields per variant")
@@ -229,8 +226,7 @@ def main() -> None:
     result = {"gpu": torch.cuda.get_device_name(), "command": " ".join(sys.argv)}
     reads: list[tuple[int, int]] = []
     result |= {"roofline_tokens_per_second": round(roofline, 1), "warmup": run(False, reads), "variants": {}}
-    floor |= measured_floor(reads, weight_bytes, lm.kv_bytes_per_token, bandwidth)
-    floor["roofline"] = args.rows * bandwidth / (weight_bytes + floor["mean_decode_kv_tokens"] * lm.kv_bytes_per_token)
+    floor |= measured_floor(reads, weight_bytes, lm.kv_bytes_per_token, bandwidth, args.rows)
     result["measured_floor"] = floor | {"roofline": round(floor["roofline"], 1)}
     failed = result["failed"] = {}
     for variant in args.variants:
