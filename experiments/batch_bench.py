@@ -130,8 +130,8 @@ def run_batched(
 ) -> dict:
     """Time one run of ``job_list``; with ``warm`` (the same jobs made afresh) the batcher first runs those
     untimed, so the timed run replays graphs already captured, as a sweep's does after its first wave.
-    ``reads``: `forward_reads`' log of the warm run, or (without one) of the timed run (it adds ~40 us of host
-    time to a 64-row forward on this project's 2-core CPU)."""
+    ``reads``: `forward_reads`' log of the warm run, or (without one) of the timed run (the log adds host work
+    to each timed forward: a set of the rows' blocks)."""
     forwards = []
     batcher = ContinuousBatcher(
         lm, max_rows=max_rows, max_jobs=max_jobs, cuda_graphs=graphs, on_step=lambda rows, s: forwards.append(rows),

@@ -34,7 +34,8 @@ sys.path.insert(0, str(ROOT / "tests"))
 from batch_bench import add_point_arguments, generated, jobs, prompts  # noqa: E402
 from helpers import host_buffers, random_replay  # noqa: E402
 
-from hogwild_bench.engine import HogwildLM  # noqa: E402
+from hogwild_bench.bench import random_model_options  # noqa: E402
+from hogwild_bench.engine import HogwildGenerator, HogwildLM  # noqa: E402
 from hogwild_bench.engine import bucket_graphs as bucket_module  # noqa: E402
 from hogwild_bench.engine.batch import ContinuousBatcher  # noqa: E402
 from hogwild_bench.engine.triton_attention import plan_arrays  # noqa: E402
@@ -102,6 +103,17 @@ def summarise(points: list[dict]) -> dict:
     }
 
 
+def shared_template(lm, tokenizer, problem: str, workers: int, budget: int) -> dict:
+    """The jobs' prompt tokens; those of its text before the problem (the chat header and collaboration rules:
+    the same in every generation of the point); and how many leading tokens the prompt shares with them (the
+    tokenizer may merge the last of them with the problem's first)."""
+    gen = HogwildGenerator(lm, tokenizer, random_model_options(lm, tokenizer, workers, budget, collab_interval=256))
+    prompt = gen.fmt.prompt_text(problem, has_history=gen.layout.has_history)
+    prefix, ids = gen.fmt.encode(prompt[: prompt.index(problem)]), gen.fmt.encode(prompt)
+    common = next((i for i, (a, b) in enumerate(zip(prefix, ids)) if a != b), len(prefix))
+    return {"prompt_tokens": len(ids), "template_tokens": len(prefix), "tokens_shared_with_template": common}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", required=True)
@@ -125,6 +137,7 @@ def main() -> None:
     result = {
         "command": " ".join(["experiments/bucket_plan_cpu.py", *sys.argv[1:]]),
         **generated(finished),  # sampled tokens, and all tokens (step labels and prompts too)
+        "first_prompt": shared_template(lm, tokenizer, problems[0], args.workers, args.budget),
         **summarise(points),
     }
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
