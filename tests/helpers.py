@@ -82,6 +82,11 @@ class TeeCache:
     def reserve(self, names, tokens, like):
         self.engine.reserve(names, tokens, like=like)  # storage only: the replay keeps plain lists
 
+    def share(self, name, token_ids):
+        ours, theirs = self.engine.share(name, token_ids), self.replay.share(name, token_ids)
+        assert ours == theirs, f"the caches disagree whether block {name!r} must be written"
+        return ours
+
     def tokens(self, names):
         ours, theirs = self.engine.tokens(names), self.replay.tokens(names)
         assert ours == theirs, f"token bookkeeping diverged for {names}"

@@ -62,6 +62,13 @@ class ReplayCache(Cache):
     def clear(self, name: str) -> None:
         self.block(name).clear()
 
+    def share(self, name: str, token_ids) -> bool:
+        """Nothing is shared here: the caller writes ``token_ids`` unless the block already holds them."""
+        if self.block(name).token_ids == list(token_ids):
+            return False
+        self.block(name).clear()
+        return True
+
     def tokens(self, names) -> list[int]:
         return [t for name in names for t in self.block(name).token_ids]
 

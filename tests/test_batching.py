@@ -59,9 +59,9 @@ def comparable(result) -> dict:
     } | {"tokens_per_worker": result.tokens_per_worker, "finished_early": result.finished_early}
 
 
-def jobs_for(lm, tokenizer, order):
+def jobs_for(lm, tokenizer, order, mixed=MIXED):
     for index in order:
-        problem, options, hooks = MIXED[index]
+        problem, options, hooks = mixed[index]
         gen = make_generator(lm, tokenizer, options, hooks)
         yield BatchJob(
             key=index,
@@ -71,9 +71,9 @@ def jobs_for(lm, tokenizer, order):
         )
 
 
-def each_alone(lm, tokenizer) -> dict[int, dict]:
-    """What each generation of `MIXED` gives run by itself (unbatched), by its index."""
-    return {i: comparable(make_generator(lm, tokenizer, o, h).generate(p)) for i, (p, o, h) in enumerate(MIXED)}
+def each_alone(lm, tokenizer, mixed=MIXED) -> dict[int, dict]:
+    """What each generation of ``mixed`` gives run by itself (unbatched), by its index."""
+    return {i: comparable(make_generator(lm, tokenizer, o, h).generate(p)) for i, (p, o, h) in enumerate(mixed)}
 
 
 @pytest.fixture(scope="module")
@@ -156,21 +156,52 @@ def test_inserts_that_overflow_the_decode_replay_are_replayed_in_chunks_of_its_r
 
 def test_prompts_admitted_together_are_prefilled_in_one_forward(alone, tokenizer):
     """A wave of new generations costs one packed prefill forward, not one forward per prompt, and gives
-    the same results; without packed rows each prompt runs alone (it would pad the others to its length)."""
-    lm, expected = alone
+    the same results; without packed rows each prompt runs alone (it would pad the others to its length).
+    Before it, each distinct prompt template is written once, alone (`SharedBlocks`)."""
+    lm, _ = alone
+    mixed = [(f"{LONG_PROBLEM} {problem}", options, hooks) for problem, options, hooks in MIXED]  # all prefills
+    expected = each_alone(lm, tokenizer, mixed)
+    templates = set()
+    for problem, options, hooks in mixed:
+        gen = make_generator(lm, tokenizer, options, hooks)
+        templates.add(tuple(gen.shared_opening(gen.fmt.encode(gen.fmt.prompt_text(problem, gen.layout.has_history)))))
+    assert 1 < len(templates) < len(mixed)
     first_forwards = {}
     for pack_rows in (True, False):
         lm.pack_rows = pack_rows
         forwards: list[int] = []
         batcher = ContinuousBatcher(lm, max_rows=64, on_step=lambda rows, seconds, into=forwards: into.append(rows))
         try:
-            finished = list(batcher.run(jobs_for(lm, tokenizer, range(len(MIXED)))))
+            finished = list(batcher.run(jobs_for(lm, tokenizer, range(len(mixed)), mixed)))
         finally:
             lm.pack_rows = True
         assert all(comparable(f.result) == expected[f.key] for f in finished)
-        first_forwards[pack_rows] = forwards[: len(MIXED)]
-    assert first_forwards[True][0] == len(MIXED)  # every prompt in the first forward
-    assert first_forwards[False] == [1] * len(MIXED)  # one prompt per forward
+        assert forwards[: len(templates)] == [1] * len(templates)  # each template once, alone
+        first_forwards[pack_rows] = forwards[len(templates) : len(templates) + len(mixed)]
+    assert first_forwards[True][0] == len(mixed)  # every prompt in the next forward
+    assert first_forwards[False] == [1] * len(mixed)  # one prompt per forward
+
+
+def test_generations_whose_prompts_open_alike_read_one_block_of_that_opening(alone, tokenizer):
+    """The prompt's template (chat header, collaboration rules) is the same in every generation of a grid point:
+    the batch writes its K/V once, alone, and every such generation's views open with that one block; it is
+    dropped with the last generation that reads it. Results stay those of each generation alone."""
+    lm, _ = alone
+    gen = make_generator(lm, tokenizer, dict(n_workers=2, layout="combined", budgets=(6,)), {})
+    problems = ["2+2?", "What is 3! + 4!?", "Is 91 prime?"]
+    expected = [comparable(gen.generate(problem)) for problem in problems]
+    jobs = [BatchJob(i, lambda cache, p=p: gen.steps(cache, p), 2, gen.worst_case_tokens(p)) for i, p in enumerate(problems)]
+    steps, holders = [], []
+    batcher = ContinuousBatcher(lm, max_rows=64)
+    batcher.on_step = lambda rows, seconds: (steps.append(rows), holders.append(dict(batcher.shared.held.values())))
+    finished = sorted(batcher.run(jobs), key=lambda f: f.key)
+    assert [comparable(f.result) for f in finished] == expected
+    assert steps[:2] == [1, 3]  # the template alone (as the first generation was admitted), then the problems
+    assert holders[1] == {"shared0/": 3}  # all three read that one block
+    assert all(h.keys() <= {"shared0/"} for h in holders)  # and it was never written again
+    opening = gen.shared_opening(gen.fmt.encode(gen.fmt.prompt_text(problems[0])))
+    assert opening == gen.template_ids()[:-1] and finished[0].result.snapshots[6].blocks["template"] == opening
+    assert batcher.cache.blocks == {} and batcher.shared.held == {}
 
 
 def test_a_batched_run_through_one_dynamic_compilation_equals_each_generation_alone(alone, models, tokenizer):

@@ -288,6 +288,26 @@ def test_paper_prompt_puts_the_rules_in_the_user_turn_and_lets_the_first_worker_
         prompt_style("mine")
 
 
+@pytest.mark.parametrize("style", ["paper", "ours"])
+@pytest.mark.parametrize("n_workers,layout", [(1, "combined"), (2, "combined"), (3, "interleaved"), (4, "contiguous")])
+def test_every_prompt_of_a_generator_opens_with_the_same_template_tokens(models, style, n_workers, layout):
+    """What a batch shares between generations: the prompt's tokens before the problem, less the template's last
+    token (the tokenizer may merge it with the problem's first), for any problem; the rest is the problem's."""
+    from hogwild_bench.engine.prompts import prompt_style
+
+    tokenizer = tiny_tokenizer("qwen")
+    fmt = PromptFormat(tokenizer, n_workers, layout=layout, style=prompt_style(style))
+    gen = HogwildGenerator(HogwildLM(models("qwen2")), tokenizer, GenerationOptions(n_workers, layout), fmt)
+    template = gen.template_ids()
+    assert len(template) > 30 and tokenizer.decode(template).startswith("<|im_start|>")
+    for problem in ["2+2?", "Janet's ducks lay 16 eggs per day.", "\\frac{1}{2} + x = 3", "\n  indented"]:
+        prompt = fmt.encode(fmt.prompt_text(problem, has_history=gen.layout.has_history))
+        opening = gen.shared_opening(prompt)
+        assert opening == template[:-1] and prompt[: len(opening)] == opening
+        assert problem.strip() in tokenizer.decode(prompt[len(opening) :])
+    assert gen.shared_opening(template[:5]) == template[:4], "the prompt block keeps a token"
+
+
 def test_reading_an_unknown_block_raises_with_the_known_names(models):
     from hogwild_bench.engine.cache import UnknownBlockError
     from hogwild_bench.engine.model import Write

@@ -9,7 +9,7 @@ from helpers import RecordingLM, plain_logits
 
 from hogwild_bench.answers import BOXED_FINISHER
 from hogwild_bench.engine.generation import GenerationOptions, HogwildGenerator
-from hogwild_bench.engine.layouts import HISTORY, PROMPT, Combined, get_layout, step_block
+from hogwild_bench.engine.layouts import HISTORY, PROMPT, TEMPLATE, Combined, get_layout, step_block
 from hogwild_bench.engine.model import HogwildLM, Write
 
 ATOL = 1e-4
@@ -35,8 +35,9 @@ def test_oracle_single_worker_generation_matches_plain_model(models, tokenizer, 
     result = gen.generate("What is 17 + 25?")
     snapshot = result.snapshots[40]
     assert snapshot.steps_per_worker[0] >= 3, "the scenario must include step commits"
-    view = options.layout.view(0, 1)
+    view = [TEMPLATE, *options.layout.view(0, 1)]  # the prompt's shared opening, then the problem's block
     loop = [r for r in recorder.records if r.views[0] == view]
+    assert snapshot.blocks[TEMPLATE] + snapshot.blocks[PROMPT] == tokenizer.encode(result.prompt)
     final = max((r.flat_views[0] for r in loop), key=len)
     text = tokenizer.decode(final)
     assert "Quick check: am I doing redundant work? (yes/no): " in text

@@ -51,28 +51,86 @@ def _is_prefill(writes: Sequence[Write]) -> bool:
     return max(len(w.tokens) for w in writes) > PREFILL_TOKENS
 
 
+class SharedBlocks:
+    """Blocks that many generations of a batch read and none writes after its first: the K/V of a token sequence
+    written alone from position 0 (the prompt's template, `HogwildCache.share`), which depend on nothing else.
+
+    The first generation that asks for a sequence has it written at once, in a forward of its own (``fill``), so
+    its K/V never depend on batch-mates or admission order; later ones get the same block. A block is dropped when
+    the last generation that holds it is."""
+
+    def __init__(self, cache: HogwildCache, fill: Callable[[str, list[int]], None]):
+        self.cache, self.fill = cache, fill
+        self.held: dict[tuple[int, ...], list] = {}  # token ids -> [block name, generations holding it]
+        self._ids = itertools.count()
+
+    def attach(self, token_ids: Sequence[int]) -> str:
+        """The name of the block holding ``token_ids``, written now if no generation holds one."""
+        key = tuple(token_ids)
+        if key not in self.held:
+            name = f"shared{next(self._ids)}/"
+            try:
+                self.fill(name, list(key))
+            except BaseException:
+                self.cache.blocks.pop(name, None)
+                raise
+            self.held[key] = [name, 0]
+        self.held[key][1] += 1
+        return self.held[key][0]
+
+    def detach(self, name: str) -> KVBlock | None:
+        """One generation less holds block ``name``; the block if that was the last (it is forgotten)."""
+        key = next(key for key, (held, _) in self.held.items() if held == name)
+        self.held[key][1] -= 1
+        if self.held[key][1]:
+            return None
+        del self.held[key]
+        return self.cache.blocks.pop(name)
+
+    @property
+    def names(self) -> list[str]:
+        return [name for name, _ in self.held.values()]
+
+
 class CacheNamespace:
-    """One generation's blocks inside a shared `HogwildCache`: block ``name`` is stored as ``prefix + name``.
+    """One generation's blocks inside a shared `HogwildCache`: block ``name`` is stored as ``prefix + name``,
+    except blocks it `share`s, which are `SharedBlocks`' (when the batch has them).
 
     Offers what a generation coroutine uses of a cache (blocks, commits, clears, reservations, token ids)."""
 
-    def __init__(self, cache: HogwildCache, prefix: str):
-        self.cache, self.prefix = cache, prefix
+    def __init__(self, cache: HogwildCache, prefix: str, shared: SharedBlocks | None = None):
+        self.cache, self.prefix, self.shared = cache, prefix, shared
+        self.aliases: dict[str, str] = {}  # local name -> the shared block's name
         self._qualified: dict[tuple[str, ...], tuple[str, ...]] = {}  # a generation has few distinct views
         self.changes = 0  # commits, reservations and clears so far (a step guessed ahead must see none)
 
     def qualify(self, writes: Sequence[Write]) -> list[Write]:
         return [Write(self._qualified_view(w.view), w.tokens) for w in writes]
 
+    def _name(self, name: str) -> str:
+        return self.aliases.get(name) or self.prefix + name
+
     def _qualified_view(self, view: Sequence[str]) -> list[str]:
         key = tuple(view)
         names = self._qualified.get(key)
         if names is None:
-            names = self._qualified[key] = tuple(self.prefix + name for name in key)
+            names = self._qualified[key] = tuple(self._name(name) for name in key)
         return list(names)
 
+    def share(self, name: str, token_ids: Sequence[int]) -> bool:
+        """`HogwildCache.share`: with `SharedBlocks`, block ``name`` becomes the batch's block of ``token_ids``,
+        already written (False); without, this generation writes its own (True)."""
+        self.changes += 1
+        if self.shared is None:
+            return self.cache.share(self.prefix + name, token_ids)
+        if name in self.aliases:
+            raise RuntimeError(f"block {name!r} is already shared by this generation")
+        self.aliases[name] = self.shared.attach(token_ids)
+        self._qualified.clear()
+        return False
+
     def block(self, name: str) -> KVBlock:
-        return self.cache.block(self.prefix + name)
+        return self.cache.block(self._name(name))
 
     def writable(self, name: str) -> KVBlock:
         return self.cache.writable(self.prefix + name)
@@ -83,39 +141,52 @@ class CacheNamespace:
 
     def reserve(self, names: Sequence[str], tokens: int, like: str) -> None:
         self.changes += 1
-        self.cache.reserve([self.prefix + n for n in names], tokens, like=self.prefix + like)
+        self.cache.reserve([self.prefix + n for n in names], tokens, like=self._name(like))
 
     def clear(self, name: str) -> None:
         self.changes += 1
         self.cache.clear(self.prefix + name)
 
     def tokens(self, names: Sequence[str]) -> list[int]:
-        return self.cache.tokens([self.prefix + n for n in names])
+        return self.cache.tokens([self._name(n) for n in names])
 
     @property
     def blocks(self) -> dict[str, KVBlock]:
+        """Every block this generation reads, by its local name (shared ones included)."""
+        return self.own_blocks | {name: self.cache.block(shared) for name, shared in self.aliases.items()}
+
+    @property
+    def own_blocks(self) -> dict[str, KVBlock]:
         n = len(self.prefix)
         return {name[n:]: block for name, block in self.cache.blocks.items() if name.startswith(self.prefix)}
 
     def storage_bytes(self) -> int:
-        """Bytes of K/V storage allocated to this generation's blocks (storage only grows: its peak)."""
+        """Bytes of K/V storage allocated to this generation's own blocks (storage only grows: its peak); shared
+        blocks are the batch's."""
         return sum(
             store[layer].numel() * store[layer].element_size()
-            for block in self.blocks.values()
+            for block in self.own_blocks.values()
             for store in (block.keys, block.values)
             for layer in range(block.num_layers)
             if store[layer] is not None
         )
 
-    def drop(self) -> None:
-        """Forget this generation's blocks (and any decode graph that reads them)."""
-        for name in [name for name in self.cache.blocks if name.startswith(self.prefix)]:
-            del self.cache.blocks[name]
+    def drop(self) -> list[KVBlock]:
+        """Forget this generation's blocks (and any decode graph that reads them) and let go of its shared ones;
+        returns the blocks forgotten (shared ones only when this generation held them last)."""
+        gone = [self.cache.blocks.pop(name) for name in list(self.cache.blocks) if name.startswith(self.prefix)]
+        for shared in self.aliases.values():
+            last = self.shared.detach(shared)
+            if last is not None:
+                gone.append(last)
+        self.aliases = {}
+        names = {block.name for block in gone}
         self.cache.decode_graphs = {
             views: graph
             for views, graph in self.cache.decode_graphs.items()
-            if not any(name.startswith(self.prefix) for view in views for name in view)
+            if not any(name in names for view in views for name in view)
         }
+        return gone
 
 
 @dataclass
@@ -291,6 +362,7 @@ class ContinuousBatcher:
         self.cuda_graphs, self.on_step, self.max_jobs = cuda_graphs, on_step, max_jobs
         self.overlap = overlap
         self.cache = lm.new_cache()
+        self.shared = SharedBlocks(self.cache, self._fill_shared)
         self.lanes = [_Lane() for _ in range(lanes)]
         if cuda_graphs and lm.device.type == "cuda":
             from hogwild_bench.engine.bucket_graphs import BucketGraphs
@@ -386,7 +458,7 @@ class ContinuousBatcher:
         self.times.outside += time.perf_counter() - started
 
     def _admit(self, job: BatchJob, lane: _Lane) -> Finished | None:
-        namespace = CacheNamespace(self.cache, f"g{next(self._ids)}/")
+        namespace = CacheNamespace(self.cache, f"g{next(self._ids)}/", self.shared)
         running = _Running(job, namespace, None, [], time.perf_counter(), lane)  # type: ignore[arg-type]
         try:
             running.steps = job.start(namespace)
@@ -403,6 +475,17 @@ class ContinuousBatcher:
         self.running[id(running)] = lane.members[id(running)] = running
         self.reserved_bytes += self.job_bytes(job)
         return None
+
+    def _fill_shared(self, name: str, token_ids: list[int]) -> None:
+        """Write a shared block's tokens alone (`SharedBlocks`): between forwards, in one of its own (a prefill)."""
+        started = time.perf_counter()
+        self.lm.forward(self.cache, [Write([name], token_ids)], cuda_graphs=False)
+        seconds = time.perf_counter() - started
+        self.times.prefill += 1
+        self.times.forward += seconds
+        self.times.admit -= seconds  # it runs while a generation is admitted, which `_admit_from` times
+        if self.on_step is not None:
+            self.on_step(1, seconds)
 
     def _groups(self, lane: _Lane, ahead: list[_Running]) -> list[tuple[list[_Running], bool]]:
         """A lane's forwards: decode rows in one merged forward; prompt prefills in forwards of their own, since
@@ -656,11 +739,10 @@ class ContinuousBatcher:
         cost = running.cost
         cost.seconds = time.perf_counter() - running.started
         cost.peak_kv_bytes = running.namespace.storage_bytes()
-        blocks = list(running.namespace.blocks.values())
+        blocks = running.namespace.drop()
         for lane in self.lanes:
             if lane.graphs is not None:
                 lane.graphs.release(blocks)
-        running.namespace.drop()
         del self.running[id(running)]
         running.lane.members.pop(id(running), None)
         self.reserved_bytes -= self.job_bytes(running.job)

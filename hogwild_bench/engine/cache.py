@@ -170,6 +170,17 @@ class HogwildCache(BlockBackedCache):
     def clear(self, name: str) -> None:
         self.writable(name).clear()
 
+    def share(self, name: str, token_ids: Sequence[int]) -> bool:
+        """Make block ``name`` the K/V of ``token_ids`` written alone from position 0 (a text every generation of
+        a sweep opens with). True: the caller must write them now (the block is emptied for it); False: the
+        block already holds exactly them. A cache of one generation always asks; `engine.batch`'s namespaces
+        share one such block between all generations that open with the same tokens."""
+        block = self.writable(name)
+        if block.token_ids == list(token_ids) and not block.pending:
+            return False
+        block.clear()
+        return True
+
     def tokens(self, names: Sequence[str]) -> list[int]:
         """The flattened token ids of a view: what the plain model would read."""
         return [t for name in names for t in self.block(name).token_ids]

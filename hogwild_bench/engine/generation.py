@@ -25,7 +25,7 @@ from typing import Protocol, TypeVar
 import torch
 
 from hogwild_bench.engine.blocks import storage_tokens
-from hogwild_bench.engine.layouts import HISTORY, PROMPT, Isolated, Layout, get_layout, step_block
+from hogwild_bench.engine.layouts import HISTORY, PROMPT, TEMPLATE, Isolated, Layout, get_layout, step_block
 from hogwild_bench.engine.model import HogwildLM, Write
 from hogwild_bench.engine.pieces import rule_decoder, token_pieces, vocabulary
 from hogwild_bench.engine.prompts import PromptFormat
@@ -33,6 +33,7 @@ from hogwild_bench.engine.sampling import Draw, Sampler, SamplingParams, draw_to
 
 T = TypeVar("T")
 FINISHER = "finisher"
+PROBLEM_MARK = "<<hogwild problem>>"  # rendered in place of a problem, to find the prompt's text before it
 HEADER_PREFILL_MODES = ("standalone", "in_context")
 WORKER_EOS_MODES = ("done", "forbid")
 END_OF_TURN_TOKENS = ("<|im_end|>", "<|eot_id|>", "<|end_of_text|>", "<|endoftext|>", "<end_of_turn>", "</s>")
@@ -179,6 +180,7 @@ class LoopState:
     ends: list[tuple[str, int] | None]  # why and when each worker stopped writing
     token_steps: list[list[int]] = field(default_factory=list)  # aligned with worker_tokens (see Snapshot)
     inserted: list[list[bool]] = field(default_factory=list)
+    lead: list[str] = field(default_factory=list)  # the blocks every view opens with: [TEMPLATE], or none
     answered_by: int | None = None
     sampled: int = 0
     finished: bool = False
@@ -219,17 +221,40 @@ class HogwildGenerator:
         self.eos_ids = end_of_turn_ids(tokenizer) if self.options.worker_eos == "done" else set()
         self._forbidden = sorted(special - self.eos_ids)  # while writing: a worker may end its turn
         self._finisher_forbidden = sorted(special | self.eos_ids)  # a forced answer must be written out
+        self._template: list[int] | None = None
+
+    # -- the prompt's shared opening ----------------------------------------------------------------
+    def template_ids(self) -> list[int]:
+        """The tokens of the prompt's text before the problem (the chat header and the collaboration rules):
+        the same for every problem this generator runs."""
+        if self._template is None:
+            text = self.fmt.prompt_text(PROBLEM_MARK, has_history=self.layout.has_history)
+            head, found, _ = text.partition(PROBLEM_MARK)
+            self._template = self.fmt.encode(head) if found else []
+        return self._template
+
+    def shared_opening(self, prompt_ids: Sequence[int]) -> list[int]:
+        """The leading tokens of ``prompt_ids`` that are the template's: written once into the `TEMPLATE` block,
+        which a batch shares between all generations that open with them (their K/V depend only on these tokens
+        and their positions). The template's last token is left out, as the tokenizer may merge it with the
+        problem's first, and so is the prompt's last: the ``prompt`` block keeps at least one token."""
+        shared = 0
+        for a, b in zip(self.template_ids()[:-1], prompt_ids[:-1]):
+            if a != b:
+                break
+            shared += 1
+        return list(prompt_ids[:shared])
 
     # -- setup -------------------------------------------------------------------------------------
-    def _prefill_constants(self, cache) -> Steps[None]:
-        view0 = self.layout.view(0, self.options.n_workers)
+    def _prefill_constants(self, cache, lead: list[str]) -> Steps[None]:
+        view0 = [*lead, *self.layout.view(0, self.options.n_workers)]
         for name, text in self.layout.constants.items():
             ids = self.fmt.encode(text)
             cache.clear(name)
             if not ids:
                 continue
             if self.options.header_prefill == "in_context":
-                context = view0[: view0.index(name)] if name in view0 else [PROMPT]
+                context = view0[: view0.index(name)] if name in view0 else [*lead, PROMPT]
                 yield from self._forward([Write([*context, name], ids)])
             else:
                 yield from self._forward([Write([name], ids)])
@@ -257,8 +282,9 @@ class HogwildGenerator:
         Under layouts with a history a step block is preallocated for at most 1024 tokens, but a step that
         never reaches a paragraph break (code, a long list) grows by doubling up to the worker's whole budget:
         admission counts it at that size, or a batch of such generations runs out of memory mid-step."""
-        prompt = self.fmt.prompt_text(problem, has_history=self.layout.has_history)
-        sizes = self.reserved_tokens(len(self.fmt.encode(prompt)))
+        prompt_ids = self.fmt.encode(self.fmt.prompt_text(problem, has_history=self.layout.has_history))
+        opening = len(self.shared_opening(prompt_ids))
+        sizes = self.reserved_tokens(len(prompt_ids) - opening) | {TEMPLATE: opening}  # a batch may share TEMPLATE
         sizes.update({step_block(i): self._per_worker_tokens() for i in range(self.options.n_workers)})
         return sum(storage_tokens(size) for size in sizes.values() if size)
 
@@ -294,14 +320,21 @@ class HogwildGenerator:
                 raise ValueError("first steps must be all non-empty, or all empty for one worker / isolated workers")
             # workers with no opening text start from the prompt's last token, each in its own block
             prompt_ids, pending = prompt_ids[:-1], [prompt_ids[-1:] for _ in range(n)]
-        yield from self._forward([Write([PROMPT], prompt_ids)])
+        opening = self.shared_opening(prompt_ids)
+        lead = [TEMPLATE] if opening else []
+        if opening and cache.share(TEMPLATE, opening):
+            yield from self._forward([Write([TEMPLATE], opening)])
+        problem_ids = prompt_ids[len(opening) :]
+        if lead:  # storage first: a short problem's write may then replay with a batch's decode rows
+            cache.reserve([PROMPT], len(problem_ids), like=TEMPLATE)
+        yield from self._forward([Write([*lead, PROMPT], problem_ids)])
         self._reserve(cache, n)
-        yield from self._prefill_constants(cache)
+        yield from self._prefill_constants(cache, lead)
         state = LoopState(
             started=time.perf_counter(), worker_tokens=worker_tokens, step_tokens=[list(p) for p in pending],
             pending=pending, steps=[1] * n, since_collab=[0] * n, ends=[None] * n,
             token_steps=[[0] * len(t) for t in worker_tokens], inserted=[[True] * len(t) for t in worker_tokens],
-            stop_checked=[0] * n,
+            stop_checked=[0] * n, lead=lead,
         )  # fmt: skip
         return prompt, state
 
@@ -316,8 +349,8 @@ class HogwildGenerator:
         one): yields each forward's rows, is sent their logits, returns the result."""
         opts, n = self.options, self.options.n_workers
         sampler = Sampler(opts.sampling, self._forbidden)
-        views = self.layout.views(n)
         prompt, state = yield from self._start(cache, problem)
+        views = [[*state.lead, *view] for view in self.layout.views(n)]
         snapshots: dict[int, Snapshot] = {}
         while True:
             rows = [i for i in range(n) if state.pending[i]]
@@ -381,7 +414,7 @@ class HogwildGenerator:
             state.inserted[i].extend([True] * len(extra))
             state.step_tokens[i] = list(state.pending[i])
             if self.layout.has_history and opts.header_prefill == "in_context":
-                yield from self._prefill_constants(cache)
+                yield from self._prefill_constants(cache, state.lead)
         if opts.early_stop and self.stop is not None and self._may_stop(state, i) and self.stop(state.worker_tokens[i]):
             if state.answered_by is None:
                 state.answered_by = i
@@ -398,12 +431,13 @@ class HogwildGenerator:
         return triggered_by is None or triggered_by(new)
 
     # -- snapshots and the finisher ----------------------------------------------------------------
-    def _respond(self, cache, view: Sequence[str], answered: bool) -> Steps[tuple[str, str | None]]:
-        """The text of ``view`` after the prompt, completed by the finisher unless it already holds an answer."""
+    def _respond(self, cache, view: Sequence[str], answered: bool, lead: list[str]) -> Steps[tuple[str, str | None]]:
+        """The text of the layout's ``view`` after the prompt, completed by the finisher (reading ``lead`` +
+        ``view``) unless it already holds an answer."""
         body = self.tokenizer.decode(cache.tokens(list(view[1:])))
         if answered or self.finisher is None:
             return body, None
-        answer = yield from self._finish(cache, view)
+        answer = yield from self._finish(cache, [*lead, *view])
         return self.finisher.completed_response(body, answer), answer
 
     def _snapshot(self, cache, budget: int, state: LoopState) -> Steps[Snapshot]:
@@ -413,11 +447,13 @@ class HogwildGenerator:
             for i in range(n):
                 ended = state.ends[i]
                 answered = ended is not None and ended[0] == "answer"
-                worker_responses.append((yield from self._respond(cache, self.layout.view(i, n), answered))[0])
+                view = self.layout.view(i, n)
+                worker_responses.append((yield from self._respond(cache, view, answered, state.lead))[0])
             response, answer = worker_responses[0], None
         else:
             finisher_view = self.layout.finisher_view(n)
-            response, answer = yield from self._respond(cache, finisher_view, state.answered_by is not None)
+            answered = state.answered_by is not None
+            response, answer = yield from self._respond(cache, finisher_view, answered, state.lead)
         return Snapshot(
             budget=budget,
             tokens_per_worker=state.sampled,

@@ -2,13 +2,16 @@
 
 Block names are shared by all layouts: ``prompt``, ``history`` (finished steps, in completion order),
 ``step{i}`` (worker i's current step -- in `contiguous`, everything worker i wrote) and the constant text
-blocks a layout declares in `Layout.constants` (prefilled once, before generation).
+blocks a layout declares in `Layout.constants` (prefilled once, before generation). A generation may open
+every view with ``template`` (`TEMPLATE`): the prompt's tokens before the problem, which every generation of
+a sweep shares (`HogwildGenerator` writes the prompt as ``template`` + ``prompt``).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+TEMPLATE = "template"
 PROMPT = "prompt"
 HISTORY = "history"
 
