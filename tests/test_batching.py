@@ -190,7 +190,9 @@ def test_generations_whose_prompts_open_alike_read_one_block_of_that_opening(alo
     gen = make_generator(lm, tokenizer, dict(n_workers=2, layout="combined", budgets=(6,)), {})
     problems = ["2+2?", "What is 3! + 4!?", "Is 91 prime?"]
     expected = [comparable(gen.generate(problem)) for problem in problems]
-    jobs = [BatchJob(i, lambda cache, p=p: gen.steps(cache, p), 2, gen.worst_case_tokens(p)) for i, p in enumerate(problems)]
+    jobs = [
+        BatchJob(i, lambda cache, p=p: gen.steps(cache, p), 2, gen.worst_case_tokens(p)) for i, p in enumerate(problems)
+    ]
     steps, holders = [], []
     batcher = ContinuousBatcher(lm, max_rows=64)
     batcher.on_step = lambda rows, seconds: (steps.append(rows), holders.append(dict(batcher.shared.held.values())))
