@@ -42,11 +42,18 @@ from hogwild_bench.engine.triton_attention import plan_arrays  # noqa: E402
 from hogwild_bench.tiny import tiny_model, tiny_tokenizer  # noqa: E402
 
 
+def block_label(name: str) -> str:
+    """A block's name without the generation's prefix (``g<k>/``); the batch's shared blocks (``shared<k>/``:
+    the prompt's template) as ``template (shared)``."""
+    prefix, _, local = name.partition("/")
+    return local if prefix.startswith("g") else "template (shared)"
+
+
 def tokens_by_block(blocks: list) -> dict[str, int]:
-    """Visible tokens per block name without the generation's prefix (``g<k>/``), over all generations."""
+    """Visible tokens per block label (`block_label`), over all generations."""
     tokens: Counter = Counter()
     for block in blocks:
-        tokens[block.name.split("/", 1)[1]] += block.visible_length
+        tokens[block_label(block.name)] += block.visible_length
     return dict(tokens)
 
 
@@ -61,7 +68,7 @@ def watch_plans(points: list[dict]) -> None:
         points.append({
             "rows": len(rows),
             "unique_kv_tokens": sum(b.visible_length for b in blocks),
-            "generations": len({b.name.split("/")[0] for b in blocks}),
+            "generations": len({b.name.split("/")[0] for b in blocks if b.name.startswith("g")}),
             "kv_tokens_by_block": tokens_by_block(blocks),
             "bucket_block_m": sizes["block_m"],
             "own_block_m": own_sizes["block_m"],
@@ -105,13 +112,17 @@ def summarise(points: list[dict]) -> dict:
 
 def shared_template(lm, tokenizer, problem: str, workers: int, budget: int) -> dict:
     """The jobs' prompt tokens; those of its text before the problem (the chat header and collaboration rules:
-    the same in every generation of the point); and how many leading tokens the prompt shares with them (the
-    tokenizer may merge the last of them with the problem's first)."""
+    the same in every generation of the point); how many leading tokens the prompt shares with them (the
+    tokenizer may merge the last of them with the problem's first); and how many the batch shares between
+    generations (`HogwildGenerator.shared_opening`)."""
     gen = HogwildGenerator(lm, tokenizer, random_model_options(lm, tokenizer, workers, budget, collab_interval=256))
     prompt = gen.fmt.prompt_text(problem, has_history=gen.layout.has_history)
     prefix, ids = gen.fmt.encode(prompt[: prompt.index(problem)]), gen.fmt.encode(prompt)
     common = next((i for i, (a, b) in enumerate(zip(prefix, ids)) if a != b), len(prefix))
-    return {"prompt_tokens": len(ids), "template_tokens": len(prefix), "tokens_shared_with_template": common}
+    return {
+        "prompt_tokens": len(ids), "template_tokens": len(prefix), "tokens_shared_with_template": common,
+        "tokens_shared_between_generations": len(gen.shared_opening(ids)),
+    }  # fmt: skip
 
 
 def main() -> None:

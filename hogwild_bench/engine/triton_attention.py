@@ -41,11 +41,15 @@ class KernelSettings:
     # Partials the merge kernel folds per iteration, and its warps; None: by the widest row (`merge_for`)
     merge_chunk: int | None = None
     merge_warps: int | None = None
+    # Query rows per program at most (16, 32 or 64): blocks seen by more (entries x group heads x T) are tiled
+    max_block_m: int = 64
 
     def __post_init__(self):
         chunk = self.merge_chunk
         if chunk is not None and (chunk < 1 or chunk & (chunk - 1)):
             raise ValueError(f"KernelSettings.merge_chunk must be a power of two (a Triton range) or None, not {chunk}")
+        if self.max_block_m not in (16, 32, 64):
+            raise ValueError(f"KernelSettings.max_block_m must be 16, 32 or 64, not {self.max_block_m}")
 
     def split_for(self, rows: int) -> int:
         """Keys per program for a forward of ``rows`` rows."""
@@ -62,7 +66,6 @@ class KernelSettings:
 
 
 settings = KernelSettings()
-MAX_BLOCK_M = 64  # query rows per program; blocks seen by more (entries x group heads x T) are tiled
 POISON = bool(os.environ.get("HOGWILD_TRITON_POISON"))  # fill outputs with NaN first (tests)
 NOT_OWN = 1 << 30  # query start for blocks other than the writer's own: nothing is masked
 
@@ -397,7 +400,8 @@ def plan_arrays(
     rows_per_block = ent_count * groups * q_len
     if block_m is None:
         widest = int(np.argmax(splits * (1 << 32) + rows_per_block)) if n_blocks else None
-        block_m = min(MAX_BLOCK_M, max(16, 1 << (int(rows_per_block[widest]) - 1).bit_length())) if n_blocks else 16
+        fit = 1 << (int(rows_per_block[widest]) - 1).bit_length() if n_blocks else 16
+        block_m = min(settings.max_block_m, max(16, fit))
     tiles = (rows_per_block + block_m - 1) // block_m
     work_block = np.repeat(np.arange(n_blocks), splits * tiles)
     k = _ranks(splits * tiles)  # split-major, then tile, within each block
