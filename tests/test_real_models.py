@@ -63,6 +63,10 @@ def test_one_worker_through_the_engine_is_model_generate(smollm2):
     expected = _plain_generate(model, tokenizer, _single_worker_prompt(tokenizer, problem), 40, allow_eos=True)
     assert snap.worker_tokens[0] == expected
     assert len(expected) > 10, "the scenario should write real text"
+    # the prompt was written as the shared template + the problem's block (a batch holds the template once)
+    assert len(snap.blocks["template"]) > 20 and snap.blocks["template"] + snap.blocks["prompt"] == (
+        _single_worker_prompt(tokenizer, problem)[:-1]
+    )  # fmt: skip
 
 
 def test_sequential_writers_in_the_contiguous_layout_match_the_plain_model(smollm2):
