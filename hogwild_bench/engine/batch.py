@@ -87,10 +87,6 @@ class SharedBlocks:
         del self.held[key]
         return self.cache.blocks.pop(name)
 
-    @property
-    def names(self) -> list[str]:
-        return [name for name, _ in self.held.values()]
-
 
 class CacheNamespace:
     """One generation's blocks inside a shared `HogwildCache`: block ``name`` is stored as ``prefix + name``,
