@@ -45,7 +45,7 @@ def main() -> None:
     header = PromptFormat(tokenizer, 4, layout="interleaved").step_prefix(2, 17)
     names = ["history", *(f"w{i}/step" for i in range(4)), "header", "sep", "w2/own"]
     writes = [Write(names, [1]) for _ in range(4)]
-    namespace = CacheNamespace(None, "g123/")  # qualify reads only the prefix
+    namespace = CacheNamespace(None, "g123/", None)  # qualify reads only the prefix
     rope = RotaryShift(1.0 / (1e6 ** (torch.arange(0, 128, 2).float() / 128)))
     device = torch.device(args.device)
 

@@ -90,11 +90,11 @@ class SharedBlocks:
 
 class CacheNamespace:
     """One generation's blocks inside a shared `HogwildCache`: block ``name`` is stored as ``prefix + name``,
-    except blocks it `share`s, which are `SharedBlocks`' (when the batch has them).
+    except blocks it `share`s, which are the batch's `SharedBlocks`.
 
     Offers what a generation coroutine uses of a cache (blocks, commits, clears, reservations, token ids)."""
 
-    def __init__(self, cache: HogwildCache, prefix: str, shared: SharedBlocks | None = None):
+    def __init__(self, cache: HogwildCache, prefix: str, shared: SharedBlocks):
         self.cache, self.prefix, self.shared = cache, prefix, shared
         self.aliases: dict[str, str] = {}  # local name -> the shared block's name
         self._qualified: dict[tuple[str, ...], tuple[str, ...]] = {}  # a generation has few distinct views
@@ -114,11 +114,8 @@ class CacheNamespace:
         return list(names)
 
     def share(self, name: str, token_ids: Sequence[int]) -> bool:
-        """`HogwildCache.share`: with `SharedBlocks`, block ``name`` becomes the batch's block of ``token_ids``,
-        already written (False); without, this generation writes its own (True)."""
+        """`HogwildCache.share`: block ``name`` becomes the batch's block of ``token_ids``, already written (False)."""
         self.changes += 1
-        if self.shared is None:
-            return self.cache.share(self.prefix + name, token_ids)
         if name in self.aliases:
             raise RuntimeError(f"block {name!r} is already shared by this generation")
         self.aliases[name] = self.shared.attach(token_ids)
