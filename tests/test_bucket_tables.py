@@ -7,6 +7,7 @@ every replayed step's host tables against a fresh build. The GPU tests check rep
 
 from dataclasses import replace
 
+import numpy as np
 import pytest
 import torch
 from conftest import LAYOUTS
@@ -17,7 +18,7 @@ from hogwild_bench.engine import GenerationOptions, HogwildGenerator, HogwildLM,
 from hogwild_bench.engine import bucket_graphs as bucket_module
 from hogwild_bench.engine.attention import token_rows
 from hogwild_bench.engine.batch import PREFILL_TOKENS, BatchJob, ContinuousBatcher
-from hogwild_bench.engine.triton_attention import plan_arrays
+from hogwild_bench.engine.triton_attention import plan_arrays, plan_steps
 
 
 def _jobs(lm, tokenizer, count):
@@ -83,6 +84,58 @@ def test_incremental_step_tables_equal_tables_built_afresh(models, tokenizer, mo
     assert 0.3 < sum(reused) / len(reused) < 1, "most steps reuse the walk; membership changes rebuild it"
     assert sum(several) > 10, "step headers and prompts replay as one-token rows"
     assert splits == {batch.split, batch.batch_split}
+
+
+def test_tables_of_the_next_decode_steps_follow_from_one_plan(models, tokenizer, monkeypatch):
+    """A window of decode steps launched from one host plan: where every row of a bucket writes one token into
+    its own block and nothing else changes, the tables of each later step are the first step's moved by its
+    `StepIncrements` -- the same as a fresh plan of that step, including the rows' used partials when a block
+    crosses a multiple of the split (8 keys here, so many do)."""
+    monkeypatch.setattr(triton_attention, "settings", replace(triton_attention.settings, split=8, batch_split=8))
+    monkeypatch.setattr(bucket_module.BucketGraph, "_allocate", host_buffers)
+    monkeypatch.setattr(bucket_module.BucketGraph, "_capture", random_replay())
+    upload, history = bucket_module.BucketGraph._upload, {}
+
+    def noted_upload(graph, blocks, arrays, rows, tokens):
+        upload(graph, blocks, arrays, rows, tokens)
+        _, numpy_arrays, _, increments = plan_steps(rows, 1, graph.groups, by_capacity=True,
+                                                    block_m=graph.caps.block_m, split=graph.split)  # fmt: skip
+        plain = all(row.n_new == 1 and row.write_offset == 0 for row in rows)
+        state = {
+            "views": [[id(b) for b in row.blocks] for row in rows], "caps": graph.caps,
+            "storage": [b.addresses() for b in blocks], "lengths": [b.visible_length for b in blocks],
+            "own": [blocks.index(row.own) for row in rows],
+        }  # fmt: skip
+        history.setdefault(id(graph), []).append((plain, state, numpy_arrays, increments))
+
+    def one_step_later(a: dict, b: dict) -> bool:
+        """``b`` is ``a`` one decode step on: the same views and storage, each own block one token longer."""
+        grown = [length + (i in a["own"]) for i, length in enumerate(a["lengths"])]
+        same = a["views"] == b["views"] and a["caps"] == b["caps"] and b["lengths"] == grown
+        return same and all(x is y for x, y in zip(a["storage"], b["storage"]))
+
+    monkeypatch.setattr(bucket_module.BucketGraph, "_upload", noted_upload)
+    lm = HogwildLM(models("qwen2"), attention="query_rotation")
+    batcher = ContinuousBatcher(lm, max_rows=12)
+    batcher.graphs = bucket_module.BucketGraphs(lm, batcher.cache)
+    finished = list(batcher.run(_jobs(lm, tokenizer, 14)))
+    assert all(f.ok for f in finished), [str(f.error) for f in finished if not f.ok]
+    checked, crossed = 0, 0
+    for steps in history.values():
+        for first, (plain, state, arrays, increments) in enumerate(steps):
+            if not plain:
+                continue
+            later, previous = first + 1, state
+            while later < len(steps) and steps[later][0] and one_step_later(previous, steps[later][1]):
+                moved = increments.advance(arrays, later - first)
+                fresh = steps[later][2]
+                assert moved.keys() == fresh.keys()
+                for name in fresh:
+                    assert np.array_equal(moved[name], fresh[name]), (name, later - first)
+                crossed += not np.array_equal(arrays["row_count"], fresh["row_count"])
+                checked, previous, later = checked + 1, steps[later][1], later + 1
+    assert checked > 200, "windows of several decode steps were checked"
+    assert crossed > 20, "some of them crossed a split"
 
 
 @pytest.mark.parametrize("lanes", [1, 2])

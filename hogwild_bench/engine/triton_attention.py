@@ -354,7 +354,7 @@ def plan_arrays(
     block_m: int | None = None,
     positions: ViewPositions | None = None,
     split: int | None = None,
-):
+) -> tuple[list, dict[str, torch.Tensor], dict[str, int]]:
     """Host-side metadata of one forward: ``(blocks, {name: int32 CPU tensor}, {name: int})``.
 
     Each unique block's *entries* are the (worker, RoPE delta, query start) of every view position that
@@ -366,17 +366,65 @@ def plan_arrays(
     program (default: `KernelSettings.split_for` the number of rows). Apart from that
     walk everything is vector ops -- numpy, not torch: this runs before every forward of a batch of hundreds of
     rows, and a torch call on a small CPU tensor costs several times a numpy one."""
+    blocks, arrays, sizes, _ = plan_steps(rows, q_len, groups, keep_empty, by_capacity, block_m, positions, split)
+    return blocks, {name: torch.from_numpy(t.astype(np.int32, copy=False)) for name, t in arrays.items()}, sizes
+
+
+@dataclass(frozen=True)
+class StepIncrements:
+    """How a plan's tables move from one decode step to the next when every row writes one more token into its
+    own block and nothing else changes (the same views, no commit, no storage growth): each growing block's
+    length and each own entry's query start by 1, each entry's RoPE delta by the number of growing blocks
+    between it and its row's own block (under ``combined`` the other workers' steps). The shapes, the work list
+    and the slots stay (sized by capacity); only the rows' lists of used partials change, when a block's length
+    crosses a multiple of the split. What a window of several decode steps launched from one host plan needs."""
+
+    length: np.ndarray  # per block
+    ent_delta: np.ndarray  # per entry
+    ent_qstart: np.ndarray  # per entry: 1 for the rows' own blocks
+    ent_block: np.ndarray  # per entry: its block (to recount the partials used)
+    split: int
+
+    def advance(self, arrays: dict[str, np.ndarray], steps: int) -> dict[str, np.ndarray]:
+        """The tables ``steps`` decode steps after those of ``arrays`` (`plan_steps`' numpy arrays)."""
+        moved = dict(arrays)
+        for name in ("length", "ent_delta", "ent_qstart"):
+            moved[name] = arrays[name] + steps * getattr(self, name)
+        used = (moved["length"][self.ent_block] + self.split - 1) // self.split
+        n_rows, width = arrays["row_parts"].shape
+        moved["row_parts"], moved["row_count"] = _row_parts(arrays["ent_row"], arrays["ent_slot"], used, n_rows, width)
+        return moved
+
+
+def plan_steps(
+    rows: list[RowView],
+    q_len: int,
+    groups: int,
+    keep_empty: bool = False,
+    by_capacity: bool = False,
+    block_m: int | None = None,
+    positions: ViewPositions | None = None,
+    split: int | None = None,
+) -> tuple[list, dict[str, np.ndarray], dict[str, int], StepIncrements]:
+    """`plan_arrays` with numpy tables, and the `StepIncrements` that give the next decode steps' tables."""
     positions = positions or ViewPositions.walk(rows)
     unique, pos_block, row_sizes = positions.unique, positions.pos_block, positions.row_sizes
     n_rows = len(rows)
     pos_row = np.repeat(np.arange(n_rows), row_sizes)
     row_first = np.cumsum(row_sizes) - row_sizes
     own_pos = row_first + row_sizes - 1
+
+    def own_minus_block(per_block: np.ndarray) -> np.ndarray:
+        """Per view position: ``per_block`` summed over the row's positions from it up to its own block."""
+        seen = per_block[pos_block]
+        before = np.cumsum(seen) - seen  # over all rows
+        offset = before - np.repeat(before[row_first], row_sizes)  # within the position's row
+        return np.repeat(offset[own_pos], row_sizes) - offset
+
     visible = np.fromiter((b.visible_length for b in unique), dtype=np.int64, count=len(unique))
-    seen = visible[pos_block]
-    before = np.cumsum(seen) - seen  # visible tokens before each position, over all rows
-    offset = before - np.repeat(before[row_first], row_sizes)  # ... within its row: the block's offset in the view
-    delta = np.repeat(offset[own_pos], row_sizes) - offset
+    delta = own_minus_block(visible)  # the own block's offset in the view less the block's
+    grows = np.zeros(len(unique), dtype=np.int64)
+    grows[pos_block[own_pos]] = 1
     qstart = np.full(len(pos_block), NOT_OWN, dtype=np.int64)
     qstart[own_pos] = np.fromiter((row.query_start(q_len) for row in rows), dtype=np.int64, count=n_rows)
     kept_block = visible > 0 if not keep_empty else np.ones(len(unique), dtype=bool)
@@ -384,7 +432,6 @@ def plan_arrays(
     renumber = np.cumsum(kept_block) - 1  # kept blocks in first-appearance order
     blocks = [b for b, k in zip(unique, kept_block.tolist()) if k]
     e_block, e_row = renumber[pos_block[keep]], pos_row[keep]
-    e_delta, e_qstart = delta[keep], qstart[keep]
     n_blocks, split = len(blocks), split or settings.split_for(n_rows)
     length = visible[kept_block]
     extent = np.fromiter(map(_capacity, blocks), dtype=np.int64, count=n_blocks) if by_capacity else length
@@ -393,7 +440,7 @@ def plan_arrays(
     order = np.argsort(e_block, kind="stable")
     ent_block, ent_row = e_block[order], e_row[order]
     ent_count = np.bincount(ent_block, minlength=n_blocks)
-    ent_splits, ent_used = splits[ent_block], used[ent_block]
+    ent_splits = splits[ent_block]
     ent_slot = np.cumsum(ent_splits) - ent_splits
     # One launch. The query tile fits the rows of the block with the most splits (the long context, read by
     # most programs); a block seen by more view entries (a repeated separator) gets one program per tile.
@@ -407,22 +454,33 @@ def plan_arrays(
     k = _ranks(splits * tiles)  # split-major, then tile, within each block
     # each row's partial slots: the used ones (block order, then split) then padding, so the merge reads a
     # dense prefix; the width is fixed by capacity when the shapes must not change from step to step
+    widths = np.bincount(ent_row, weights=ent_splits, minlength=n_rows).astype(np.int64)
+    width = max(1, int(widths.max())) if n_rows else 1
+    row_parts, row_count = _row_parts(ent_row, ent_slot, used[ent_block], n_rows, width)
+    ent_qstart = qstart[keep][order]
+    arrays = {
+        "ent_start": np.cumsum(ent_count) - ent_count, "ent_count": ent_count, "ent_row": ent_row,
+        "ent_delta": delta[keep][order], "ent_qstart": ent_qstart, "ent_slot": ent_slot,
+        "work_block": work_block, "work_split": k // tiles[work_block], "work_tile": k % tiles[work_block],
+        "length": length, "row_parts": row_parts, "row_count": row_count,
+    }  # fmt: skip
+    increments = StepIncrements(
+        length=grows[kept_block], ent_delta=own_minus_block(grows)[keep][order],
+        ent_qstart=(ent_qstart != NOT_OWN).astype(np.int64), ent_block=ent_block, split=split,
+    )  # fmt: skip
+    sizes = dict(n_entries=len(e_row), n_slots=max(1, int(ent_splits.sum())), block_m=block_m, split=split)
+    return blocks, arrays, sizes, increments
+
+
+def _row_parts(ent_row: np.ndarray, ent_slot: np.ndarray, ent_used: np.ndarray, n_rows: int, width: int):
+    """Each row's used partial slots, in entry order then split (``[rows, width]``, zero-padded), and their count."""
     part_row = np.repeat(ent_row, ent_used)
     part_slot = np.repeat(ent_slot, ent_used) + _ranks(ent_used)
     by_row = np.argsort(part_row, kind="stable")
     row_count = np.bincount(part_row, minlength=n_rows)
-    widths = np.bincount(ent_row, weights=ent_splits, minlength=n_rows).astype(np.int64)
-    width = max(1, int(widths.max())) if n_rows else 1
     row_parts = np.zeros((n_rows, width), dtype=np.int32)
     row_parts[part_row[by_row], _ranks(row_count)] = part_slot[by_row]
-    arrays = {
-        "ent_start": np.cumsum(ent_count) - ent_count, "ent_count": ent_count, "ent_row": ent_row,
-        "ent_delta": e_delta[order], "ent_qstart": e_qstart[order], "ent_slot": ent_slot,
-        "work_block": work_block, "work_split": k // tiles[work_block], "work_tile": k % tiles[work_block],
-        "length": length, "row_parts": row_parts, "row_count": row_count,
-    }  # fmt: skip
-    sizes = dict(n_entries=len(e_row), n_slots=max(1, int(ent_splits.sum())), block_m=block_m, split=split)
-    return blocks, {name: torch.from_numpy(t.astype(np.int32, copy=False)) for name, t in arrays.items()}, sizes
+    return row_parts, row_count
 
 
 def _capacity(block) -> int:
