@@ -127,6 +127,7 @@ def run_batched(
     overlap: bool = False,
     warm: list | None = None,
     reads: list | None = None,
+    window: int = 1,
 ) -> dict:
     """Time one run of ``job_list``; with ``warm`` (the same jobs made afresh) the batcher first runs those
     untimed, so the timed run replays graphs already captured, as a sweep's does after its first wave.
@@ -135,7 +136,7 @@ def run_batched(
     forwards = []
     batcher = ContinuousBatcher(
         lm, max_rows=max_rows, max_jobs=max_jobs, cuda_graphs=graphs, on_step=lambda rows, s: forwards.append(rows),
-        lanes=lanes, overlap=overlap,
+        lanes=lanes, overlap=overlap, window=window,
     )  # fmt: skip
     logging = forward_reads(reads) if reads is not None else contextlib.nullcontext()
     if warm is not None:
@@ -165,6 +166,8 @@ def run_batched(
     } if lane_graphs else {}  # fmt: skip
     if overlap:
         replayed |= {"steps_ahead": batcher.times.ahead, "taken_back": batcher.times.taken_back}
+    if window > 1:
+        replayed |= {"window_steps_ahead": batcher.times.ahead, "window_steps_kept": batcher.times.kept}
     del batcher
     torch.cuda.empty_cache()
     return {
@@ -280,6 +283,10 @@ def main() -> None:
         "--overlap", type=int, nargs="+", default=[0], choices=[0, 1],
         help="batch.overlap values timed for each batched variant (1: steps launched before their tokens are read)",
     )  # fmt: skip
+    parser.add_argument(
+        "--window", type=int, nargs="+", default=[1],
+        help="batch.window values timed for each batched variant without overlap (1: off; k: k steps per host round)",
+    )  # fmt: skip
     args = parser.parse_args()
     if args.cpu_threads:
         torch.set_num_threads(args.cpu_threads)  # as the runner does (batch.cpu_threads)
@@ -347,17 +354,24 @@ def main() -> None:
                 save({"method": "compile_buckets_warmup", "workers": n, "rows": rows,
                       "wall_seconds": round(time.perf_counter() - started, 1)})  # fmt: skip
                 variants.append(("batched+graphs+compile_buckets", bucketed, True, 1))
-            for (method, engine, graphs, lanes), overlap in itertools.product(variants, args.overlap):
+            for (method, engine, graphs, lanes), overlap, window in itertools.product(
+                variants, args.overlap, args.window
+            ):
+                if overlap and window > 1:
+                    continue  # one or the other
                 warm = jobs(engine, tokenizer, problems, n, args.budget) if args.warm_batcher else None
                 reads: list[tuple[int, int]] = []
                 batched = run_batched(
                     engine, jobs(engine, tokenizer, problems, n, args.budget), rows, None, graphs, lanes, bool(overlap),
-                    warm, reads,
+                    warm, reads, window,
                 )  # fmt: skip
                 floor = measured_floor(reads, weight_bytes, kvb, bandwidth, rows)
                 measured = floor.pop("roofline")
                 point = {
-                    "method": method + ("+overlap" if overlap else "") + ("+warm_batcher" if warm else ""),
+                    "method": method
+                    + ("+overlap" if overlap else "")
+                    + (f"+window{window}" if window > 1 else "")
+                    + ("+warm_batcher" if warm else ""),
                     "workers": n,
                     "rows": rows,
                     **batched,

@@ -209,6 +209,12 @@ class BatchConfig:
     # lanes already overlap host and GPU; with both the real 1.5B sweep ran slower, session 22); results are as
     # without it up to the batch-shape rounding any batching has (CPU float32: identical, tests/test_batching.py)
     overlap: bool | None = None
+    # decode steps run per window (1: off): the generations that drew one token per row get this many steps before
+    # the host reads any of their tokens, each step fed on the device by the one before; a generation takes the steps
+    # up to its first other request (a step boundary, a stop, a budget) and the rest are void. One host round per
+    # window instead of per step; results are as step by step (CPU float32: identical, tests/test_batching.py).
+    # Excludes overlap (auto overlap is off with a window). Not yet measured on a GPU (experiments/README, session 30)
+    window: int = 1
     # processes that turn finished generations into records (decode texts and transcript, score, collaboration
     # metrics) while the decode loop goes on; 0: in the loop's own thread; -1 (auto): on CUDA a quarter of the CPU
     # cores, at most 4, else 0. Records are the same either way (a record depends on its generation alone)
@@ -390,6 +396,10 @@ def validate(cfg: DictConfig | RunConfig) -> RunConfig:
         )
     if b.lanes < 0:
         errors.append(f"batch.lanes must be a number of lanes >= 1, or 0 (auto), got {b.lanes}")
+    if b.window < 1:
+        errors.append(f"batch.window must be a number of decode steps >= 1 (1: off), got {b.window}")
+    if b.window > 1 and b.overlap:
+        errors.append("batch.window > 1 and batch.overlap=true both step generations ahead of their tokens: choose one")
     if b.insert_wait_rounds < 0:
         errors.append(f"batch.insert_wait_rounds must be >= 0 (0: no waiting), got {b.insert_wait_rounds}")
     if b.cpu_threads < 0:

@@ -257,9 +257,11 @@ def overlaps(cfg: RunConfig, lm: HogwildLM, lane_count: int) -> bool:
     Two lanes already keep the device busy while the host works, and guessing adds host work to a loop that is
     host-bound: on the same generations the real 1.5B sweep with both completed 8,500 tokens/s, the GPU 50 % busy,
     where session 18's without overlap completed 11,900, 79 % busy (experiments/README, session 22). On CPU the
-    forward itself is the host's work."""
+    forward itself is the host's work. Never with ``batch.window`` > 1, which steps generations ahead its own way."""
     if cfg.batch.overlap is not None:
         return cfg.batch.overlap
+    if cfg.batch.window > 1:
+        return False
     return lm.device.type == "cuda" and lane_count == 1
 
 
@@ -321,6 +323,7 @@ def _generations(
         insert_wait_rounds=cfg.batch.insert_wait_rounds,
         lanes=lane_count,
         overlap=overlaps(cfg, lm, lane_count) if batched else False,
+        window=cfg.batch.window if batched else 1,
     )
     failed: list[Finished] = []
 

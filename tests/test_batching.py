@@ -82,14 +82,18 @@ def alone(models, tokenizer):
     return lm, each_alone(lm, tokenizer)
 
 
-@pytest.mark.parametrize("overlap", [False, True], ids=["in_turn", "overlap"])
+@pytest.mark.parametrize(
+    "ahead", [{}, {"overlap": True}, {"window": 4}, {"window": 9}], ids=["in_turn", "overlap", "window4", "window9"]
+)
 @pytest.mark.parametrize(
     "max_rows,order,lanes", [(64, [0, 1, 2, 3, 4, 5], 1), (4, [5, 3, 1, 0, 4, 2], 1), (8, [5, 3, 1, 0, 4, 2], 2)]
 )
-def test_batched_generations_equal_each_generation_run_alone(alone, tokenizer, max_rows, order, lanes, overlap):
-    """Also in two lanes stepped in turn (the host's work for one beside the device's for the other), and with
+def test_batched_generations_equal_each_generation_run_alone(alone, tokenizer, max_rows, order, lanes, ahead):
+    """Also in two lanes stepped in turn (the host's work for one beside the device's for the other), with
     each step launched before the host has read the last step's tokens (``overlap``: the guessed steps that
-    were wrong -- step boundaries, stops, budgets, finishers -- taken back)."""
+    were wrong -- step boundaries, stops, budgets, finishers -- taken back), and in windows of several decode
+    steps run before the host reads any of their tokens (``window``: a generation takes the steps up to its
+    first request that differs)."""
     lm, expected = alone
     steps, lane_rows = [], []
 
@@ -97,11 +101,13 @@ def test_batched_generations_equal_each_generation_run_alone(alone, tokenizer, m
         steps.append(rows)
         lane_rows.append([lane.rows for lane in batcher.lanes])
 
-    batcher = ContinuousBatcher(lm, max_rows=max_rows, on_step=on_step, lanes=lanes, overlap=overlap)
+    batcher = ContinuousBatcher(lm, max_rows=max_rows, on_step=on_step, lanes=lanes, **ahead)
     finished = list(batcher.run(jobs_for(lm, tokenizer, order)))
-    if overlap:
-        times = batcher.times
+    times = batcher.times
+    if "overlap" in ahead:
         assert 0 < times.taken_back < times.ahead, "most steps ran ahead and stood, some were taken back"
+    if "window" in ahead:
+        assert 0 < times.kept < times.ahead, "generations took most window steps, not all"
     assert all(rows <= max_rows // lanes for step in lane_rows for rows in step), "each lane keeps to its share"
     assert any(all(step) for step in lane_rows), "every lane had generations at once"
     assert [f.error for f in finished] == [None] * len(MIXED)
@@ -265,6 +271,36 @@ def test_token_choices_that_fail_end_only_their_generations(alone, tokenizer, mo
     assert batcher.cache.blocks == {} and batcher.reserved_bytes == 0
 
 
+def test_a_window_step_that_fails_ends_only_the_generations_in_it(alone, tokenizer, monkeypatch):
+    """A guessed step of a window that fails on the device (out of memory) ends the generations stepped in it,
+    as any failed forward does; the other lane's generation finishes as it would alone, and nothing is left."""
+    lm, expected = alone
+    calls, forward = [], ContinuousBatcher._forward_guessed
+
+    def failing_once(batcher, lane, writes, device_tokens):
+        calls.append(len(writes))
+        if len(calls) == 3:
+            raise torch.OutOfMemoryError("CUDA out of memory (test)")
+        return forward(batcher, lane, writes, device_tokens)
+
+    monkeypatch.setattr(ContinuousBatcher, "_forward_guessed", failing_once)
+    batcher = ContinuousBatcher(lm, max_rows=4, lanes=2, window=4)
+    finished = {f.key: f for f in batcher.run(jobs_for(lm, tokenizer, [0, 4]))}
+    failed = [key for key, f in finished.items() if not f.ok]
+    assert len(failed) == 1 and "out of memory" in str(finished[failed[0]].error)
+    (ok,) = [key for key in finished if key not in failed]
+    assert comparable(finished[ok].result) == expected[ok]
+    assert batcher.cache.blocks == {} and batcher.reserved_bytes == 0
+
+
+def test_window_and_overlap_are_one_or_the_other(alone):
+    lm, _ = alone
+    with pytest.raises(ValueError, match="window must be >= 1"):
+        ContinuousBatcher(lm, max_rows=4, window=0)
+    with pytest.raises(ValueError, match="choose one"):
+        ContinuousBatcher(lm, max_rows=4, window=4, overlap=True)
+
+
 def test_admission_refuses_what_cannot_fit_alone_and_queues_what_fits_later(alone, tokenizer):
     lm, expected = alone
     jobs = list(jobs_for(lm, tokenizer, [0, 1, 2]))
@@ -325,14 +361,15 @@ def test_a_batched_run_stores_what_a_one_at_a_time_run_stores(tmp_path, protocol
     from hogwild_bench.store import ResultStore, record_key
 
     stored = {}
-    runs = (("batched", "batch.max_rows=7"), ("overlap", "batch.overlap=true"), ("alone", "batch.enabled=false"))
+    runs = (("batched", "batch.max_rows=7"), ("overlap", "batch.overlap=true"), ("window", "batch.window=6"),
+            ("alone", "batch.enabled=false"))  # fmt: skip
     for where, batching in runs:
         overrides = tiny_run_overrides(tmp_path / where, "dataset.limit=4", *protocol, batching)
         records = ResultStore(run(compose_config(overrides))).records()
         assert all(r["status"] == "ok" and all(r[f] is not None for f in COST_FIELDS) for r in records)
         stored[batching] = {record_key(r): {f: r.get(f) for f in CONTENT} for r in records}
-    batched, overlapped, alone = stored.values()
-    assert batched == alone and overlapped == alone and len(batched) > 0
+    batched, overlapped, windowed, alone = stored.values()
+    assert batched == alone and overlapped == alone and windowed == alone and len(batched) > 0
 
 
 def model_reading(weight_bytes: int) -> SimpleNamespace:
@@ -366,14 +403,15 @@ def test_automatic_lanes_are_two_for_small_models_on_a_gpu_and_one_otherwise(mod
 def test_automatic_overlap_is_on_for_one_lane_on_a_gpu_only():
     """``batch.overlap=null``: launching a step before its tokens are read pays where one lane leaves the GPU
     waiting for the host; two lanes already cover that, and on CPU the forward is the host's own work. A value
-    set by hand is kept."""
+    set by hand is kept. With windows of several steps (``batch.window``), which step ahead their own way, auto
+    is off."""
     from hogwild_bench.config import RunConfig
     from hogwild_bench.runner import overlaps
 
     assert RunConfig().batch.overlap is None, "auto by default"
 
-    def run_config(value):
-        return SimpleNamespace(batch=SimpleNamespace(overlap=value))
+    def run_config(value, window=1):
+        return SimpleNamespace(batch=SimpleNamespace(overlap=value, window=window))
 
     def engine(device):
         return SimpleNamespace(device=torch.device(device))
@@ -383,6 +421,7 @@ def test_automatic_overlap_is_on_for_one_lane_on_a_gpu_only():
     assert overlaps(run_config(None), engine("cpu"), 1) is False
     assert overlaps(run_config(True), engine("cuda"), 2) is True
     assert overlaps(run_config(False), engine("cuda"), 1) is False
+    assert overlaps(run_config(None, window=8), engine("cuda"), 1) is False
 
 
 def test_automatic_bucket_compilation_is_on_for_gpu_bound_steps_only():

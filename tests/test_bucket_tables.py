@@ -37,7 +37,8 @@ def _jobs(lm, tokenizer, count):
                        gen.worst_case_tokens(problem))  # fmt: skip
 
 
-def test_incremental_step_tables_equal_tables_built_afresh(models, tokenizer, monkeypatch):
+@pytest.mark.parametrize("window", [1, 4])
+def test_incremental_step_tables_equal_tables_built_afresh(models, tokenizer, monkeypatch, window):
     # buckets of 16 rows and more take the batch split, those of 8 the small one: both are checked
     batch = replace(triton_attention.settings, batch_rows=16, batch_split=64)
     monkeypatch.setattr(triton_attention, "settings", batch)
@@ -76,10 +77,11 @@ def test_incremental_step_tables_equal_tables_built_afresh(models, tokenizer, mo
     monkeypatch.setattr(bucket_module.BucketGraph, "_upload", checked_upload)
     monkeypatch.setattr(bucket_module.BucketGraph, "_plan", noted_plan)
     lm = HogwildLM(models("qwen2"), attention="query_rotation")
-    batcher = ContinuousBatcher(lm, max_rows=12)
+    batcher = ContinuousBatcher(lm, max_rows=12, window=window)
     batcher.graphs = bucket_module.BucketGraphs(lm, batcher.cache)
     finished = list(batcher.run(_jobs(lm, tokenizer, 14)))
     assert all(f.ok for f in finished), [str(f.error) for f in finished if not f.ok]
+    assert window == 1 or batcher.times.kept > 20, "window steps replayed from the bucket graphs"
     assert len(checked) > 50 and len(set(checked)) > 3, "steps of changing batches were replayed"
     assert 0.3 < sum(reused) / len(reused) < 1, "most steps reuse the walk; membership changes rebuild it"
     assert sum(several) > 10, "step headers and prompts replay as one-token rows"
@@ -138,15 +140,15 @@ def test_tables_of_the_next_decode_steps_follow_from_one_plan(models, tokenizer,
     assert crossed > 20, "some of them crossed a split"
 
 
-@pytest.mark.parametrize("lanes", [1, 2])
-def test_a_finished_generation_leaves_nothing_holding_its_storage(models, tokenizer, monkeypatch, lanes):
+@pytest.mark.parametrize("lanes,window", [(1, 1), (2, 1), (1, 4)])
+def test_a_finished_generation_leaves_nothing_holding_its_storage(models, tokenizer, monkeypatch, lanes, window):
     """The batch admits new generations into the memory a finished one frees, so once a generation is done
     nothing may keep its blocks (their K/V storage) alive -- not the walk of a bucket that last ran it."""
     monkeypatch.setattr(bucket_module.BucketGraph, "_allocate", host_buffers)
     monkeypatch.setattr(bucket_module.BucketGraph, "_capture", random_replay())
     refs = track_blocks(monkeypatch)
     lm = HogwildLM(models("qwen2"), attention="query_rotation")
-    batcher = ContinuousBatcher(lm, max_rows=12, lanes=lanes)
+    batcher = ContinuousBatcher(lm, max_rows=12, lanes=lanes, window=window)
     for lane in batcher.lanes:
         lane.graphs = bucket_module.BucketGraphs(lm, batcher.cache)
     finished = list(batcher.run(_jobs(lm, tokenizer, 8)))

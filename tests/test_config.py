@@ -105,6 +105,10 @@ def test_batch_settings_out_of_range_are_named():
     assert "batch.insert_wait_rounds must be >= 0" in message
     assert "batch.lanes must be a number of lanes >= 1, or 0 (auto), got -1" in message
     assert "batch.compile_dynamic and batch.compile_buckets" in message and "at most one" in message
+    with pytest.raises(ConfigError, match="batch.window must be a number of decode steps >= 1"):
+        validate(compose_config(["batch.window=0"]))
+    with pytest.raises(ConfigError, match="batch.window > 1 and batch.overlap=true .* choose one"):
+        validate(compose_config(["batch.window=8", "batch.overlap=true"]))
 
 
 def test_cli_reports_config_errors_without_a_traceback(tmp_path):

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import itertools
 import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Generator, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -28,7 +28,7 @@ import torch
 
 from hogwild_bench.engine.blocks import KVBlock
 from hogwild_bench.engine.cache import HogwildCache
-from hogwild_bench.engine.generation import Steps
+from hogwild_bench.engine.generation import Steps, Window
 from hogwild_bench.engine.model import DeviceTokens, HogwildLM, Write
 from hogwild_bench.engine.sampling import Draw, PendingTokens, Sampler, draw_tokens, enqueue_draws
 
@@ -225,7 +225,8 @@ class BatchTimes:
     (prompt texts, tokenisation), ``outside`` the caller's time between finished generations (scoring,
     storing). Forward counts: ``replayed`` from bucket graphs, ``eager`` decode/insert forwards, ``prefill``.
     With ``overlap``: ``ahead`` generation steps launched before their tokens were read, ``taken_back`` of
-    those whose guess was wrong (their rows' work was thrown away and the step ran again)."""
+    those whose guess was wrong (their rows' work was thrown away and the step ran again). With ``window``:
+    ``ahead`` generation steps run in windows past the first, ``kept`` of those the generations took."""
 
     forward: float = 0.0
     draw: float = 0.0
@@ -237,12 +238,14 @@ class BatchTimes:
     prefill: int = 0
     ahead: int = 0
     taken_back: int = 0
+    kept: int = 0
 
     def summary(self) -> str:
         seconds = ", ".join(
             f"{name} {getattr(self, name):.1f}" for name in ("forward", "draw", "resume", "admit", "outside")
         )
         guessed = f"; steps ahead {self.ahead}, taken back {self.taken_back}" if self.ahead else ""
+        guessed += f", kept from windows {self.kept}" if self.kept else ""
         return f"{seconds} s; forwards: {self.replayed} replayed, {self.eager} eager, {self.prefill} prefill{guessed}"
 
 
@@ -331,6 +334,11 @@ class ContinuousBatcher:
     the draw and runs the generation's code while the device computes; a wrong guess (a step boundary, a stop,
     a budget) is taken back -- the rows' K/V are forgotten and its sampler rewound -- and the generation's real
     request runs in the next forward. Results are as without it, up to the batch-shape rounding of any batching.
+    ``window`` (> 1) runs that many decode steps for the generations that drew one token per row before the host
+    reads any of their tokens, each step's rows fed from the device by the step before, and hands each generation
+    its tokens as a `Window` (one resume for the steps it takes; the first request that differs -- a step
+    boundary, a stop, a budget -- voids the rest: their K/V are forgotten, their draws uncounted). A generation's
+    ``on_forward`` hook does not see the forwards it took from a window.
     ``on_step(rows, seconds)`` is called after every forward (progress displays); ``times`` (a `BatchTimes`,
     default a new one) adds up where the run's time goes."""
 
@@ -346,14 +354,19 @@ class ContinuousBatcher:
         insert_wait_rounds: int = INSERT_WAIT_ROUNDS,
         lanes: int = 1,
         overlap: bool = False,
+        window: int = 1,
     ):
         if max_rows < 1:
             raise ValueError(f"max_rows must be >= 1, got {max_rows}")
         if lanes < 1:
             raise ValueError(f"lanes must be >= 1, got {lanes}")
+        if window < 1:
+            raise ValueError(f"window must be >= 1 decode steps, got {window}")
+        if window > 1 and overlap:
+            raise ValueError("window > 1 and overlap both step generations ahead of their tokens: choose one")
         self.lm, self.max_rows, self.kv_budget = lm, max_rows, kv_budget_bytes
         self.cuda_graphs, self.on_step, self.max_jobs = cuda_graphs, on_step, max_jobs
-        self.overlap = overlap
+        self.overlap, self.window = overlap, window
         self.cache = lm.new_cache()
         self.shared = SharedBlocks(self.cache, self._fill_shared)
         self.lanes = [_Lane() for _ in range(lanes)]
@@ -417,7 +430,9 @@ class ContinuousBatcher:
                     yield from self._collect(pending)
                     yield from self._admit_from(queue, lane)
                 else:
-                    yield from self._collect(lane.detach())
+                    pending = lane.detach()
+                    windows = (yield from self._run_window(pending)) if self.window > 1 else None
+                    yield from self._collect(pending, windows)
                     yield from self._admit_from(queue, lane)
                     yield from self._launch(lane)
             if not self.running and queue.empty():
@@ -551,11 +566,12 @@ class ContinuousBatcher:
             return [(inserts, False)]
         return [(chunk, True) for chunk in chunks]
 
-    def _ahead_rows(self, pending: tuple[PendingTokens | None, list[_Running | None]]) -> dict[int, int]:
+    def _ahead_rows(self, pending: tuple[PendingTokens | None, list[_Running | None]], always: bool = False
+                    ) -> dict[int, int]:  # fmt: skip
         """For each generation of ``pending`` whose next step can be launched now (`_Running.guessable`), the
-        row of its first token among the pending draws."""
+        row of its first token among the pending draws (none without ``overlap``, unless ``always``)."""
         tokens, drawing = pending
-        if not self.overlap or tokens is None:
+        if not (self.overlap or always) or tokens is None:
             return {}
         rows, first = {}, 0
         for running, count in zip(drawing, tokens.counts):
@@ -648,7 +664,9 @@ class ContinuousBatcher:
             torch.cuda.empty_cache()
         return finished
 
-    def _collect(self, pending: tuple[PendingTokens | None, list[_Running | None]]) -> Iterator[Finished]:
+    def _collect(
+        self, pending: tuple[PendingTokens | None, list[_Running | None]], windows: dict[int, Window] | None = None
+    ) -> Iterator[Finished]:
         """Wait for the token choices ``pending`` and send them to their generations (a generation that asks
         for another choice at once gets it here, waited for). A generation stepped ahead is first taken back to
         before that step; if it then asks for exactly the step that ran, the step (and its pending draw) stands."""
@@ -671,7 +689,10 @@ class ContinuousBatcher:
                         block.retract(1)
                     ahead.sampler.draws = ahead.counter
                 running.sent = None
-                done, kept = self._resume(running, chosen), False
+                window = windows.pop(id(running), None) if windows else None
+                if window is not None:
+                    window.tokens[0] = chosen
+                done, kept = self._resume(running, window or chosen), False
                 if done is None and ahead is not None:
                     done, kept = self._keep_ahead(running, ahead, chosen)
                 if ahead is not None and not kept:  # its rows' work is thrown away, its draw void
@@ -687,6 +708,84 @@ class ContinuousBatcher:
                 tokens = draw_tokens([r.draw for r in waiting])
         for done in finished:
             yield from self._hand(done)
+
+    def _run_window(
+        self, pending: tuple[PendingTokens | None, list[_Running | None]]
+    ) -> Generator[Finished, None, dict[int, Window]]:
+        """The ``window - 1`` decode steps after ``pending``'s draw for each generation that drew one token per row
+        of its last forward (`_Running.guessable`): each step writes every such row's token of the step before --
+        still on the device -- into its own block and draws the next with the generation's sampler. Their K/V are
+        then held back (`KVBlock.retract`) and each sampler's counter set back to after the first draw, until the
+        generation takes the steps (`Window`). Returns the windows by generation; if a step fails (e.g. out of
+        memory), the generations in it fail with its error, as in any forward."""
+        tokens, drawing = pending
+        rows_of = self._ahead_rows(pending, always=True)
+        group = [r for r in drawing if r is not None and id(r) in rows_of and r.draw.takes_window]
+        if not group:
+            return {}
+        first_draws = {id(r): r.draw.sampler.draws for r in group}
+        own = {id(r): [r.namespace.block(w.view[-1]) for w in r.writes] for r in group}
+        lane, steps, source, ran = group[0].lane, [], tokens, 0
+        try:
+            for _ in range(self.window - 1):
+                writes, fill_rows = [], []
+                for r in group:
+                    fill_rows += range(rows_of[id(r)], rows_of[id(r)] + len(r.writes))
+                    writes += r.namespace.qualify([Write(w.view, [0]) for w in r.writes])
+                device_tokens = DeviceTokens(range(len(writes)), source.on_device, fill_rows)
+                logits = self._forward_guessed(lane, writes, device_tokens)
+                ran += 1
+                self.times.ahead += len(group)
+                draws, offset, rows_of = [], 0, {}
+                for r in group:
+                    rows_of[id(r)] = offset
+                    draws.append(Draw(logits[offset : offset + len(r.writes)], r.draw.sampler))
+                    offset += len(r.writes)
+                started = time.perf_counter()
+                source = enqueue_draws(draws)
+                steps.append(source)
+                self.times.draw += time.perf_counter() - started
+            started = time.perf_counter()
+            drawn = [step.result() for step in steps]
+            self.times.draw += time.perf_counter() - started
+        except Exception as error:
+            for done in self._fail(group, error):
+                yield from self._hand(done)
+            return {}
+        windows = {}
+        for g, running in enumerate(group):
+            blocks = own[id(running)]
+            for block in blocks:
+                block.retract(ran)
+            running.draw.sampler.draws = first_draws[id(running)]
+            windows[id(running)] = Window([[], *(step[g] for step in drawn)], self._accept(running, blocks))
+        return windows
+
+    def _forward_guessed(self, lane: _Lane, writes: list[Write], device_tokens: DeviceTokens) -> torch.Tensor:
+        """One forward of a window's guessed step (replayed where the lane has bucket graphs)."""
+        started = time.perf_counter()
+        logits = lane.graphs.forward(writes, device_tokens) if lane.graphs is not None else None
+        if logits is not None:
+            self.times.replayed += 1
+        else:
+            logits = self.lm.forward(self.cache, writes, cuda_graphs=False, device_tokens=device_tokens)
+            self.times.eager += 1
+        seconds = time.perf_counter() - started
+        self.times.forward += seconds
+        if self.on_step is not None:
+            self.on_step(len(writes), seconds)
+        return logits
+
+    def _accept(self, running: _Running, blocks: list[KVBlock]) -> Callable[[list[int]], None]:
+        """A window's ``accept``: a step the generation takes -- its rows wrote ``written`` -- back in the cache."""
+
+        def accept(written: list[int]) -> None:
+            for block, token in zip(blocks, written):
+                block.reinstate([token])
+            running.cost.forwards += 1
+            self.times.kept += 1
+
+        return accept
 
     def _keep_ahead(self, running: _Running, ahead: _Ahead, chosen: list[int]) -> tuple[Finished | None, bool]:
         """After the generation read its tokens: if it asks for the step launched ahead (the same views, each

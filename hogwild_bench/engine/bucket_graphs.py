@@ -266,7 +266,7 @@ class BucketGraph:
             if any(b.addresses() is None for b in blocks):
                 return None
             need = self._need(blocks, arrays, sizes)
-            capture = self.caps is None or not self.caps.holds(need)
+            capture = self.caps is None or self.graph is None or not self.caps.holds(need)  # (a capture failed)
             if capture:
                 start = self.caps or Capacities(**{f.name: 0 for f in fields(Capacities)} | need.exact())
                 self.caps = start.grown(need, HEADROOM * self.rows / len(rows))

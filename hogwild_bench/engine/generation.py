@@ -49,6 +49,35 @@ StopRule = Callable[[Sequence[int]], bool]
 Steps = Generator["list[Write] | Draw", "torch.Tensor | list[int]", T]
 
 
+@dataclass
+class Window:
+    """Decode steps a batch ran ahead for a generation before reading any of their tokens (multi-step windows),
+    sent in answer to its `Draw`. ``tokens[0]`` answers the draw. Each later step ``j`` ran the forward the batch
+    guessed the generation would ask for next -- every row of the draw writing its token of step ``j - 1`` into
+    its own block, the views unchanged -- and drew ``tokens[j]`` from its logits with the generation's sampler
+    (at the counter that draw would have had). The generation takes step ``j`` only when it asks for exactly that
+    forward and draws from all of its rows, so its tokens are what it would get step by step; ``accept`` (called
+    with the tokens the step wrote, one per row) makes the step's K/V part of the cache (the batch holds them back
+    until then). The first request that differs ends the window; the steps left are void."""
+
+    tokens: list[list[int]]
+    accept: Callable[[list[int]], None]
+    used: int = 1  # steps taken so far
+    rows: list[int] = field(default_factory=list)  # the workers of the draw, in row order (set by the generation)
+
+    def ran(self, rows: list[int], pending: list[list[int]], active: list[int]) -> bool:
+        """Whether the forward of ``rows`` writing ``pending`` is the next step this window ran, and its draw
+        (of the ``active`` workers) the one the window made."""
+        if self.used >= len(self.tokens) or rows != self.rows or active != rows:
+            return False
+        return all(len(p) == 1 and p[0] == t for p, t in zip(pending, self.tokens[self.used - 1]))
+
+    def take(self) -> list[int]:
+        """The tokens of the step just accepted."""
+        self.used += 1
+        return self.tokens[self.used - 1]
+
+
 class Finisher(Protocol):
     """Forces an answer at a budget: ``suffix`` is appended after the finisher view, then tokens are decoded
     greedily until ``done(text)``; ``answer(text)`` reads the answer and ``completed_response`` the full
@@ -352,10 +381,17 @@ class HogwildGenerator:
         prompt, state = yield from self._start(cache, problem)
         views = [[*state.lead, *view] for view in self.layout.views(n)]
         snapshots: dict[int, Snapshot] = {}
+        window: Window | None = None  # steps a batch ran ahead (see `Window`)
         while True:
             rows = [i for i in range(n) if state.pending[i]]
-            row_logits = None
-            if rows:  # none when the last active workers just ended their turn
+            row_logits, ahead = None, False
+            if window is not None:
+                active = [i for i in range(n) if not state.done(i)]
+                ahead = window.ran(rows, [state.pending[i] for i in rows], active)
+                window = window if ahead else None
+            if ahead:
+                window.accept(window.tokens[window.used - 1])
+            elif rows:  # none when the last active workers just ended their turn
                 row_logits = yield from self._forward([Write(views[i], state.pending[i]) for i in rows])
             state.pending = [[] for _ in range(n)]
             # a finished generation's remaining budgets all see this state: one snapshot (one finisher run) serves
@@ -367,9 +403,16 @@ class HogwildGenerator:
             if state.finished or state.sampled >= opts.budgets[-1]:
                 break
             active = [i for i in range(n) if not state.done(i)]
-            # every active worker wrote a row (a worker that is done writes none, or its last token)
-            active_logits = row_logits if active == rows else row_logits[[rows.index(i) for i in active]]
-            new_tokens = yield Draw(active_logits, sampler)
+            if ahead:  # the window drew them, as this step's draw would have
+                new_tokens = window.take()
+                sampler.draws += len(new_tokens)
+            else:
+                # every active worker wrote a row (a worker that is done writes none, or its last token)
+                active_logits = row_logits if active == rows else row_logits[[rows.index(i) for i in active]]
+                answer = yield Draw(active_logits, sampler, takes_window=True)
+                window, new_tokens = (answer, answer.tokens[0]) if isinstance(answer, Window) else (None, answer)
+                if window is not None:
+                    window.rows = active
             state.sampled += 1
             for i, token in zip(active, new_tokens):
                 yield from self._take(cache, state, i, token)

@@ -60,6 +60,7 @@ class Draw:
 
     logits: torch.Tensor
     sampler: Sampler
+    takes_window: bool = False  # the requester also understands a `generation.Window` for an answer
 
 
 def _mix32(x):
