@@ -94,22 +94,29 @@ class ReplayedSteps:
 
 
 def time_replayed_steps(profiler: cProfile.Profile | None) -> tuple[ReplayedSteps, list[int]]:
-    """Wrap `BucketGraph.step` (timed, optionally profiled) and `ViewPositions.walk` (counted)."""
+    """Wrap `BucketGraph.step` and `step_again` (timed, optionally profiled) and `ViewPositions.walk` (counted)."""
     steps, walks = ReplayedSteps(profiler), [0]
     step, walk, plan = bucket_module.BucketGraph.step, bucket_module.ViewPositions.walk, bucket_module.BucketGraph._plan
+    again = bucket_module.BucketGraph.step_again
 
-    def timed_step(graph, views, tokens, *args):
+    def timed(run, rows):
         if profiler is not None:
             profiler.enable()
         started = time.perf_counter()
-        out = step(graph, views, tokens, *args)
+        out = run()
         seconds = time.perf_counter() - started
         if profiler is not None:
             profiler.disable()
         if out is not None:
             steps.seconds.append(seconds)
-            steps.rows.append(sum(len(t) for t in tokens))
+            steps.rows.append(rows)
         return out
+
+    def timed_step(graph, views, tokens, *args):
+        return timed(lambda: step(graph, views, tokens, *args), sum(len(t) for t in tokens))
+
+    def timed_again(graph, device_tokens):
+        return timed(lambda: again(graph, device_tokens), len(device_tokens.writes))
 
     def counted_walk(rows):
         walks[0] += 1
@@ -122,6 +129,7 @@ def time_replayed_steps(profiler: cProfile.Profile | None) -> tuple[ReplayedStep
         return plan(graph, rows)
 
     bucket_module.BucketGraph.step = timed_step
+    bucket_module.BucketGraph.step_again = timed_again
     bucket_module.BucketGraph._plan = watched_plan
     bucket_module.ViewPositions.walk = staticmethod(counted_walk)
     return steps, walks
@@ -137,6 +145,7 @@ def main() -> None:
     parser.add_argument("--layers", type=int, default=2)
     parser.add_argument("--cprofile", action="store_true")
     parser.add_argument("--profile-steps", action="store_true", help="cProfile the replayed steps only")
+    parser.add_argument("--window", type=int, default=1, help="batch.window: decode steps per host round (1: off)")
     args = parser.parse_args()
     torch.manual_seed(0)
     torch.set_num_threads(1)
@@ -145,7 +154,7 @@ def main() -> None:
     steps, walks = time_replayed_steps(cProfile.Profile() if args.profile_steps else None)
     tokenizer = tiny_tokenizer()
     lm = HogwildLM(tiny_model("qwen2", num_hidden_layers=args.layers), attention="query_rotation")
-    batcher = ContinuousBatcher(lm, max_rows=args.rows)
+    batcher = ContinuousBatcher(lm, max_rows=args.rows, window=args.window)
     batcher.graphs = bucket_module.BucketGraphs(lm, batcher.cache)
     job_list = jobs(lm, tokenizer, args.generations, args.budget, args.step)
     profiler = cProfile.Profile() if args.cprofile else None

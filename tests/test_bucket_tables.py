@@ -83,7 +83,10 @@ def test_incremental_step_tables_equal_tables_built_afresh(models, tokenizer, mo
     assert all(f.ok for f in finished), [str(f.error) for f in finished if not f.ok]
     assert window == 1 or batcher.times.kept > 20, "window steps replayed from the bucket graphs"
     assert len(checked) > 50 and len(set(checked)) > 3, "steps of changing batches were replayed"
-    assert 0.3 < sum(reused) / len(reused) < 1, "most steps reuse the walk; membership changes rebuild it"
+    if window == 1:
+        assert 0.3 < sum(reused) / len(reused) < 1, "most steps reuse the walk; membership changes rebuild it"
+    else:  # a window's later steps move the last step's tables on (`BucketGraph.step_again`): no plan made
+        assert len(checked) - len(reused) > 20
     assert sum(several) > 10, "step headers and prompts replay as one-token rows"
     assert splits == {batch.split, batch.batch_split}
 

@@ -725,15 +725,13 @@ class ContinuousBatcher:
             return {}
         first_draws = {id(r): r.draw.sampler.draws for r in group}
         own = {id(r): [r.namespace.block(w.view[-1]) for w in r.writes] for r in group}
-        lane, steps, source, ran = group[0].lane, [], tokens, 0
+        lane, steps, source, ran, replayed = group[0].lane, [], tokens, 0, False
+        writes = [w for r in group for w in r.namespace.qualify([Write(w.view, [0]) for w in r.writes])]
         try:
             for _ in range(self.window - 1):
-                writes, fill_rows = [], []
-                for r in group:
-                    fill_rows += range(rows_of[id(r)], rows_of[id(r)] + len(r.writes))
-                    writes += r.namespace.qualify([Write(w.view, [0]) for w in r.writes])
+                fill_rows = [row for r in group for row in range(rows_of[id(r)], rows_of[id(r)] + len(r.writes))]
                 device_tokens = DeviceTokens(range(len(writes)), source.on_device, fill_rows)
-                logits = self._forward_guessed(lane, writes, device_tokens)
+                logits, replayed = self._forward_guessed(lane, writes, device_tokens, again=replayed)
                 ran += 1
                 self.times.ahead += len(group)
                 draws, offset, rows_of = [], 0, {}
@@ -761,11 +759,20 @@ class ContinuousBatcher:
             windows[id(running)] = Window([[], *(step[g] for step in drawn)], self._accept(running, blocks))
         return windows
 
-    def _forward_guessed(self, lane: _Lane, writes: list[Write], device_tokens: DeviceTokens) -> torch.Tensor:
-        """One forward of a window's guessed step (replayed where the lane has bucket graphs)."""
+    def _forward_guessed(
+        self, lane: _Lane, writes: list[Write], device_tokens: DeviceTokens, again: bool
+    ) -> tuple[torch.Tensor, bool]:
+        """One forward of a window's guessed step, and whether it replayed from the lane's bucket graphs. ``again``:
+        the window's last step replayed there, so this one may replay its tables moved on a step
+        (`BucketGraph.step_again`: no views resolved, no plan made)."""
         started = time.perf_counter()
-        logits = lane.graphs.forward(writes, device_tokens) if lane.graphs is not None else None
-        if logits is not None:
+        logits = None
+        if lane.graphs is not None:
+            logits = lane.graphs.forward_again(len(writes), device_tokens) if again else None
+            if logits is None:
+                logits = lane.graphs.forward(writes, device_tokens)
+        replayed = logits is not None
+        if replayed:
             self.times.replayed += 1
         else:
             logits = self.lm.forward(self.cache, writes, cuda_graphs=False, device_tokens=device_tokens)
@@ -774,7 +781,7 @@ class ContinuousBatcher:
         self.times.forward += seconds
         if self.on_step is not None:
             self.on_step(len(writes), seconds)
-        return logits
+        return logits, replayed
 
     def _accept(self, running: _Running, blocks: list[KVBlock]) -> Callable[[list[int]], None]:
         """A window's ``accept``: a step the generation takes -- its rows wrote ``written`` -- back in the cache."""

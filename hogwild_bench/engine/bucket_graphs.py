@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 
 import numpy as np
 import torch
@@ -33,9 +33,10 @@ from hogwild_bench.engine.graphs import WARMUP_RUNS
 from hogwild_bench.engine.model import DeviceTokens, fill_tokens, token_slots
 from hogwild_bench.engine.triton_attention import (
     OwnBlockTables,
+    StepIncrements,
     TritonPlan,
     ViewPositions,
-    plan_arrays,
+    plan_steps,
     table_views,
 )
 
@@ -96,6 +97,7 @@ class BucketGraph:
         self.scratch = KVBlock("bucket scratch", lm.num_layers)
         self.captures = self.replays = 0
         self.view_walk: ViewPositions | None = None  # the last step's walk over the views
+        self.last: _LastStep | None = None  # the last step, when its rows wrote a token each (`step_again`)
 
     # -- host tables -------------------------------------------------------------------------------
     @property
@@ -103,14 +105,14 @@ class BucketGraph:
         """Keys per attention program: by the bucket's row count, so every step of the bucket has the same."""
         return triton_attention.settings.split_for(self.rows)
 
-    def _plan(self, rows) -> tuple[list, dict, dict]:
-        """The step's plan; the walk over the views is reused from the previous step while the rows see the
-        same blocks (most steps: only lengths, offsets and token ids change)."""
+    def _plan(self, rows) -> tuple[list, dict, dict, StepIncrements]:
+        """The step's plan (numpy tables); the walk over the views is reused from the previous step while the rows
+        see the same blocks (most steps: only lengths, offsets and token ids change)."""
         if self.view_walk is None or not self.view_walk.same_views(rows):
             self.view_walk = ViewPositions.walk(rows)
         caps = self.caps
-        return plan_arrays(rows, 1, self.groups, by_capacity=True, block_m=caps.block_m if caps else None,
-                           positions=self.view_walk, split=self.split)  # fmt: skip
+        return plan_steps(rows, 1, self.groups, by_capacity=True, block_m=caps.block_m if caps else None,
+                          positions=self.view_walk, split=self.split)  # fmt: skip
 
     @staticmethod
     def _need(blocks: list, arrays: dict, sizes: dict) -> Capacities:
@@ -125,7 +127,7 @@ class BucketGraph:
         self.host_i32_np.fill(0)
         views = self.host_i32_views
         for name, values in arrays.items():
-            values = values.numpy()
+            values = np.asarray(values)
             if name == "row_parts":
                 views[name][: values.shape[0], : values.shape[1]] = values
             else:
@@ -255,6 +257,7 @@ class BucketGraph:
         eagerly. The graph's rows are the writes' tokens (`token_rows`): at most ``self.rows`` in all.
         ``device_tokens``: one-token writes whose ids are on the device (copied in after the tables)."""
         cache = self.cache
+        self.last = None
         cache.begin_forward(views, tokens)
         ok = False
         try:
@@ -262,7 +265,7 @@ class BucketGraph:
                 return None
             rows = token_rows(cache.rows)
             flat = [t for write in tokens for t in write]
-            blocks, arrays, sizes = self._plan(rows)
+            blocks, arrays, sizes, increments = self._plan(rows)
             if any(b.addresses() is None for b in blocks):
                 return None
             need = self._need(blocks, arrays, sizes)
@@ -270,7 +273,7 @@ class BucketGraph:
             if capture:
                 start = self.caps or Capacities(**{f.name: 0 for f in fields(Capacities)} | need.exact())
                 self.caps = start.grown(need, HEADROOM * self.rows / len(rows))
-                blocks, arrays, sizes = self._plan(rows)  # with the captured tile
+                blocks, arrays, sizes, increments = self._plan(rows)  # with the captured tile
                 self._ensure_scratch(blocks)
                 self._allocate()
             self._upload(blocks, arrays, rows, flat)
@@ -281,6 +284,11 @@ class BucketGraph:
                 self._capture(blocks, sizes)
             self.graph.replay()
             self.replays += 1
+            if len(rows) == len(cache.rows):
+                walk = self.view_walk
+                visible = np.fromiter((b.visible_length for b in walk.unique), dtype=np.int64, count=len(walk.unique))
+                addresses = [b.addresses() for b in blocks]
+                self.last = _LastStep(list(cache.rows), blocks, arrays, increments, addresses, walk.unique, visible)
             if len(flat) == len(tokens):
                 logits = self.logits[: len(flat)].clone()
             else:  # each write's last token
@@ -290,6 +298,48 @@ class BucketGraph:
             return logits
         finally:
             cache.end_forward(ok)
+
+    def step_again(self, device_tokens: DeviceTokens) -> torch.Tensor | None:
+        """The last step's rows once more, each writing one more token into its own block -- the one its row drew,
+        still on the device (``device_tokens``): a window's next guessed step. Its tables are the last step's moved
+        by their `StepIncrements` (no views resolved, no plan made). None (nothing written) unless the last step's
+        rows wrote a token each and every block of their views still has the length and storage it left it with;
+        the caller then runs `step`."""
+        last, cache = self.last, self.cache
+        if last is None or any(b.addresses() is not a for b, a in zip(last.blocks, last.addresses)):
+            return None
+        lengths = np.fromiter((b.length for b in last.unique), dtype=np.int64, count=len(last.unique))
+        if not np.array_equal(lengths, last.visible):
+            return None
+        n = len(last.rows)
+        cache.begin_forward_blocks([row.blocks for row in last.rows], [[0]] * n)
+        ok = False
+        try:
+            if not OwnBlockTables.possible(cache.rows):
+                return None
+            arrays = last.increments.advance(last.arrays, 1)
+            self._upload(last.blocks, arrays, cache.rows, [0] * n)
+            fill_tokens(self.input_ids, token_slots([1] * n, device_tokens.writes, None), device_tokens)
+            self.graph.replay()
+            self.replays += 1
+            self.last = replace(last, arrays=arrays, visible=last.visible + last.increments.grows)
+            ok = True
+            return self.logits[:n].clone()
+        finally:
+            cache.end_forward(ok)
+
+
+@dataclass
+class _LastStep:
+    """A bucket's last step whose rows wrote one token each: what `BucketGraph.step_again` moves on from."""
+
+    rows: list[RowView]
+    blocks: list[KVBlock]  # the plan's (non-empty) blocks
+    arrays: dict[str, np.ndarray]
+    increments: StepIncrements
+    addresses: list  # the plan's blocks' storage then
+    unique: list[KVBlock]  # every block of the views, empty ones included
+    visible: np.ndarray  # their lengths after the step
 
 
 class BucketGraphs:
@@ -320,6 +370,17 @@ class BucketGraphs:
             walk = graph.view_walk
             if walk is not None and any(id(block) in gone for block in walk.unique):
                 graph.view_walk = None
+            if graph.last is not None and any(id(block) in gone for block in graph.last.unique):
+                graph.last = None
+
+    def forward_again(self, rows: int, device_tokens: DeviceTokens) -> torch.Tensor | None:
+        """`BucketGraph.step_again` of the bucket of ``rows`` one-token rows (None: the caller runs `forward`)."""
+        graph = self.graphs.get(bucket_for(rows))
+        return (
+            None
+            if graph is None or graph.last is None or len(graph.last.rows) != rows
+            else graph.step_again(device_tokens)
+        )
 
     def forward(self, writes, device_tokens: DeviceTokens | None = None) -> torch.Tensor | None:
         """Logits of each write's last token, replayed from the graph of the bucket that holds all of the

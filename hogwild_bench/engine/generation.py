@@ -541,11 +541,22 @@ def finisher_steps(
     logits = (yield from forward([Write(context, suffix)]))[0]
     greedy = Sampler(SamplingParams(), forbidden)
     out: list[int] = []
+    window: Window | None = None  # steps a batch ran ahead: each writes the last token and draws the next
     for _ in range(max_tokens):
-        out.append((yield Draw(logits[None], greedy))[0])
+        if window is not None:
+            token = window.take()[0]
+            greedy.draws += 1
+        else:
+            answer = yield Draw(logits[None], greedy, takes_window=True)
+            window, token = (answer, answer.tokens[0][0]) if isinstance(answer, Window) else (None, answer[0])
+        out.append(token)
         if finisher.done(tokenizer.decode(out)):
             break
-        logits = (yield from forward([Write(context, out[-1:])]))[0]
+        if window is not None and window.used < len(window.tokens):
+            window.accept([token])  # the forward writing it ran in the window
+        else:
+            window = None
+            logits = (yield from forward([Write(context, out[-1:])]))[0]
     cache.clear(FINISHER)
     return finisher.answer(tokenizer.decode(out))
 
