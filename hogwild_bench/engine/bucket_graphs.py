@@ -284,11 +284,9 @@ class BucketGraph:
                 self._capture(blocks, sizes)
             self.graph.replay()
             self.replays += 1
-            if len(rows) == len(cache.rows):
-                walk = self.view_walk
-                visible = np.fromiter((b.visible_length for b in walk.unique), dtype=np.int64, count=len(walk.unique))
-                addresses = [b.addresses() for b in blocks]
-                self.last = _LastStep(list(cache.rows), blocks, arrays, increments, addresses, walk.unique, visible)
+            if len(rows) == len(cache.rows):  # (the tables hold the plan's blocks' addresses: `_int64_tables`)
+                self.last = _LastStep(list(cache.rows), blocks, arrays, increments, self.written_read,
+                                      self.view_walk.unique, increments.visible)  # fmt: skip
             if len(flat) == len(tokens):
                 logits = self.logits[: len(flat)].clone()
             else:  # each write's last token
@@ -322,7 +320,7 @@ class BucketGraph:
             fill_tokens(self.input_ids, token_slots([1] * n, device_tokens.writes, None), device_tokens)
             self.graph.replay()
             self.replays += 1
-            self.last = replace(last, arrays=arrays, visible=last.visible + last.increments.grows)
+            self.last = replace(last, arrays=arrays, visible=last.visible + last.increments.grows)  # (same storage)
             ok = True
             return self.logits[:n].clone()
         finally:

@@ -385,6 +385,7 @@ class StepIncrements:
     ent_block: np.ndarray  # per entry: its block (to recount the partials used)
     split: int
     grows: np.ndarray  # per block of the views' walk, empty ones included (`ViewPositions.unique`): 1 or 0
+    visible: np.ndarray  # ... and its length once this step's tokens are in
 
     def advance(self, arrays: dict[str, np.ndarray], steps: int) -> dict[str, np.ndarray]:
         """The tables ``steps`` decode steps after those of ``arrays`` (`plan_steps`' numpy arrays)."""
@@ -468,6 +469,7 @@ def plan_steps(
     increments = StepIncrements(
         length=grows[kept_block], ent_delta=own_minus_block(grows)[keep][order],
         ent_qstart=(ent_qstart != NOT_OWN).astype(np.int64), ent_block=ent_block, split=split, grows=grows,
+        visible=visible,
     )  # fmt: skip
     sizes = dict(n_entries=len(e_row), n_slots=max(1, int(ent_splits.sum())), block_m=block_m, split=split)
     return blocks, arrays, sizes, increments
