@@ -143,6 +143,35 @@ def test_tables_of_the_next_decode_steps_follow_from_one_plan(models, tokenizer,
     assert crossed > 20, "some of them crossed a split"
 
 
+def test_a_step_moved_on_runs_only_where_the_blocks_are_as_the_last_step_left_them(models, monkeypatch):
+    """`BucketGraph.step_again` replays the last step's tables moved on a token; it refuses -- writing nothing --
+    once a block's length changed behind it or its storage moved (the moved tables would be wrong)."""
+    from hogwild_bench.engine.model import DeviceTokens, Write
+
+    monkeypatch.setattr(bucket_module.BucketGraph, "_allocate", host_buffers)
+    monkeypatch.setattr(bucket_module.BucketGraph, "_capture", random_replay())
+    lm = HogwildLM(models("qwen2"), attention="query_rotation")
+    cache = lm.new_cache()
+    lm.forward(cache, [Write(["p"], [1, 2, 3])])
+    lm.forward(cache, [Write(["p", "a"], [4]), Write(["p", "b"], [5])])
+    cache.reserve(["a", "b"], 64, like="p")
+    graph = bucket_module.BucketGraph(lm, cache, 8)
+    drawn = DeviceTokens([0, 1], torch.tensor([8, 9]), [0, 1])
+    a, b = cache.block("a"), cache.block("b")
+
+    assert graph.step_again(drawn) is None  # no last step yet
+    assert graph.step([["p", "a"], ["p", "b"]], [[6], [7]]) is not None
+    assert graph.step_again(drawn) is not None and (a.length, b.length) == (3, 3)
+    assert graph.input_ids[:2, 0].tolist() == [8, 9], "the drawn ids went in on the device"
+    assert graph.step_again(drawn) is not None and (a.length, b.length) == (4, 4)
+
+    lm.forward(cache, [Write(["p", "a"], [10])])  # a write the last step did not make
+    assert graph.step_again(drawn) is None and (a.length, b.length, a.pending, b.pending) == (5, 4, 0, 0)
+    assert graph.step([["p", "a"], ["p", "b"]], [[6], [7]]) is not None
+    cache.reserve(["b"], 4096, like="p")  # b's storage moves
+    assert graph.step_again(drawn) is None and (a.length, b.length, a.pending, b.pending) == (6, 5, 0, 0)
+
+
 @pytest.mark.parametrize("lanes,window", [(1, 1), (2, 1), (1, 4)])
 def test_a_finished_generation_leaves_nothing_holding_its_storage(models, tokenizer, monkeypatch, lanes, window):
     """The batch admits new generations into the memory a finished one frees, so once a generation is done

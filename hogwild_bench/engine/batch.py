@@ -566,8 +566,9 @@ class ContinuousBatcher:
             return [(inserts, False)]
         return [(chunk, True) for chunk in chunks]
 
-    def _ahead_rows(self, pending: tuple[PendingTokens | None, list[_Running | None]], always: bool = False
-                    ) -> dict[int, int]:  # fmt: skip
+    def _ahead_rows(
+        self, pending: tuple[PendingTokens | None, list[_Running | None]], always: bool = False
+    ) -> dict[int, int]:
         """For each generation of ``pending`` whose next step can be launched now (`_Running.guessable`), the
         row of its first token among the pending draws (none without ``overlap``, unless ``always``)."""
         tokens, drawing = pending

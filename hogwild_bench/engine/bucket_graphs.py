@@ -304,7 +304,7 @@ class BucketGraph:
         rows wrote a token each and every block of their views still has the length and storage it left it with;
         the caller then runs `step`."""
         last, cache = self.last, self.cache
-        if last is None or any(b.addresses() is not a for b, a in zip(last.blocks, last.addresses)):
+        if last is None:
             return None
         lengths = np.fromiter((b.length for b in last.unique), dtype=np.int64, count=len(last.unique))
         if not np.array_equal(lengths, last.visible):
@@ -312,7 +312,9 @@ class BucketGraph:
         n = len(last.rows)
         cache.begin_forward_blocks([row.blocks for row in last.rows], [[0]] * n)
         ok = False
-        try:
+        try:  # storage as the plan saw it (the moved tables keep its capacities), with room for the new tokens
+            if any(b.addresses() is not a for b, a in zip(last.blocks, last.addresses)):
+                return None
             if not OwnBlockTables.possible(cache.rows):
                 return None
             arrays = last.increments.advance(last.arrays, 1)
