@@ -94,10 +94,11 @@ class ReplayedSteps:
 
 
 def time_replayed_steps(profiler: cProfile.Profile | None) -> tuple[ReplayedSteps, list[int]]:
-    """Wrap `BucketGraph.step` and `step_again` (timed, optionally profiled) and `ViewPositions.walk` (counted)."""
+    """Wrap `BucketGraph.step` and `steps_again` (timed, optionally profiled; the token draws inside `steps_again`
+    left out, as `step` has none) and `ViewPositions.walk` (counted)."""
     steps, walks = ReplayedSteps(profiler), [0]
     step, walk, plan = bucket_module.BucketGraph.step, bucket_module.ViewPositions.walk, bucket_module.BucketGraph._plan
-    again = bucket_module.BucketGraph.step_again
+    again = bucket_module.BucketGraph.steps_again
 
     def timed(run, rows):
         if profiler is not None:
@@ -115,8 +116,25 @@ def time_replayed_steps(profiler: cProfile.Profile | None) -> tuple[ReplayedStep
     def timed_step(graph, views, tokens, *args):
         return timed(lambda: step(graph, views, tokens, *args), sum(len(t) for t in tokens))
 
-    def timed_again(graph, device_tokens):
-        return timed(lambda: again(graph, device_tokens), len(device_tokens.writes))
+    def timed_again(graph, count, first, draw):
+        drawing = [0.0]
+
+        def timed_draw(logits):
+            started = time.perf_counter()
+            out = draw(logits)
+            drawing[0] += time.perf_counter() - started
+            return out
+
+        if profiler is not None:
+            profiler.enable()
+        started = time.perf_counter()
+        moved = again(graph, count, first, timed_draw)
+        seconds = time.perf_counter() - started - drawing[0]
+        if profiler is not None:
+            profiler.disable()
+        steps.seconds += [seconds / moved] * moved if moved else []
+        steps.rows += [len(first.writes)] * moved
+        return moved
 
     def counted_walk(rows):
         walks[0] += 1
@@ -129,7 +147,7 @@ def time_replayed_steps(profiler: cProfile.Profile | None) -> tuple[ReplayedStep
         return plan(graph, rows)
 
     bucket_module.BucketGraph.step = timed_step
-    bucket_module.BucketGraph.step_again = timed_again
+    bucket_module.BucketGraph.steps_again = timed_again
     bucket_module.BucketGraph._plan = watched_plan
     bucket_module.ViewPositions.walk = staticmethod(counted_walk)
     return steps, walks

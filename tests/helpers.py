@@ -138,6 +138,7 @@ def host_buffers(graph) -> None:
     graph._allocate_host(pin=False)
     graph.tables_i32, graph.tables_i64 = torch.zeros_like(graph.host_i32), torch.zeros_like(graph.host_i64)
     graph.input_ids = graph.tables_i64[: graph.rows].view(graph.rows, 1)  # where token ids on the device go
+    graph.positions = graph.tables_i64[graph.rows : 2 * graph.rows].view(graph.rows, 1)
     graph.uploaded = _Ready()
 
 

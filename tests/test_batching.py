@@ -277,11 +277,11 @@ def test_a_window_step_that_fails_ends_only_the_generations_in_it(alone, tokeniz
     lm, expected = alone
     calls, forward = [], ContinuousBatcher._forward_guessed
 
-    def failing_once(batcher, lane, writes, device_tokens, again):
+    def failing_once(batcher, lane, writes, device_tokens):
         calls.append(len(writes))
         if len(calls) == 3:
             raise torch.OutOfMemoryError("CUDA out of memory (test)")
-        return forward(batcher, lane, writes, device_tokens, again)
+        return forward(batcher, lane, writes, device_tokens)
 
     monkeypatch.setattr(ContinuousBatcher, "_forward_guessed", failing_once)
     batcher = ContinuousBatcher(lm, max_rows=4, lanes=2, window=4)

@@ -16,9 +16,9 @@ from helpers import host_buffers, live_blocks, random_replay, track_blocks
 from hogwild_bench.answers import BOXED_FINISHER
 from hogwild_bench.engine import GenerationOptions, HogwildGenerator, HogwildLM, triton_attention
 from hogwild_bench.engine import bucket_graphs as bucket_module
-from hogwild_bench.engine.attention import token_rows
+from hogwild_bench.engine.attention import RowView, token_rows
 from hogwild_bench.engine.batch import PREFILL_TOKENS, BatchJob, ContinuousBatcher
-from hogwild_bench.engine.triton_attention import plan_arrays, plan_steps
+from hogwild_bench.engine.triton_attention import plan_arrays, plan_steps, table_views
 
 
 def _jobs(lm, tokenizer, count):
@@ -74,8 +74,31 @@ def test_incremental_step_tables_equal_tables_built_afresh(models, tokenizer, mo
         splits.add(split)
         several.append(len(rows) > len(graph.cache.rows))
 
+    again, moved_on = bucket_module.BucketGraph.steps_again, []
+
+    def checked_again(graph, count, first, draw):
+        """After a window's steps moved on: the device tables hold its last step's, as a fresh plan gives them."""
+        moved = again(graph, count, first, draw)
+        if moved:
+            rows = [RowView(row.blocks, 1) for row in graph.last.rows]
+            for row in rows:  # the last step's token in flight again
+                row.own.length, row.own.pending = row.own.length - 1, 1
+            try:
+                blocks, fresh, _ = plan_arrays(rows, 1, graph.groups, by_capacity=True, block_m=graph.caps.block_m,
+                                               split=graph.split)  # fmt: skip
+                positions = [row.own.length for row in rows]
+            finally:
+                for row in rows:
+                    row.own.length, row.own.pending = row.own.length + 1, 0
+            graph._int32_tables(blocks, fresh)
+            assert torch.equal(graph.host_i32, graph.tables_i32)
+            assert graph.positions[: len(rows), 0].tolist() == positions
+            moved_on.append(moved)
+        return moved
+
     monkeypatch.setattr(bucket_module.BucketGraph, "_upload", checked_upload)
     monkeypatch.setattr(bucket_module.BucketGraph, "_plan", noted_plan)
+    monkeypatch.setattr(bucket_module.BucketGraph, "steps_again", checked_again)
     lm = HogwildLM(models("qwen2"), attention="query_rotation")
     batcher = ContinuousBatcher(lm, max_rows=12, window=window)
     batcher.graphs = bucket_module.BucketGraphs(lm, batcher.cache)
@@ -85,8 +108,8 @@ def test_incremental_step_tables_equal_tables_built_afresh(models, tokenizer, mo
     assert len(checked) > 50 and len(set(checked)) > 3, "steps of changing batches were replayed"
     if window == 1:
         assert 0.3 < sum(reused) / len(reused) < 1, "most steps reuse the walk; membership changes rebuild it"
-    else:  # a window's later steps move the last step's tables on (`BucketGraph.step_again`): no plan made
-        assert len(checked) - len(reused) > 20
+    else:  # a window's later steps move the last step's tables on (`BucketGraph.steps_again`): no plan made
+        assert len(moved_on) > 20 and sum(moved_on) > len(moved_on)
     assert sum(several) > 10, "step headers and prompts replay as one-token rows"
     assert splits == {batch.split, batch.batch_split}
 
@@ -143,9 +166,10 @@ def test_tables_of_the_next_decode_steps_follow_from_one_plan(models, tokenizer,
     assert crossed > 20, "some of them crossed a split"
 
 
-def test_a_step_moved_on_runs_only_where_the_blocks_are_as_the_last_step_left_them(models, monkeypatch):
-    """`BucketGraph.step_again` replays the last step's tables moved on a token; it refuses -- writing nothing --
-    once a block's length changed behind it or its storage moved (the moved tables would be wrong)."""
+def test_steps_moved_on_run_only_where_the_blocks_are_as_the_last_step_left_them(models, monkeypatch):
+    """`BucketGraph.steps_again` replays the last step's tables moved on, a token a step, each step's ids those drawn
+    from the step before; it refuses -- writing nothing -- once a block's length changed behind it, its storage
+    moved (the moved tables would be wrong) or an own block lacks room for all the steps."""
     from hogwild_bench.engine.model import DeviceTokens, Write
 
     monkeypatch.setattr(bucket_module.BucketGraph, "_allocate", host_buffers)
@@ -156,20 +180,26 @@ def test_a_step_moved_on_runs_only_where_the_blocks_are_as_the_last_step_left_th
     lm.forward(cache, [Write(["p", "a"], [4]), Write(["p", "b"], [5])])
     cache.reserve(["a", "b"], 64, like="p")
     graph = bucket_module.BucketGraph(lm, cache, 8)
-    drawn = DeviceTokens([0, 1], torch.tensor([8, 9]), [0, 1])
+    first = DeviceTokens([0, 1], torch.tensor([8, 9]), [0, 1])
     a, b = cache.block("a"), cache.block("b")
+    seen = []  # each replay's (ids, positions, own blocks' lengths in the attention tables)
 
-    assert graph.step_again(drawn) is None  # no last step yet
+    def draw(logits):
+        views = table_views(graph.tables_i32, graph._shapes())
+        seen.append((graph.input_ids[:2, 0].tolist(), graph.positions[:2, 0].tolist(), views["length"][1:3].tolist()))
+        return torch.tensor([20 + len(seen), 30 + len(seen)])
+
+    assert graph.steps_again(2, first, draw) == 0  # no last step yet
     assert graph.step([["p", "a"], ["p", "b"]], [[6], [7]]) is not None
-    assert graph.step_again(drawn) is not None and (a.length, b.length) == (3, 3)
-    assert graph.input_ids[:2, 0].tolist() == [8, 9], "the drawn ids went in on the device"
-    assert graph.step_again(drawn) is not None and (a.length, b.length) == (4, 4)
+    assert graph.steps_again(3, first, draw) == 3 and (a.length, b.length) == (5, 5)
+    assert seen == [([8, 9], [2, 2], [3, 3]), ([21, 31], [3, 3], [4, 4]), ([22, 32], [4, 4], [5, 5])]
+    assert graph.steps_again(70, first, draw) == 0, "no room for 70 more tokens"
 
     lm.forward(cache, [Write(["p", "a"], [10])])  # a write the last step did not make
-    assert graph.step_again(drawn) is None and (a.length, b.length, a.pending, b.pending) == (5, 4, 0, 0)
+    assert graph.steps_again(1, first, draw) == 0 and (a.length, b.length, a.pending, b.pending) == (6, 5, 0, 0)
     assert graph.step([["p", "a"], ["p", "b"]], [[6], [7]]) is not None
     cache.reserve(["b"], 4096, like="p")  # b's storage moves
-    assert graph.step_again(drawn) is None and (a.length, b.length, a.pending, b.pending) == (6, 5, 0, 0)
+    assert graph.steps_again(1, first, draw) == 0 and (a.length, b.length) == (7, 6)
 
 
 @pytest.mark.parametrize("lanes,window", [(1, 1), (2, 1), (1, 4)])

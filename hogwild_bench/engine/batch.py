@@ -726,26 +726,35 @@ class ContinuousBatcher:
             return {}
         first_draws = {id(r): r.draw.sampler.draws for r in group}
         own = {id(r): [r.namespace.block(w.view[-1]) for w in r.writes] for r in group}
-        lane, steps, source, ran, replayed = group[0].lane, [], tokens, 0, False
+        lane, steps, ran, replayed = group[0].lane, [tokens], 0, False
         writes = [w for r in group for w in r.namespace.qualify([Write(w.view, [0]) for w in r.writes])]
+
+        def draw(logits: torch.Tensor) -> torch.Tensor:
+            """The group's token choices from a step's logits (group order), on the device."""
+            started, offset, draws = time.perf_counter(), 0, []
+            for r in group:
+                rows_of[id(r)] = offset
+                draws.append(Draw(logits[offset : offset + len(r.writes)], r.draw.sampler))
+                offset += len(r.writes)
+            steps.append(enqueue_draws(draws))
+            self.times.draw += time.perf_counter() - started
+            self.times.ahead += len(group)
+            return steps[-1].on_device
+
         try:
-            for _ in range(self.window - 1):
+            while ran < self.window - 1:
                 fill_rows = [row for r in group for row in range(rows_of[id(r)], rows_of[id(r)] + len(r.writes))]
-                device_tokens = DeviceTokens(range(len(writes)), source.on_device, fill_rows)
-                logits, replayed = self._forward_guessed(lane, writes, device_tokens, again=replayed)
+                device_tokens = DeviceTokens(range(len(writes)), steps[-1].on_device, fill_rows)
+                if replayed:  # the rest from the tables of the step just replayed, moved on (one upload)
+                    moved = self._forward_again(lane, writes, self.window - 1 - ran, device_tokens, draw)
+                    ran += moved
+                    if moved:
+                        continue
+                logits, replayed = self._forward_guessed(lane, writes, device_tokens)
                 ran += 1
-                self.times.ahead += len(group)
-                draws, offset, rows_of = [], 0, {}
-                for r in group:
-                    rows_of[id(r)] = offset
-                    draws.append(Draw(logits[offset : offset + len(r.writes)], r.draw.sampler))
-                    offset += len(r.writes)
-                started = time.perf_counter()
-                source = enqueue_draws(draws)
-                steps.append(source)
-                self.times.draw += time.perf_counter() - started
+                draw(logits)
             started = time.perf_counter()
-            drawn = [step.result() for step in steps]
+            drawn = [step.result() for step in steps[1:]]
             self.times.draw += time.perf_counter() - started
         except Exception as error:
             for done in self._fail(group, error):
@@ -760,18 +769,25 @@ class ContinuousBatcher:
             windows[id(running)] = Window([[], *(step[g] for step in drawn)], self._accept(running, blocks))
         return windows
 
+    def _forward_again(self, lane: _Lane, writes: list[Write], count: int, first: DeviceTokens, draw) -> int:
+        """Up to ``count`` more guessed steps of a window replayed from the tables of the step the lane's bucket
+        graphs just replayed, moved on (`BucketGraph.steps_again`); the steps run (0: none)."""
+        started, drawing = time.perf_counter(), self.times.draw
+        moved = lane.graphs.forward_again(len(writes), count, first, draw)
+        seconds = time.perf_counter() - started - (self.times.draw - drawing)
+        self.times.replayed += moved
+        self.times.forward += seconds
+        if self.on_step is not None:
+            for _ in range(moved):
+                self.on_step(len(writes), seconds / moved)
+        return moved
+
     def _forward_guessed(
-        self, lane: _Lane, writes: list[Write], device_tokens: DeviceTokens, again: bool
+        self, lane: _Lane, writes: list[Write], device_tokens: DeviceTokens
     ) -> tuple[torch.Tensor, bool]:
-        """One forward of a window's guessed step, and whether it replayed from the lane's bucket graphs. ``again``:
-        the window's last step replayed there, so this one may replay its tables moved on a step
-        (`BucketGraph.step_again`: no views resolved, no plan made)."""
+        """One forward of a window's guessed step, and whether it replayed from the lane's bucket graphs."""
         started = time.perf_counter()
-        logits = None
-        if lane.graphs is not None:
-            logits = lane.graphs.forward_again(len(writes), device_tokens) if again else None
-            if logits is None:
-                logits = lane.graphs.forward(writes, device_tokens)
+        logits = lane.graphs.forward(writes, device_tokens) if lane.graphs is not None else None
         replayed = logits is not None
         if replayed:
             self.times.replayed += 1

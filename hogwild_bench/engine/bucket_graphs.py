@@ -19,7 +19,7 @@ work items or partials than captured) re-captures that bucket with headroom.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, fields, replace
 
 import numpy as np
@@ -97,7 +97,7 @@ class BucketGraph:
         self.scratch = KVBlock("bucket scratch", lm.num_layers)
         self.captures = self.replays = 0
         self.view_walk: ViewPositions | None = None  # the last step's walk over the views
-        self.last: _LastStep | None = None  # the last step, when its rows wrote a token each (`step_again`)
+        self.last: _LastStep | None = None  # the last step, when its rows wrote a token each (`steps_again`)
 
     # -- host tables -------------------------------------------------------------------------------
     @property
@@ -297,41 +297,53 @@ class BucketGraph:
         finally:
             cache.end_forward(ok)
 
-    def step_again(self, device_tokens: DeviceTokens) -> torch.Tensor | None:
-        """The last step's rows once more, each writing one more token into its own block -- the one its row drew,
-        still on the device (``device_tokens``): a window's next guessed step. Its tables are the last step's moved
-        by their `StepIncrements` (no views resolved, no plan made). None (nothing written) unless the last step's
-        rows wrote a token each and every block of their views still has the length and storage it left it with;
-        the caller then runs `step`."""
-        last, cache = self.last, self.cache
-        if last is None:
-            return None
+    def steps_again(self, count: int, first: DeviceTokens, draw: Callable[[torch.Tensor], torch.Tensor]) -> int:
+        """The last step's rows ``count`` times more, each step writing one more token into each row's own block --
+        the one its row drew from the step before, still on the device -- as a window's guessed steps do. Step 1's
+        ids are ``first``; ``draw(logits)`` chooses each step's tokens and returns them on the device (``[rows]``,
+        row order), which step ``k + 1`` reads. The steps' tables are the last step's moved on by its
+        `StepIncrements` (no views resolved, no plan made), all uploaded at once; between replays the device only
+        copies step ``k``'s slice into place. Returns the steps run: 0 (nothing written) unless the last step's rows
+        wrote a token each, every block of their views still has the length and storage it left it with and every
+        own block has room for all ``count`` tokens; the own blocks then hold them, with placeholder ids."""
+        last = self.last
+        if last is None or count < 1 or any(b.addresses() is not a for b, a in zip(last.blocks, last.addresses)):
+            return 0
         lengths = np.fromiter((b.length for b in last.unique), dtype=np.int64, count=len(last.unique))
-        if not np.array_equal(lengths, last.visible):
-            return None
-        n = len(last.rows)
-        cache.begin_forward_blocks([row.blocks for row in last.rows], [[0]] * n)
-        ok = False
-        try:  # storage as the plan saw it (the moved tables keep its capacities), with room for the new tokens
-            if any(b.addresses() is not a for b, a in zip(last.blocks, last.addresses)):
-                return None
-            if not OwnBlockTables.possible(cache.rows):
-                return None
-            arrays = last.increments.advance(last.arrays, 1)
-            self._upload(last.blocks, arrays, cache.rows, [0] * n)
-            fill_tokens(self.input_ids, token_slots([1] * n, device_tokens.writes, None), device_tokens)
+        owns = [row.own for row in last.rows]
+        if not np.array_equal(lengths, last.visible) or any(
+            b.addresses().min_capacity < b.length + count for b in owns
+        ):
+            return 0
+        n, pin = len(owns), self.device.type == "cuda"
+        self.uploaded.synchronize()  # the staging buffer is free
+        tables = torch.empty((count, self.host_i32.numel()), dtype=torch.int32, pin_memory=pin)
+        positions = torch.zeros((count, self.rows), dtype=torch.int64, pin_memory=pin)
+        start = np.fromiter((b.length for b in owns), dtype=np.int64, count=n)
+        arrays = last.arrays
+        for k in range(count):
+            arrays = last.increments.advance(arrays, 1)
+            self._int32_tables(last.blocks, arrays)
+            tables[k] = self.host_i32
+            positions[k, :n] = torch.from_numpy(start + k)
+        tables, positions = tables.to(self.device, non_blocking=True), positions.to(self.device, non_blocking=True)
+        slots, source = token_slots([1] * n, range(n), None), first
+        for k in range(count):
+            self.tables_i32.copy_(tables[k])
+            self.positions.view(-1).copy_(positions[k])
+            fill_tokens(self.input_ids, slots, source)
             self.graph.replay()
             self.replays += 1
-            self.last = replace(last, arrays=arrays, visible=last.visible + last.increments.grows)  # (same storage)
-            ok = True
-            return self.logits[:n].clone()
-        finally:
-            cache.end_forward(ok)
+            source = DeviceTokens(range(n), draw(self.logits[:n].clone()), range(n))
+        for block in owns:
+            block.reinstate([0] * count)
+        self.last = replace(last, arrays=arrays, visible=last.visible + count * last.increments.grows)
+        return count
 
 
 @dataclass
 class _LastStep:
-    """A bucket's last step whose rows wrote one token each: what `BucketGraph.step_again` moves on from."""
+    """A bucket's last step whose rows wrote one token each: what `BucketGraph.steps_again` moves on from."""
 
     rows: list[RowView]
     blocks: list[KVBlock]  # the plan's (non-empty) blocks
@@ -373,14 +385,12 @@ class BucketGraphs:
             if graph.last is not None and any(id(block) in gone for block in graph.last.unique):
                 graph.last = None
 
-    def forward_again(self, rows: int, device_tokens: DeviceTokens) -> torch.Tensor | None:
-        """`BucketGraph.step_again` of the bucket of ``rows`` one-token rows (None: the caller runs `forward`)."""
+    def forward_again(self, rows: int, count: int, first: DeviceTokens, draw: Callable) -> int:
+        """`BucketGraph.steps_again` of the bucket of ``rows`` one-token rows, whose last step had them (0: not run)."""
         graph = self.graphs.get(bucket_for(rows))
-        return (
-            None
-            if graph is None or graph.last is None or len(graph.last.rows) != rows
-            else graph.step_again(device_tokens)
-        )
+        if graph is None or graph.last is None or len(graph.last.rows) != rows:
+            return 0
+        return graph.steps_again(count, first, draw)
 
     def forward(self, writes, device_tokens: DeviceTokens | None = None) -> torch.Tensor | None:
         """Logits of each write's last token, replayed from the graph of the bucket that holds all of the
