@@ -61,8 +61,9 @@ def watch_plans(points: list[dict]) -> None:
     """Wrap `BucketGraph._plan`: each call appends the bucket's and the step's own plan shapes."""
     plan = bucket_module.BucketGraph._plan
 
-    def watched(graph, rows):
-        blocks, arrays, sizes = plan(graph, rows)
+    def watched(graph, rows, *args):
+        out = plan(graph, rows, *args)
+        blocks, arrays, sizes, _ = out
         _, by_length, length_sizes = plan_arrays(rows, 1, graph.groups, split=graph.split)
         _, own_tile, own_sizes = plan_arrays(rows, 1, graph.groups, by_capacity=True, split=graph.split)
         points.append({
@@ -78,7 +79,7 @@ def watch_plans(points: list[dict]) -> None:
             "length_programs": len(by_length["work_block"]),
             "length_block_m": length_sizes["block_m"],
         })  # fmt: skip
-        return blocks, arrays, sizes
+        return out
 
     bucket_module.BucketGraph._plan = watched
 

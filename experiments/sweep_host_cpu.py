@@ -140,11 +140,11 @@ def time_replayed_steps(profiler: cProfile.Profile | None) -> tuple[ReplayedStep
         walks[0] += 1
         return walk(rows)
 
-    def watched_plan(graph, rows):
+    def watched_plan(graph, rows, *args):
         before = graph.view_walk
         if before is not None and not before.same_views(rows):
             steps.churn(before.row_views, [row.blocks for row in rows])
-        return plan(graph, rows)
+        return plan(graph, rows, *args)
 
     bucket_module.BucketGraph.step = timed_step
     bucket_module.BucketGraph.steps_again = timed_again

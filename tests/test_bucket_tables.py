@@ -48,9 +48,9 @@ def test_incremental_step_tables_equal_tables_built_afresh(models, tokenizer, mo
     several = []  # replayed steps with a write of several tokens
     splits = set()
 
-    def noted_plan(graph, rows):
+    def noted_plan(graph, rows, *args):
         before = graph.view_walk
-        out = plan(graph, rows)
+        out = plan(graph, rows, *args)
         reused.append(before is graph.view_walk)
         return out
 
@@ -191,15 +191,17 @@ def test_steps_moved_on_run_only_where_the_blocks_are_as_the_last_step_left_them
 
     assert graph.steps_again(2, first, draw) == 0  # no last step yet
     assert graph.step([["p", "a"], ["p", "b"]], [[6], [7]]) is not None
-    assert graph.steps_again(3, first, draw) == 3 and (a.length, b.length) == (5, 5)
-    assert seen == [([8, 9], [2, 2], [3, 3]), ([21, 31], [3, 3], [4, 4]), ([22, 32], [4, 4], [5, 5])]
+    assert graph.steps_again(2, first, draw) == 0  # a step not kept to move on (no window asked for it)
+    assert graph.step([["p", "a"], ["p", "b"]], [[6], [7]], moves_on=True) is not None
+    assert graph.steps_again(3, first, draw) == 3 and (a.length, b.length) == (6, 6)
+    assert seen == [([8, 9], [3, 3], [4, 4]), ([21, 31], [4, 4], [5, 5]), ([22, 32], [5, 5], [6, 6])]
     assert graph.steps_again(70, first, draw) == 0, "no room for 70 more tokens"
 
     lm.forward(cache, [Write(["p", "a"], [10])])  # a write the last step did not make
-    assert graph.steps_again(1, first, draw) == 0 and (a.length, b.length, a.pending, b.pending) == (6, 5, 0, 0)
-    assert graph.step([["p", "a"], ["p", "b"]], [[6], [7]]) is not None
+    assert graph.steps_again(1, first, draw) == 0 and (a.length, b.length, a.pending, b.pending) == (7, 6, 0, 0)
+    assert graph.step([["p", "a"], ["p", "b"]], [[6], [7]], moves_on=True) is not None
     cache.reserve(["b"], 4096, like="p")  # b's storage moves
-    assert graph.steps_again(1, first, draw) == 0 and (a.length, b.length) == (7, 6)
+    assert graph.steps_again(1, first, draw) == 0 and (a.length, b.length) == (8, 7)
 
 
 @pytest.mark.parametrize("lanes,window", [(1, 1), (2, 1), (1, 4)])

@@ -600,24 +600,12 @@ class ContinuousBatcher:
                 else:
                     writes += r.namespace.qualify(r.writes)
             device_tokens = DeviceTokens(fill_writes, pending[0].on_device, fill_rows) if fill_writes else None
-            times, started = self.times, time.perf_counter()
+            times = self.times
             try:
-                logits = lane.graphs.forward(writes, device_tokens) if replay else None
-                if logits is not None:
-                    times.replayed += 1
-                else:
-                    logits = self.lm.forward(self.cache, writes, cuda_graphs=False, device_tokens=device_tokens)
-                    if _is_prefill(writes):
-                        times.prefill += 1
-                    else:
-                        times.eager += 1
+                logits, _ = self._forward(lane, writes, device_tokens, replay)
             except Exception as error:  # e.g. out of memory: every generation in this forward fails
                 finished += self._fail(group, error)
                 continue
-            seconds = time.perf_counter() - started
-            times.forward += seconds
-            if self.on_step is not None:
-                self.on_step(len(writes), seconds)
             offset = 0
             started = time.perf_counter()
             for running in group:
@@ -785,15 +773,26 @@ class ContinuousBatcher:
     def _forward_guessed(
         self, lane: _Lane, writes: list[Write], device_tokens: DeviceTokens
     ) -> tuple[torch.Tensor, bool]:
-        """One forward of a window's guessed step, and whether it replayed from the lane's bucket graphs."""
+        """One forward of a window's guessed step, and whether it replayed from the lane's bucket graphs (which
+        then keep it for `BucketGraph.steps_again` to move on)."""
+        return self._forward(lane, writes, device_tokens, lane.graphs is not None, moves_on=True)
+
+    def _forward(
+        self, lane: _Lane, writes: list[Write], device_tokens: DeviceTokens | None, replay: bool, moves_on: bool = False
+    ) -> tuple[torch.Tensor, bool]:
+        """One forward of ``writes``: replayed from the lane's bucket graphs where ``replay`` and they can, else
+        eager; timed and counted by kind. Returns its logits and whether it replayed."""
         started = time.perf_counter()
-        logits = lane.graphs.forward(writes, device_tokens) if lane.graphs is not None else None
+        logits = lane.graphs.forward(writes, device_tokens, moves_on=moves_on) if replay else None
         replayed = logits is not None
         if replayed:
             self.times.replayed += 1
         else:
             logits = self.lm.forward(self.cache, writes, cuda_graphs=False, device_tokens=device_tokens)
-            self.times.eager += 1
+            if _is_prefill(writes):
+                self.times.prefill += 1
+            else:
+                self.times.eager += 1
         seconds = time.perf_counter() - started
         self.times.forward += seconds
         if self.on_step is not None:

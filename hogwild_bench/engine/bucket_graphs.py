@@ -105,14 +105,15 @@ class BucketGraph:
         """Keys per attention program: by the bucket's row count, so every step of the bucket has the same."""
         return triton_attention.settings.split_for(self.rows)
 
-    def _plan(self, rows) -> tuple[list, dict, dict, StepIncrements]:
-        """The step's plan (numpy tables); the walk over the views is reused from the previous step while the rows
-        see the same blocks (most steps: only lengths, offsets and token ids change)."""
+    def _plan(self, rows, moves_on: bool) -> tuple[list, dict, dict, StepIncrements | None]:
+        """The step's plan (numpy tables, and with ``moves_on`` its `StepIncrements`); the walk over the views is
+        reused from the previous step while the rows see the same blocks (most steps: only lengths, offsets and
+        token ids change)."""
         if self.view_walk is None or not self.view_walk.same_views(rows):
             self.view_walk = ViewPositions.walk(rows)
         caps = self.caps
         return plan_steps(rows, 1, self.groups, by_capacity=True, block_m=caps.block_m if caps else None,
-                          positions=self.view_walk, split=self.split)  # fmt: skip
+                          positions=self.view_walk, split=self.split, increments=moves_on)  # fmt: skip
 
     @staticmethod
     def _need(blocks: list, arrays: dict, sizes: dict) -> Capacities:
@@ -250,12 +251,17 @@ class BucketGraph:
         append_rows(keys, values, k_ptrs, v_ptrs, capacity, self.positions, self.one_new)
 
     def step(
-        self, views: Sequence[Sequence[str]], tokens: Sequence[Sequence[int]], device_tokens: DeviceTokens | None = None
+        self,
+        views: Sequence[Sequence[str]],
+        tokens: Sequence[Sequence[int]],
+        device_tokens: DeviceTokens | None = None,
+        moves_on: bool = False,
     ) -> torch.Tensor | None:
         """Write ``tokens[b]`` at the end of ``views[b][-1]``; float32 logits of each write's last token
         ``[writes, V]``, or None (nothing written) when a block has no storage yet, so the step must run
         eagerly. The graph's rows are the writes' tokens (`token_rows`): at most ``self.rows`` in all.
-        ``device_tokens``: one-token writes whose ids are on the device (copied in after the tables)."""
+        ``device_tokens``: one-token writes whose ids are on the device (copied in after the tables).
+        ``moves_on``: keep the step, if its rows write a token each, for `steps_again` to move on."""
         cache = self.cache
         self.last = None
         cache.begin_forward(views, tokens)
@@ -265,7 +271,7 @@ class BucketGraph:
                 return None
             rows = token_rows(cache.rows)
             flat = [t for write in tokens for t in write]
-            blocks, arrays, sizes, increments = self._plan(rows)
+            blocks, arrays, sizes, increments = self._plan(rows, moves_on)
             if any(b.addresses() is None for b in blocks):
                 return None
             need = self._need(blocks, arrays, sizes)
@@ -273,7 +279,7 @@ class BucketGraph:
             if capture:
                 start = self.caps or Capacities(**{f.name: 0 for f in fields(Capacities)} | need.exact())
                 self.caps = start.grown(need, HEADROOM * self.rows / len(rows))
-                blocks, arrays, sizes, increments = self._plan(rows)  # with the captured tile
+                blocks, arrays, sizes, increments = self._plan(rows, moves_on)  # with the captured tile
                 self._ensure_scratch(blocks)
                 self._allocate()
             self._upload(blocks, arrays, rows, flat)
@@ -284,7 +290,7 @@ class BucketGraph:
                 self._capture(blocks, sizes)
             self.graph.replay()
             self.replays += 1
-            if len(rows) == len(cache.rows):  # (the tables hold the plan's blocks' addresses: `_int64_tables`)
+            if moves_on and len(rows) == len(cache.rows):  # (the tables hold its blocks' addresses: `_int64_tables`)
                 self.last = _LastStep(list(cache.rows), blocks, arrays, increments, self.written_read,
                                       self.view_walk.unique, increments.visible)  # fmt: skip
             if len(flat) == len(tokens):
@@ -392,11 +398,12 @@ class BucketGraphs:
             return 0
         return graph.steps_again(count, first, draw)
 
-    def forward(self, writes, device_tokens: DeviceTokens | None = None) -> torch.Tensor | None:
+    def forward(self, writes, device_tokens: DeviceTokens | None = None, moves_on: bool = False) -> torch.Tensor | None:
         """Logits of each write's last token, replayed from the graph of the bucket that holds all of the
         writes' tokens as one-token rows; None when the step cannot replay (the caller runs it eagerly). A view
-        naming an unknown block raises `UnknownBlockError` from `begin_forward`, as an eager forward would."""
+        naming an unknown block raises `UnknownBlockError` from `begin_forward`, as an eager forward would.
+        ``moves_on``: `BucketGraph.step`'s."""
         rows = bucket_for(sum(len(w.tokens) for w in writes))
         if rows not in self.graphs:
             self.graphs[rows] = BucketGraph(self.lm, self.cache, rows)
-        return self.graphs[rows].step([w.view for w in writes], [w.tokens for w in writes], device_tokens)
+        return self.graphs[rows].step([w.view for w in writes], [w.tokens for w in writes], device_tokens, moves_on)

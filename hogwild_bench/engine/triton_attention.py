@@ -366,7 +366,8 @@ def plan_arrays(
     program (default: `KernelSettings.split_for` the number of rows). Apart from that
     walk everything is vector ops -- numpy, not torch: this runs before every forward of a batch of hundreds of
     rows, and a torch call on a small CPU tensor costs several times a numpy one."""
-    blocks, arrays, sizes, _ = plan_steps(rows, q_len, groups, keep_empty, by_capacity, block_m, positions, split)
+    blocks, arrays, sizes, _ = plan_steps(rows, q_len, groups, keep_empty, by_capacity, block_m, positions, split,
+                                          increments=False)  # fmt: skip
     return blocks, {name: torch.from_numpy(t.astype(np.int32, copy=False)) for name, t in arrays.items()}, sizes
 
 
@@ -407,8 +408,10 @@ def plan_steps(
     block_m: int | None = None,
     positions: ViewPositions | None = None,
     split: int | None = None,
-) -> tuple[list, dict[str, np.ndarray], dict[str, int], StepIncrements]:
-    """`plan_arrays` with numpy tables, and the `StepIncrements` that give the next decode steps' tables."""
+    increments: bool = True,
+) -> tuple[list, dict[str, np.ndarray], dict[str, int], StepIncrements | None]:
+    """`plan_arrays` with numpy tables, and (unless not asked for: a forward whose steps nothing moves on) the
+    `StepIncrements` that give the next decode steps' tables."""
     positions = positions or ViewPositions.walk(rows)
     unique, pos_block, row_sizes = positions.unique, positions.pos_block, positions.row_sizes
     n_rows = len(rows)
@@ -425,8 +428,6 @@ def plan_steps(
 
     visible = np.fromiter((b.visible_length for b in unique), dtype=np.int64, count=len(unique))
     delta = own_minus_block(visible)  # the own block's offset in the view less the block's
-    grows = np.zeros(len(unique), dtype=np.int64)
-    grows[pos_block[own_pos]] = 1
     qstart = np.full(len(pos_block), NOT_OWN, dtype=np.int64)
     qstart[own_pos] = np.fromiter((row.query_start(q_len) for row in rows), dtype=np.int64, count=n_rows)
     kept_block = visible > 0 if not keep_empty else np.ones(len(unique), dtype=bool)
@@ -466,13 +467,17 @@ def plan_steps(
         "work_block": work_block, "work_split": k // tiles[work_block], "work_tile": k % tiles[work_block],
         "length": length, "row_parts": row_parts, "row_count": row_count,
     }  # fmt: skip
-    increments = StepIncrements(
-        length=grows[kept_block], ent_delta=own_minus_block(grows)[keep][order],
-        ent_qstart=(ent_qstart != NOT_OWN).astype(np.int64), ent_block=ent_block, split=split, grows=grows,
-        visible=visible,
-    )  # fmt: skip
+    moves = None
+    if increments:
+        grows = np.zeros(len(unique), dtype=np.int64)
+        grows[pos_block[own_pos]] = 1
+        moves = StepIncrements(
+            length=grows[kept_block], ent_delta=own_minus_block(grows)[keep][order],
+            ent_qstart=(ent_qstart != NOT_OWN).astype(np.int64), ent_block=ent_block, split=split, grows=grows,
+            visible=visible,
+        )  # fmt: skip
     sizes = dict(n_entries=len(e_row), n_slots=max(1, int(ent_splits.sum())), block_m=block_m, split=split)
-    return blocks, arrays, sizes, increments
+    return blocks, arrays, sizes, moves
 
 
 def _row_parts(ent_row: np.ndarray, ent_slot: np.ndarray, ent_used: np.ndarray, n_rows: int, width: int):
