@@ -247,21 +247,26 @@ def test_a_generation_that_fails_does_not_stop_the_others(alone, tokenizer):
     assert comparable(finished[0].result) == expected[0] and comparable(finished[2].result) == expected[2]
 
 
+def out_of_memory_at_call(call: int, function):
+    """``function`` that fails as a device out of memory at its ``call``-th call, once."""
+    calls = []
+
+    def failing_once(*args, **kwargs):
+        calls.append(None)
+        if len(calls) == call:
+            raise torch.OutOfMemoryError("CUDA out of memory (test)")
+        return function(*args, **kwargs)
+
+    return failing_once
+
+
 def test_token_choices_that_fail_end_only_their_generations(alone, tokenizer, monkeypatch):
     """A token choice that fails on the device (out of memory) ends the generations whose choice it was, in
     their lane; the other lane's generations finish as they would alone."""
     import hogwild_bench.engine.batch as batch_module
 
     lm, expected = alone
-    calls, enqueue = [], batch_module.enqueue_draws
-
-    def failing_once(draws):
-        calls.append(len(draws))
-        if len(calls) == 5:
-            raise torch.OutOfMemoryError("CUDA out of memory (test)")
-        return enqueue(draws)
-
-    monkeypatch.setattr(batch_module, "enqueue_draws", failing_once)
+    monkeypatch.setattr(batch_module, "enqueue_draws", out_of_memory_at_call(5, batch_module.enqueue_draws))
     batcher = ContinuousBatcher(lm, max_rows=4, lanes=2)
     finished = {f.key: f for f in batcher.run(jobs_for(lm, tokenizer, [0, 4]))}
     failed = [key for key, f in finished.items() if not f.ok]
@@ -275,15 +280,8 @@ def test_a_window_step_that_fails_ends_only_the_generations_in_it(alone, tokeniz
     """A guessed step of a window that fails on the device (out of memory) ends the generations stepped in it,
     as any failed forward does; the other lane's generation finishes as it would alone, and nothing is left."""
     lm, expected = alone
-    calls, forward = [], ContinuousBatcher._forward_guessed
-
-    def failing_once(batcher, lane, writes, device_tokens):
-        calls.append(len(writes))
-        if len(calls) == 3:
-            raise torch.OutOfMemoryError("CUDA out of memory (test)")
-        return forward(batcher, lane, writes, device_tokens)
-
-    monkeypatch.setattr(ContinuousBatcher, "_forward_guessed", failing_once)
+    failing = out_of_memory_at_call(3, ContinuousBatcher._forward_guessed)
+    monkeypatch.setattr(ContinuousBatcher, "_forward_guessed", failing)
     batcher = ContinuousBatcher(lm, max_rows=4, lanes=2, window=4)
     finished = {f.key: f for f in batcher.run(jobs_for(lm, tokenizer, [0, 4]))}
     failed = [key for key, f in finished.items() if not f.ok]
