@@ -3,7 +3,15 @@
 import pytest
 import torch
 
-from hogwild_bench.engine.sampling import Draw, Sampler, SamplingParams, draw_tokens, gumbel_noise
+from hogwild_bench.engine.sampling import (
+    Draw,
+    Sampler,
+    SamplingParams,
+    WindowDraws,
+    draw_tokens,
+    enqueue_draws,
+    gumbel_noise,
+)
 from hogwild_bench.engine.sampling_kernel import BLOCK_V, CHUNK_V, gumbel_argmax
 
 
@@ -59,6 +67,33 @@ def test_a_draw_does_not_depend_on_the_draws_beside_it(order):
     together = draw_tokens([Draw(logits[i], samplers[i]) for i in order])
     assert [together[order.index(i)] for i in range(3)] == alone
     assert [s.draws for s in samplers] == [2, 4, 1]
+
+
+@pytest.mark.parametrize("forbidden", [(), (3, 7)])
+def test_a_window_chooses_the_tokens_of_its_steps_drawn_one_after_another(forbidden):
+    """`WindowDraws` builds the rows' table once and moves only the counters: each step's tokens are those
+    `enqueue_draws` chooses step by step (the samplers' counters moving on), mixed samplers and forbidden sets
+    included, and it leaves the counters where they were."""
+    torch.manual_seed(1)
+    params = [
+        SamplingParams(temperature=0.8, top_p=0.9, seed=5),
+        SamplingParams(forbidden_token_ids=forbidden),  # greedy
+        SamplingParams(temperature=1.3, seed=6, forbidden_token_ids=forbidden),
+    ]
+    counts = [2, 1, 3]
+    steps = [torch.randn(sum(counts), 40) for _ in range(4)]
+    stepwise, samplers = [], [Sampler(p) for p in params]
+    for logits in steps:
+        parts = logits.split(counts)
+        stepwise.append(enqueue_draws([Draw(x, s) for x, s in zip(parts, samplers)]).result())
+    window_samplers = [Sampler(p) for p in params]
+    window = WindowDraws(window_samplers, counts)
+    on_device = [window.step(logits) for logits in steps]
+    assert window.result() == stepwise
+    assert [sum(t, []) for t in stepwise] == [x.tolist() for x in on_device]
+    assert [s.draws for s in window_samplers] == [0, 0, 0]
+    greedy = WindowDraws([Sampler(SamplingParams())], [6])
+    assert [greedy.step(x).tolist() for x in steps] == [x.argmax(-1).tolist() for x in steps]
 
 
 def test_gumbel_noise_is_standard_gumbel():

@@ -30,7 +30,7 @@ from hogwild_bench.engine.blocks import KVBlock
 from hogwild_bench.engine.cache import HogwildCache
 from hogwild_bench.engine.generation import Steps, Window
 from hogwild_bench.engine.model import DeviceTokens, HogwildLM, Write
-from hogwild_bench.engine.sampling import Draw, PendingTokens, Sampler, draw_tokens, enqueue_draws
+from hogwild_bench.engine.sampling import Draw, PendingTokens, Sampler, WindowDraws, draw_tokens, enqueue_draws
 
 PREFILL_TOKENS = 32  # a request with a row this long (a prompt) is a prefill: not run in the decode rows' forward
 PREFILL_TOKENS_PER_FORWARD = 8192  # prefills waiting together share forwards of up to this many tokens (packed rows)
@@ -703,46 +703,45 @@ class ContinuousBatcher:
     ) -> Generator[Finished, None, dict[int, Window]]:
         """The ``window - 1`` decode steps after ``pending``'s draw for each generation that drew one token per row
         of its last forward (`_Running.guessable`): each step writes every such row's token of the step before --
-        still on the device -- into its own block and draws the next with the generation's sampler. Their K/V are
-        then held back (`KVBlock.retract`) and each sampler's counter set back to after the first draw, until the
-        generation takes the steps (`Window`). Returns the windows by generation; if a step fails (e.g. out of
+        still on the device -- into its own block and draws the next with the generation's sampler (`WindowDraws`:
+        its counter is not moved). Their K/V are then held back (`KVBlock.retract`) until the generation takes the
+        steps (`Window`). Returns the windows by generation; if a step fails (e.g. out of
         memory), the generations in it fail with its error, as in any forward."""
         tokens, drawing = pending
         rows_of = self._ahead_rows(pending, always=True)
         group = [r for r in drawing if r is not None and id(r) in rows_of and r.draw.takes_window]
         if not group:
             return {}
-        first_draws = {id(r): r.draw.sampler.draws for r in group}
         own = {id(r): [r.namespace.block(w.view[-1]) for w in r.writes] for r in group}
-        lane, steps, ran, replayed = group[0].lane, [tokens], 0, False
+        lane, ran, replayed = group[0].lane, 0, False
         writes = [w for r in group for w in r.namespace.qualify([Write(w.view, [0]) for w in r.writes])]
+        choices = WindowDraws([r.draw.sampler for r in group], [len(r.writes) for r in group])
+        # step 1 writes the tokens of the draw pending; each later step those of the step before (group order)
+        first_rows = [row for r in group for row in range(rows_of[id(r)], rows_of[id(r)] + len(r.writes))]
+        source = tokens.on_device, first_rows
 
         def draw(logits: torch.Tensor) -> torch.Tensor:
             """The group's token choices from a step's logits (group order), on the device."""
-            started, offset, draws = time.perf_counter(), 0, []
-            for r in group:
-                rows_of[id(r)] = offset
-                draws.append(Draw(logits[offset : offset + len(r.writes)], r.draw.sampler))
-                offset += len(r.writes)
-            steps.append(enqueue_draws(draws))
+            started = time.perf_counter()
+            chosen = choices.step(logits)
             self.times.draw += time.perf_counter() - started
             self.times.ahead += len(group)
-            return steps[-1].on_device
+            return chosen
 
         try:
             while ran < self.window - 1:
-                fill_rows = [row for r in group for row in range(rows_of[id(r)], rows_of[id(r)] + len(r.writes))]
-                device_tokens = DeviceTokens(range(len(writes)), steps[-1].on_device, fill_rows)
+                device_tokens = DeviceTokens(range(len(writes)), *source)
                 if replayed:  # the rest from the tables of the step just replayed, moved on (one upload)
                     moved = self._forward_again(lane, writes, self.window - 1 - ran, device_tokens, draw)
                     ran += moved
                     if moved:
+                        source = choices.chosen[-1], range(len(writes))
                         continue
                 logits, replayed = self._forward_guessed(lane, writes, device_tokens)
                 ran += 1
-                draw(logits)
+                source = draw(logits), range(len(writes))
             started = time.perf_counter()
-            drawn = [step.result() for step in steps[1:]]
+            drawn = choices.result()
             self.times.draw += time.perf_counter() - started
         except Exception as error:
             for done in self._fail(group, error):
@@ -753,7 +752,6 @@ class ContinuousBatcher:
             blocks = own[id(running)]
             for block in blocks:
                 block.retract(ran)
-            running.draw.sampler.draws = first_draws[id(running)]
             windows[id(running)] = Window([[], *(step[g] for step in drawn)], self._accept(running, blocks))
         return windows
 

@@ -94,19 +94,42 @@ def _forbidden_mask(sampler: Sampler, vocab: int, device: torch.device) -> torch
     return _MASKS[key]
 
 
-def _masked(logits: torch.Tensor, draws: Sequence[Draw], counts: Sequence[int]) -> torch.Tensor:
-    """Forbidden tokens at -inf: one add of a cached 0 / -inf row, or of one row per draw when they differ."""
-    by_id = {d.sampler.forbidden_id: d.sampler for d in draws if d.sampler.forbidden}
-    if not by_id:
+def _mask_parts(
+    samplers: Sequence[Sampler], counts: Sequence[int], vocab: int, device: torch.device
+) -> tuple[torch.Tensor, torch.Tensor | None] | None:
+    """What `_masked` adds for rows drawn by ``samplers`` (``counts`` rows each): None when nothing is forbidden,
+    a cached 0 / -inf row for every row when they all forbid the same, else a small table and each row's index
+    into it (on the device)."""
+    by_id = {s.forbidden_id: s for s in samplers}
+    if not any(s.forbidden for s in samplers):
+        return None
+    if len(by_id) == 1:
+        return _forbidden_mask(samplers[0], vocab, device), None
+    ids = sorted(by_id)
+    table = torch.stack([_forbidden_mask(by_id[i], vocab, device) for i in ids])
+    which = [ids.index(s.forbidden_id) for s, n in zip(samplers, counts) for _ in range(n)]
+    return table, _to_device(which, torch.int64, device)
+
+
+def _masked(logits: torch.Tensor, parts: tuple[torch.Tensor, torch.Tensor | None] | None) -> torch.Tensor:
+    """Forbidden tokens at -inf (`_mask_parts`): one add of a cached row, or of one row per draw when they differ."""
+    if parts is None:
         return logits
-    vocab, device = logits.shape[-1], logits.device
-    if len(by_id) == 1 and all(d.sampler.forbidden for d in draws):
-        return logits + _forbidden_mask(next(iter(by_id.values())), vocab, device)
-    ids = sorted({d.sampler.forbidden_id for d in draws})
-    samplers = {d.sampler.forbidden_id: d.sampler for d in draws}
-    table = torch.stack([_forbidden_mask(samplers[i], vocab, device) for i in ids])
-    which = [ids.index(d.sampler.forbidden_id) for d, n in zip(draws, counts) for _ in range(n)]
-    return logits + table[_to_device(which, torch.int64, device)]
+    table, which = parts
+    return logits + (table if which is None else table[which])
+
+
+def _row_table(samplers: Sequence[Sampler], counts: Sequence[int], device: torch.device) -> torch.Tensor | None:
+    """Per row, one upload: temperature (1 for greedy rows), top-p, seed key, draw counter, greedy flag; None
+    when every row is greedy (an argmax needs none of it)."""
+    if all(s.params.temperature == 0 for s in samplers):
+        return None
+    rows = [
+        [s.params.temperature or 1.0, s.params.top_p, s.seed_key, s.draws + k, s.params.temperature == 0]
+        for s, n in zip(samplers, counts)
+        for k in range(n)
+    ]
+    return _to_device(rows, torch.float64, device)
 
 
 def _keys(table: torch.Tensor) -> torch.Tensor:
@@ -131,6 +154,13 @@ def _choose_in_kernel(logits: torch.Tensor, table: torch.Tensor) -> torch.Tensor
     from hogwild_bench.engine.sampling_kernel import gumbel_argmax
 
     return gumbel_argmax(logits, _keys(table), table[:, 0].float(), table[:, 4].bool())
+
+
+def _choose_rows(logits: torch.Tensor, table: torch.Tensor | None, top_p: bool) -> torch.Tensor:
+    """One token per row of masked float ``logits`` with `_row_table`'s ``table`` (None: all greedy)."""
+    if table is None:
+        return logits.argmax(-1)
+    return _choose_in_kernel(logits, table) if logits.is_cuda and not top_p else _choose(logits, table, top_p)
 
 
 class PendingTokens:
@@ -177,23 +207,52 @@ def _chosen(draws: Sequence[Draw]) -> tuple[list[int], torch.Tensor]:
     """The rows of each draw and one token per row of every draw, on the logits' device (row-local math: a
     row's token never depends on the other rows). Each sampler counts its rows as drawn."""
     counts = [d.logits.shape[0] for d in draws]
+    samplers = [d.sampler for d in draws]
     logits = draws[0].logits if len(draws) == 1 else torch.cat([d.logits for d in draws])
-    logits = _masked(logits.float(), draws, counts)
-    rows = [(d.sampler, d.sampler.draws + k) for d in draws for k in range(d.logits.shape[0])]
-    if all(s.params.temperature == 0 for s, _ in rows):
-        chosen = logits.argmax(-1)
-    else:
-        # per row: temperature (1 for greedy rows), top-p, seed key, draw counter, greedy flag -- one upload
-        table = _to_device(
-            [[s.params.temperature or 1.0, s.params.top_p, s.seed_key, c, s.params.temperature == 0] for s, c in rows],
-            torch.float64,
-            logits.device,
-        )
-        top_p = any(s.params.top_p < 1 for s, _ in rows)
-        chosen = _choose_in_kernel(logits, table) if logits.is_cuda and not top_p else _choose(logits, table, top_p)
-    for draw, n in zip(draws, counts):
-        draw.sampler.draws += n
+    logits = _masked(logits.float(), _mask_parts(samplers, counts, logits.shape[-1], logits.device))
+    top_p = any(s.params.top_p < 1 for s in samplers)
+    chosen = _choose_rows(logits, _row_table(samplers, counts, logits.device), top_p)
+    for sampler, n in zip(samplers, counts):
+        sampler.draws += n
     return counts, chosen
+
+
+class WindowDraws:
+    """The token choices of a window's guessed steps (`engine.batch`): every step draws the same rows with the
+    same samplers, each counter one step further on, so the rows' table and forbidden-token mask are built and
+    uploaded once and a step only moves the counters, on the device. Each step's tokens stay on the device
+    (the next step reads them there) and `result` brings them all back with one copy. The tokens are those
+    `enqueue_draws` would choose step after step; the samplers' counters are left as they are (the batch holds
+    a window's steps back until their generation takes them)."""
+
+    def __init__(self, samplers: Sequence[Sampler], counts: Sequence[int]):
+        self.samplers, self.counts = list(samplers), list(counts)
+        self.chosen: list[torch.Tensor] = []  # per step, ``[rows]`` on the device
+        self._prepared: tuple | None = None
+
+    def step(self, logits: torch.Tensor) -> torch.Tensor:
+        """One token per row of ``logits`` (``[rows, vocab]``: each sampler's rows in turn), for the next step."""
+        if self._prepared is None:
+            device = logits.device
+            table = _row_table(self.samplers, self.counts, device)
+            moves = None
+            if table is not None:  # a step moves each row's counter by its sampler's rows
+                moves = torch.zeros_like(table)
+                moves[:, 3] = torch.tensor([float(n) for n in self.counts for _ in range(n)], dtype=torch.float64)
+            mask = _mask_parts(self.samplers, self.counts, logits.shape[-1], device)
+            self._prepared = mask, table, moves, any(s.params.top_p < 1 for s in self.samplers)
+        mask, table, moves, top_p = self._prepared
+        if table is not None and self.chosen:
+            table = table + len(self.chosen) * moves
+        self.chosen.append(_choose_rows(_masked(logits.float(), mask), table, top_p))
+        return self.chosen[-1]
+
+    def result(self) -> list[list[list[int]]]:
+        """Each step's tokens, one list per sampler (waits for the device, once)."""
+        if not self.chosen:
+            return []
+        steps = PendingTokens([len(self.chosen)], torch.stack(self.chosen)).result()[0]
+        return [_split(row, self.counts) for row in steps]
 
 
 def enqueue_draws(draws: Sequence[Draw]) -> PendingTokens:
