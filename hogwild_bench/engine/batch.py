@@ -299,6 +299,17 @@ class _Running:
 
 
 @dataclass
+class _WindowInFlight:
+    """A window's guessed steps, launched: the generations stepped, each one's own blocks (their K/V held back),
+    the steps' token choices on the device and how many steps ran."""
+
+    group: list[_Running]
+    own: dict[int, list[KVBlock]]
+    choices: WindowDraws
+    ran: int
+
+
+@dataclass
 class _Lane:
     """A set of generations stepped together. With two lanes the host prepares one lane's next forward (its
     generations' code, the step tables) while the device runs the other's; generations never see each other,
@@ -309,6 +320,7 @@ class _Lane:
     insert_wait: int = 0  # rounds its generations writing several tokens have waited
     drawing: list[_Running | None] = field(default_factory=list)  # generations whose tokens are being chosen
     tokens: PendingTokens | None = None  # those choices, on the device
+    window: _WindowInFlight | None = None  # a window's guessed steps launched after those choices
 
     @property
     def rows(self) -> int:
@@ -429,12 +441,14 @@ class ContinuousBatcher:
                     pending = yield from self._launch(lane)
                     yield from self._collect(pending)
                     yield from self._admit_from(queue, lane)
-                else:
+                else:  # a window's steps run on the device while the host works on the other lane
                     pending = lane.detach()
-                    windows = (yield from self._run_window(pending)) if self.window > 1 else None
+                    windows = yield from self._window_results(lane)
                     yield from self._collect(pending, windows)
                     yield from self._admit_from(queue, lane)
                     yield from self._launch(lane)
+                    if self.window > 1:
+                        yield from self._start_window(lane)
             if not self.running and queue.empty():
                 return
 
@@ -698,27 +712,24 @@ class ContinuousBatcher:
         for done in finished:
             yield from self._hand(done)
 
-    def _run_window(
-        self, pending: tuple[PendingTokens | None, list[_Running | None]]
-    ) -> Generator[Finished, None, dict[int, Window]]:
-        """The ``window - 1`` decode steps after ``pending``'s draw for each generation that drew one token per row
-        of its last forward (`_Running.guessable`): each step writes every such row's token of the step before --
-        still on the device -- into its own block and draws the next with the generation's sampler (`WindowDraws`:
-        its counter is not moved). Their K/V are then held back (`KVBlock.retract`) until the generation takes the
-        steps (`Window`). Returns the windows by generation; if a step fails (e.g. out of
-        memory), the generations in it fail with its error, as in any forward."""
-        tokens, drawing = pending
-        rows_of = self._ahead_rows(pending, always=True)
-        group = [r for r in drawing if r is not None and id(r) in rows_of and r.draw.takes_window]
+    def _start_window(self, lane: _Lane) -> Iterator[Finished]:
+        """Launch the ``window - 1`` decode steps after the lane's pending draw for each generation that drew one
+        token per row of its last forward (`_Running.guessable`), without waiting for them: each step writes
+        every such row's token of the step before -- still on the device -- into its own block and draws the next
+        with the generation's sampler (`WindowDraws`: its counter is not moved). Their K/V are held back
+        (`KVBlock.retract`) until the generation takes the steps (`_window_results`, `Window`). If a step fails
+        (e.g. out of memory), the generations in it fail with its error, as in any forward."""
+        rows_of = self._ahead_rows((lane.tokens, lane.drawing), always=True)
+        group = [r for r in lane.drawing if r is not None and id(r) in rows_of and r.draw.takes_window]
         if not group:
-            return {}
+            return
         own = {id(r): [r.namespace.block(w.view[-1]) for w in r.writes] for r in group}
-        lane, ran, replayed = group[0].lane, 0, False
+        ran, replayed = 0, False
         writes = [w for r in group for w in r.namespace.qualify([Write(w.view, [0]) for w in r.writes])]
         choices = WindowDraws([r.draw.sampler for r in group], [len(r.writes) for r in group])
         # step 1 writes the tokens of the draw pending; each later step those of the step before (group order)
         first_rows = [row for r in group for row in range(rows_of[id(r)], rows_of[id(r)] + len(r.writes))]
-        source = tokens.on_device, first_rows
+        source = lane.tokens.on_device, first_rows
 
         def draw(logits: torch.Tensor) -> torch.Tensor:
             """The group's token choices from a step's logits (group order), on the device."""
@@ -740,20 +751,34 @@ class ContinuousBatcher:
                 logits, replayed = self._forward_guessed(lane, writes, device_tokens)
                 ran += 1
                 source = draw(logits), range(len(writes))
-            started = time.perf_counter()
-            drawn = choices.result()
-            self.times.draw += time.perf_counter() - started
         except Exception as error:
             for done in self._fail(group, error):
                 yield from self._hand(done)
-            return {}
-        windows = {}
-        for g, running in enumerate(group):
-            blocks = own[id(running)]
+            return
+        for blocks in own.values():
             for block in blocks:
                 block.retract(ran)
-            windows[id(running)] = Window([[], *(step[g] for step in drawn)], self._accept(running, blocks))
-        return windows
+        lane.window = _WindowInFlight(group, own, choices, ran)
+
+    def _window_results(self, lane: _Lane) -> Generator[Finished, None, dict[int, Window]]:
+        """The lane's window launched by `_start_window`, read back (waits for its steps): each generation's
+        `Window`, by generation. If reading fails, its generations fail with the error."""
+        flight, lane.window = lane.window, None
+        if flight is None:
+            return {}
+        started = time.perf_counter()
+        try:
+            drawn = flight.choices.result()
+        except Exception as error:
+            for done in self._fail([r for r in flight.group if id(r) in self.running], error):
+                yield from self._hand(done)
+            return {}
+        finally:
+            self.times.draw += time.perf_counter() - started
+        return {
+            id(running): Window([[], *(step[g] for step in drawn)], self._accept(running, flight.own[id(running)]))
+            for g, running in enumerate(flight.group)
+        }
 
     def _forward_again(self, lane: _Lane, writes: list[Write], count: int, first: DeviceTokens, draw) -> int:
         """Up to ``count`` more guessed steps of a window replayed from the tables of the step the lane's bucket
