@@ -213,7 +213,9 @@ class BatchConfig:
     # the host reads any of their tokens, each step fed on the device by the one before; a generation takes the steps
     # up to its first other request (a step boundary, a stop, a budget) and the rest are void. One host round per
     # window instead of per step; results are as step by step (CPU float32: identical, tests/test_batching.py).
-    # Excludes overlap (auto overlap is off with a window). Not yet measured on a GPU (experiments/README, session 30)
+    # A lane's window is launched right after its forward and read on its next turn, so with two lanes the GPU runs
+    # one lane's window while the host works on the other. Excludes overlap (auto overlap is off with a window).
+    # Experimental (experiments/README, sessions 30-31)
     window: int = 1
     # processes that turn finished generations into records (decode texts and transcript, score, collaboration
     # metrics) while the decode loop goes on; 0: in the loop's own thread; -1 (auto): on CUDA a quarter of the CPU
