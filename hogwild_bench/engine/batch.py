@@ -300,13 +300,12 @@ class _Running:
 
 @dataclass
 class _WindowInFlight:
-    """A window's guessed steps, launched: the generations stepped, each one's own blocks (their K/V held back),
-    the steps' token choices on the device and how many steps ran."""
+    """A window's guessed steps, launched: the generations stepped, each one's own blocks (their K/V held back)
+    and the steps' token choices on the device."""
 
     group: list[_Running]
     own: dict[int, list[KVBlock]]
     choices: WindowDraws
-    ran: int
 
 
 @dataclass
@@ -758,7 +757,7 @@ class ContinuousBatcher:
         for blocks in own.values():
             for block in blocks:
                 block.retract(ran)
-        lane.window = _WindowInFlight(group, own, choices, ran)
+        lane.window = _WindowInFlight(group, own, choices)
 
     def _window_results(self, lane: _Lane) -> Generator[Finished, None, dict[int, Window]]:
         """The lane's window launched by `_start_window`, read back (waits for its steps): each generation's

@@ -236,9 +236,8 @@ class WindowDraws:
             device = logits.device
             table = _row_table(self.samplers, self.counts, device)
             moves = None
-            if table is not None:  # a step moves each row's counter by its sampler's rows
-                moves = torch.zeros_like(table)
-                moves[:, 3] = torch.tensor([float(n) for n in self.counts for _ in range(n)], dtype=torch.float64)
+            if table is not None:  # a step moves each row's counter by its sampler's rows (uploaded, no sync)
+                moves = _to_device([[0, 0, 0, n, 0] for n in self.counts for _ in range(n)], torch.float64, device)
             mask = _mask_parts(self.samplers, self.counts, logits.shape[-1], device)
             self._prepared = mask, table, moves, any(s.params.top_p < 1 for s in self.samplers)
         mask, table, moves, top_p = self._prepared
