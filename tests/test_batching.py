@@ -160,6 +160,37 @@ def test_inserts_that_overflow_the_decode_replay_are_replayed_in_chunks_of_its_r
     assert batcher._insert_groups(too_long, lambda r: r.tokens) == [(too_long, False)]
 
 
+def test_prompts_ride_in_replayed_forwards_where_their_block_has_room(alone):
+    """With bucket graphs a prompt joins the decode forward's spare rows, one row per token, or else a replayed
+    forward of its own; a prompt whose block has no storage yet, or a wave too large for `INSERT_REPLAY_CHUNKS`
+    replayed forwards, is prefilled eagerly, as without graphs."""
+    from hogwild_bench.engine.batch import INSERT_REPLAY_CHUNKS, PREFILL_TOKENS, _Lane
+    from hogwild_bench.engine.model import Write
+
+    lm, _ = alone
+    batcher = ContinuousBatcher(lm, max_rows=8)
+    room = batcher.replay_rows
+
+    def generation(tokens: int, storage: int | None):
+        block = SimpleNamespace(length=0, addresses=lambda: storage and SimpleNamespace(min_capacity=storage))
+        namespace = SimpleNamespace(block=lambda name: block)
+        return SimpleNamespace(draw=None, writes=[Write(["prompt"], [1] * tokens)], namespace=namespace,
+                               job=SimpleNamespace(rows=1))  # fmt: skip
+
+    def groups(members):
+        lane = _Lane(graphs=object(), members={i: r for i, r in enumerate(members)})
+        return [([members.index(r) for r in group], replay) for group, replay in batcher._groups(lane, [])]
+
+    decoding = [generation(1, 64) for _ in range(3)]
+    prompt = PREFILL_TOKENS + 8  # two do not fit beside the decode rows
+    rides, own_forward, no_storage = generation(prompt, room), generation(prompt, room), generation(prompt, None)
+    assert groups([*decoding, rides, own_forward, no_storage]) == [([5], False), ([4], True), ([0, 1, 2, 3], True)]
+    wave = [generation(room, room) for _ in range(INSERT_REPLAY_CHUNKS + 2)]  # one fills the decode forward
+    assert groups(wave)[-1] == ([0], True)
+    assert all(not replay for _, replay in groups(wave)[:-1]) and sum(len(g) for g, _ in groups(wave)) == len(wave)
+    assert groups([generation(room + 1, 2 * room)]) == [([0], False)]  # longer than a replayed forward's rows
+
+
 def test_prompts_admitted_together_are_prefilled_in_one_forward(alone, tokenizer):
     """A wave of new generations costs one packed prefill forward, not one forward per prompt, and gives
     the same results; without packed rows each prompt runs alone (it would pad the others to its length).

@@ -27,7 +27,7 @@ from typing import Any
 import torch
 
 from hogwild_bench.engine.blocks import KVBlock
-from hogwild_bench.engine.cache import HogwildCache
+from hogwild_bench.engine.cache import HogwildCache, UnknownBlockError
 from hogwild_bench.engine.generation import Steps, Window
 from hogwild_bench.engine.model import DeviceTokens, HogwildLM, Write
 from hogwild_bench.engine.sampling import Draw, PendingTokens, Sampler, WindowDraws, draw_tokens, enqueue_draws
@@ -49,6 +49,20 @@ REPLAY_ROWS_MIN = 64  # a replayed forward may carry this many one-token rows ho
 def _is_prefill(writes: Sequence[Write]) -> bool:
     """A forward request with a row longer than ``PREFILL_TOKENS`` (a prompt) is a prefill."""
     return max(len(w.tokens) for w in writes) > PREFILL_TOKENS
+
+
+def _has_room(running: _Running) -> bool:
+    """Every block ``running`` writes next already has storage for its tokens (a replayed forward cannot allocate:
+    a block's first storage comes from an eager forward)."""
+    for write in running.writes:
+        try:
+            block = running.namespace.block(write.view[-1])
+        except UnknownBlockError:  # not even created yet
+            return False
+        found = block.addresses()
+        if found is None or found.min_capacity < block.length + len(write.tokens):
+            return False
+    return True
 
 
 class SharedBlocks:
@@ -510,28 +524,20 @@ class ContinuousBatcher:
 
     def _groups(self, lane: _Lane, ahead: list[_Running]) -> list[tuple[list[_Running], bool]]:
         """A lane's forwards: decode rows in one merged forward; prompt prefills in forwards of their own, since
-        attention sees rows padded to the longest and a prompt beside one-token rows would widen every row to
+        eager attention sees rows padded to the longest and a prompt beside one-token rows would widen every row to
         its length. With packed rows (`HogwildLM.pack_rows`) the prefills waiting together share forwards of up
         to ``PREFILL_TOKENS_PER_FORWARD`` tokens: a wave of new generations costs a few forwards, not one each,
-        so it holds the decode rows back for less. Generations waiting for their tokens are in none, except
-        those stepped ``ahead`` (one token per row, in the decode forward). Each group comes with whether it
-        may replay from the lane's bucket graphs."""
-        prefills: list[tuple[list[_Running], int]] = []
-        decode = list(ahead)
+        so it holds the decode rows back for less. With bucket graphs a prompt whose block has room rides in the
+        replayed forwards instead, one row per token, as inserts do (an eager forward's host time is that of
+        dozens of replays; generations admitted one or two at a time otherwise cost one each). Generations waiting
+        for their tokens are in none, except those stepped ``ahead`` (one token per row, in the decode forward).
+        Each group comes with whether it may replay from the lane's bucket graphs."""
+        prefills, decode = [], list(ahead)
         for running in lane.members.values():
-            if running.draw is not None:
-                continue
-            if not _is_prefill(running.writes):
-                decode.append(running)
-                continue
-            tokens = sum(len(w.tokens) for w in running.writes)
-            if self.lm.pack_rows and prefills and prefills[-1][1] + tokens <= PREFILL_TOKENS_PER_FORWARD:
-                prefills[-1] = (prefills[-1][0] + [running], prefills[-1][1] + tokens)
-            else:
-                prefills.append(([running], tokens))
-        groups = [(group, False) for group, _ in prefills]
+            if running.draw is None:
+                (prefills if _is_prefill(running.writes) else decode).append(running)
         if lane.graphs is None:
-            return groups + ([(decode, False)] if decode else [])
+            return self._prefill_groups(prefills) + ([(decode, False)] if decode else [])
         # The graph replays one-token rows; a write of several tokens (a step header, a collaboration prompt)
         # rides along as one row per token while the forward stays within `replay_rows`. Those that do not
         # fit get an eager forward of their own rather than holding everyone back. Generations never see each
@@ -552,13 +558,40 @@ class ContinuousBatcher:
                 room -= tokens
             else:
                 inserts.append(running)
+        groups = []
         if inserts:
             waiting_rows = sum(len(r.writes) for r in inserts)
             due = lane.insert_wait >= self.insert_wait_rounds or not single or 4 * waiting_rows >= lane.rows
             lane.insert_wait = 0 if due else lane.insert_wait + 1
             if due:
                 groups += self._insert_groups(inserts, tokens_of)
-        return groups + ([(single, True)] if single else [])
+        # prompts: in the decode forward's room left, then a few replayed forwards; a wave is prefilled eagerly
+        replayable = [r for r in prefills if _has_room(r)]
+        left = [r for r in prefills if not _has_room(r)]
+        waiting = []
+        for running in replayable:
+            tokens = tokens_of(running)
+            if tokens <= room:
+                single.append(running)
+                room -= tokens
+            else:
+                waiting.append(running)
+        chunks = self._insert_groups(waiting, tokens_of) if waiting else []
+        if chunks and not chunks[0][1]:  # too many, or a prompt longer than a replayed forward's rows
+            left, chunks = left + waiting, []
+        return self._prefill_groups(left) + chunks + groups + ([(single, True)] if single else [])
+
+    def _prefill_groups(self, prefills: list[_Running]) -> list[tuple[list[_Running], bool]]:
+        """Eager forwards for ``prefills``: packed together up to ``PREFILL_TOKENS_PER_FORWARD`` tokens with packed
+        rows, else one each."""
+        groups: list[tuple[list[_Running], int]] = []
+        for running in prefills:
+            tokens = sum(len(w.tokens) for w in running.writes)
+            if self.lm.pack_rows and groups and groups[-1][1] + tokens <= PREFILL_TOKENS_PER_FORWARD:
+                groups[-1] = (groups[-1][0] + [running], groups[-1][1] + tokens)
+            else:
+                groups.append(([running], tokens))
+        return [(group, False) for group, _ in groups]
 
     def _insert_groups(self, inserts: list[_Running], tokens_of) -> list[tuple[list[_Running], bool]]:
         """Forwards for the generations whose writes did not fit in the decode forward: replayed chunks of at
