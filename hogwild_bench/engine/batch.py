@@ -32,7 +32,7 @@ from hogwild_bench.engine.generation import Steps, Window
 from hogwild_bench.engine.model import DeviceTokens, HogwildLM, Write
 from hogwild_bench.engine.sampling import Draw, PendingTokens, Sampler, WindowDraws, draw_tokens, enqueue_draws
 
-PREFILL_TOKENS = 32  # a request with a row this long (a prompt) is a prefill: not run in the decode rows' forward
+PREFILL_TOKENS = 32  # a request with a row this long (a prompt) is a prefill: eager unless it rides in replays
 PREFILL_TOKENS_PER_FORWARD = 8192  # prefills waiting together share forwards of up to this many tokens (packed rows)
 # With bucket graphs: generations writing several tokens (a step header, a collaboration prompt, a finisher
 # prompt) that do not fit in the replayed decode forward get forwards of their own; by default they wait up
