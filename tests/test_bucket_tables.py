@@ -272,6 +272,36 @@ def test_no_forward_but_a_prompt_prefill_writes_into_a_block_without_storage(mod
     assert first_writes == []
 
 
+def test_prompts_admitted_one_at_a_time_ride_in_replayed_forwards(models, tokenizer, monkeypatch):
+    """Generations admitted as others finish write their prompts (longer than `PREFILL_TOKENS`, into blocks they
+    reserved) in replayed forwards, one row per token, not in eager prefills of their own; only the first wave and
+    the shared template are prefilled eagerly."""
+    monkeypatch.setattr(bucket_module.BucketGraph, "_allocate", host_buffers)
+    monkeypatch.setattr(bucket_module.BucketGraph, "_capture", random_replay())
+    lm = HogwildLM(models("qwen2"), attention="query_rotation")
+    batcher = ContinuousBatcher(lm, max_rows=4)
+    batcher.graphs = bucket_module.BucketGraphs(lm, batcher.cache)
+    replayed_prompts, forward = [], bucket_module.BucketGraphs.forward
+
+    def noted(graphs, writes, *args, **kwargs):
+        logits = forward(graphs, writes, *args, **kwargs)
+        if logits is not None:
+            replayed_prompts.extend(w for w in writes if len(w.tokens) > PREFILL_TOKENS)
+        return logits
+
+    monkeypatch.setattr(bucket_module.BucketGraphs, "forward", noted)
+    options = GenerationOptions(n_workers=2, layout="combined", budgets=(8,), early_stop=False, worker_eos="forbid")
+    gen = HogwildGenerator(lm, tokenizer, options, boundary=lambda s: len(s) >= 5)
+    problems = [f"Problem {i}: " + "add two and two, then double it. " * 2 for i in range(6)]
+    jobs = [
+        BatchJob(i, lambda cache, p=p: gen.steps(cache, p), 2, gen.worst_case_tokens(p)) for i, p in enumerate(problems)
+    ]
+    finished = list(batcher.run(jobs))
+    assert all(f.ok for f in finished), [str(f.error) for f in finished if not f.ok]
+    assert len(replayed_prompts) >= len(problems) - 2, "prompts of generations admitted later were replayed"
+    assert batcher.times.prefill <= 3  # the template, the first two prompts (admitted together)
+
+
 def test_a_view_naming_an_unknown_block_fails_with_the_error_an_eager_forward_gives(models):
     """The bucket graphs resolve a step's views as an eager forward does: a misspelled block name is an
     `UnknownBlockError` naming it and the known blocks, whichever path runs the step."""
