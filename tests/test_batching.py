@@ -172,7 +172,7 @@ def test_prompts_ride_in_replayed_forwards_where_their_block_has_room(alone):
     room = batcher.replay_rows
 
     def generation(tokens: int, storage: int | None):
-        block = SimpleNamespace(length=0, addresses=lambda: storage and SimpleNamespace(min_capacity=storage))
+        block = SimpleNamespace(room=lambda: storage or 0)  # an empty block with storage for ``storage`` tokens
         namespace = SimpleNamespace(block=lambda name: block)
         return SimpleNamespace(draw=None, writes=[Write(["prompt"], [1] * tokens)], namespace=namespace,
                                job=SimpleNamespace(rows=1))  # fmt: skip

@@ -59,8 +59,7 @@ def _has_room(running: _Running) -> bool:
             block = running.namespace.block(write.view[-1])
         except UnknownBlockError:  # not even created yet
             return False
-        found = block.addresses()
-        if found is None or found.min_capacity < block.length + len(write.tokens):
+        if block.room() < len(write.tokens):
             return False
     return True
 
@@ -566,9 +565,9 @@ class ContinuousBatcher:
             if due:
                 groups += self._insert_groups(inserts, tokens_of)
         # prompts: in the decode forward's room left, then a few replayed forwards; a wave is prefilled eagerly
-        replayable = [r for r in prefills if _has_room(r)]
-        left = [r for r in prefills if not _has_room(r)]
-        waiting = []
+        replayable, left, waiting = [], [], []
+        for running in prefills:
+            (replayable if _has_room(running) else left).append(running)
         for running in replayable:
             tokens = tokens_of(running)
             if tokens <= room:

@@ -124,6 +124,11 @@ class KVBlock:
             self._addresses = (self.storage_version, found)
         return self._addresses[1]
 
+    def room(self) -> int:
+        """Tokens that fit past ``length`` in the storage every layer already has (0 while a layer has none)."""
+        found = self.addresses()
+        return 0 if found is None else found.min_capacity - self.length
+
     def addresses_with_room(self) -> BlockAddresses | None:
         """`addresses` if every layer's storage already holds the visible tokens (those of the forward in
         flight included), else None: what a kernel handed the addresses may write and read."""
@@ -224,8 +229,7 @@ class KVBlock:
 
     def reinstate(self, token_ids: list[int]) -> None:
         """Give back tokens `retract` held back, with their ids now known; their K/V must still be in storage."""
-        found = self.addresses()  # kept per storage version: a batch reinstates hundreds of rows per step
-        if found is None or self.length + len(token_ids) > found.min_capacity:
+        if len(token_ids) > self.room():  # addresses are kept per storage version: hundreds of rows per step
             raise RuntimeError(f"block {self.name!r}: no stored K/V to reinstate past length {self.length}")
         self.length += len(token_ids)
         self.token_ids.extend(token_ids)

@@ -317,9 +317,7 @@ class BucketGraph:
             return 0
         lengths = np.fromiter((b.length for b in last.unique), dtype=np.int64, count=len(last.unique))
         owns = [row.own for row in last.rows]
-        if not np.array_equal(lengths, last.visible) or any(
-            b.addresses().min_capacity < b.length + count for b in owns
-        ):
+        if not np.array_equal(lengths, last.visible) or any(b.room() < count for b in owns):
             return 0
         n, pin = len(owns), self.device.type == "cuda"
         self.uploaded.synchronize()  # the staging buffer is free
