@@ -291,6 +291,17 @@ def out_of_memory_at_call(call: int, function):
     return failing_once
 
 
+def assert_one_of_two_lanes_failed(batcher: ContinuousBatcher, lm, tokenizer, expected) -> None:
+    """Run generations 0 and 4 (one per lane) where a device call fails once: exactly one ends out of memory, the
+    other finishes as it would alone, and the batch holds nothing afterwards."""
+    finished = {f.key: f for f in batcher.run(jobs_for(lm, tokenizer, [0, 4]))}
+    failed = [key for key, f in finished.items() if not f.ok]
+    assert len(failed) == 1 and "out of memory" in str(finished[failed[0]].error)
+    (ok,) = [key for key in finished if key not in failed]
+    assert comparable(finished[ok].result) == expected[ok]
+    assert batcher.cache.blocks == {} and batcher.reserved_bytes == 0
+
+
 def test_token_choices_that_fail_end_only_their_generations(alone, tokenizer, monkeypatch):
     """A token choice that fails on the device (out of memory) ends the generations whose choice it was, in
     their lane; the other lane's generations finish as they would alone."""
@@ -299,12 +310,7 @@ def test_token_choices_that_fail_end_only_their_generations(alone, tokenizer, mo
     lm, expected = alone
     monkeypatch.setattr(batch_module, "enqueue_draws", out_of_memory_at_call(5, batch_module.enqueue_draws))
     batcher = ContinuousBatcher(lm, max_rows=4, lanes=2)
-    finished = {f.key: f for f in batcher.run(jobs_for(lm, tokenizer, [0, 4]))}
-    failed = [key for key, f in finished.items() if not f.ok]
-    assert len(failed) == 1 and "out of memory" in str(finished[failed[0]].error)
-    (ok,) = [key for key in finished if key not in failed]
-    assert comparable(finished[ok].result) == expected[ok]
-    assert batcher.cache.blocks == {} and batcher.reserved_bytes == 0
+    assert_one_of_two_lanes_failed(batcher, lm, tokenizer, expected)
 
 
 def test_a_window_step_that_fails_ends_only_the_generations_in_it(alone, tokenizer, monkeypatch):
@@ -314,12 +320,7 @@ def test_a_window_step_that_fails_ends_only_the_generations_in_it(alone, tokeniz
     failing = out_of_memory_at_call(3, ContinuousBatcher._forward_guessed)
     monkeypatch.setattr(ContinuousBatcher, "_forward_guessed", failing)
     batcher = ContinuousBatcher(lm, max_rows=4, lanes=2, window=4)
-    finished = {f.key: f for f in batcher.run(jobs_for(lm, tokenizer, [0, 4]))}
-    failed = [key for key, f in finished.items() if not f.ok]
-    assert len(failed) == 1 and "out of memory" in str(finished[failed[0]].error)
-    (ok,) = [key for key in finished if key not in failed]
-    assert comparable(finished[ok].result) == expected[ok]
-    assert batcher.cache.blocks == {} and batcher.reserved_bytes == 0
+    assert_one_of_two_lanes_failed(batcher, lm, tokenizer, expected)
 
 
 def test_window_and_overlap_are_one_or_the_other(alone):

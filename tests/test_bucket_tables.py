@@ -37,13 +37,23 @@ def _jobs(lm, tokenizer, count):
                        gen.worst_case_tokens(problem))  # fmt: skip
 
 
+def stubbed_batcher(models, monkeypatch, **options) -> ContinuousBatcher:
+    """A batch over the tiny qwen2 whose lanes replay from bucket graphs, capture and replay stubbed (a replay
+    yields random logits)."""
+    monkeypatch.setattr(bucket_module.BucketGraph, "_allocate", host_buffers)
+    monkeypatch.setattr(bucket_module.BucketGraph, "_capture", random_replay())
+    lm = HogwildLM(models("qwen2"), attention="query_rotation")
+    batcher = ContinuousBatcher(lm, **options)
+    for lane in batcher.lanes:
+        lane.graphs = bucket_module.BucketGraphs(lm, batcher.cache)
+    return batcher
+
+
 @pytest.mark.parametrize("window", [1, 4])
 def test_incremental_step_tables_equal_tables_built_afresh(models, tokenizer, monkeypatch, window):
     # buckets of 16 rows and more take the batch split, those of 8 the small one: both are checked
     batch = replace(triton_attention.settings, batch_rows=16, batch_split=64)
     monkeypatch.setattr(triton_attention, "settings", batch)
-    monkeypatch.setattr(bucket_module.BucketGraph, "_allocate", host_buffers)
-    monkeypatch.setattr(bucket_module.BucketGraph, "_capture", random_replay())
     upload, plan, checked, reused = bucket_module.BucketGraph._upload, bucket_module.BucketGraph._plan, [], []
     several = []  # replayed steps with a write of several tokens
     splits = set()
@@ -99,9 +109,8 @@ def test_incremental_step_tables_equal_tables_built_afresh(models, tokenizer, mo
     monkeypatch.setattr(bucket_module.BucketGraph, "_upload", checked_upload)
     monkeypatch.setattr(bucket_module.BucketGraph, "_plan", noted_plan)
     monkeypatch.setattr(bucket_module.BucketGraph, "steps_again", checked_again)
-    lm = HogwildLM(models("qwen2"), attention="query_rotation")
-    batcher = ContinuousBatcher(lm, max_rows=12, window=window)
-    batcher.graphs = bucket_module.BucketGraphs(lm, batcher.cache)
+    batcher = stubbed_batcher(models, monkeypatch, max_rows=12, window=window)
+    lm = batcher.lm
     finished = list(batcher.run(_jobs(lm, tokenizer, 14)))
     assert all(f.ok for f in finished), [str(f.error) for f in finished if not f.ok]
     assert window == 1 or batcher.times.kept > 20, "window steps replayed from the bucket graphs"
@@ -120,8 +129,6 @@ def test_tables_of_the_next_decode_steps_follow_from_one_plan(models, tokenizer,
     `StepIncrements` -- the same as a fresh plan of that step, including the rows' used partials when a block
     crosses a multiple of the split (8 keys here, so many do)."""
     monkeypatch.setattr(triton_attention, "settings", replace(triton_attention.settings, split=8, batch_split=8))
-    monkeypatch.setattr(bucket_module.BucketGraph, "_allocate", host_buffers)
-    monkeypatch.setattr(bucket_module.BucketGraph, "_capture", random_replay())
     upload, history = bucket_module.BucketGraph._upload, {}
 
     def noted_upload(graph, blocks, arrays, rows, tokens):
@@ -143,9 +150,8 @@ def test_tables_of_the_next_decode_steps_follow_from_one_plan(models, tokenizer,
         return same and all(x is y for x, y in zip(a["storage"], b["storage"]))
 
     monkeypatch.setattr(bucket_module.BucketGraph, "_upload", noted_upload)
-    lm = HogwildLM(models("qwen2"), attention="query_rotation")
-    batcher = ContinuousBatcher(lm, max_rows=12)
-    batcher.graphs = bucket_module.BucketGraphs(lm, batcher.cache)
+    batcher = stubbed_batcher(models, monkeypatch, max_rows=12)
+    lm = batcher.lm
     finished = list(batcher.run(_jobs(lm, tokenizer, 14)))
     assert all(f.ok for f in finished), [str(f.error) for f in finished if not f.ok]
     checked, crossed = 0, 0
@@ -208,13 +214,9 @@ def test_steps_moved_on_run_only_where_the_blocks_are_as_the_last_step_left_them
 def test_a_finished_generation_leaves_nothing_holding_its_storage(models, tokenizer, monkeypatch, lanes, window):
     """The batch admits new generations into the memory a finished one frees, so once a generation is done
     nothing may keep its blocks (their K/V storage) alive -- not the walk of a bucket that last ran it."""
-    monkeypatch.setattr(bucket_module.BucketGraph, "_allocate", host_buffers)
-    monkeypatch.setattr(bucket_module.BucketGraph, "_capture", random_replay())
     refs = track_blocks(monkeypatch)
-    lm = HogwildLM(models("qwen2"), attention="query_rotation")
-    batcher = ContinuousBatcher(lm, max_rows=12, lanes=lanes, window=window)
-    for lane in batcher.lanes:
-        lane.graphs = bucket_module.BucketGraphs(lm, batcher.cache)
+    batcher = stubbed_batcher(models, monkeypatch, max_rows=12, lanes=lanes, window=window)
+    lm = batcher.lm
     finished = list(batcher.run(_jobs(lm, tokenizer, 8)))
     assert all(f.ok for f in finished), [str(f.error) for f in finished if not f.ok]
     assert sum(g.replays for lane in batcher.lanes for g in lane.graphs.graphs.values()) > 10
@@ -252,11 +254,8 @@ def test_no_forward_but_a_prompt_prefill_writes_into_a_block_without_storage(mod
     """A block's first write cannot replay from the bucket graphs (there are no K/V addresses to put in the
     tables) and costs an eager forward, so a generation reserves every block it writes -- its step blocks,
     history, finisher and constant headers -- right after its prompt."""
-    monkeypatch.setattr(bucket_module.BucketGraph, "_allocate", host_buffers)
-    monkeypatch.setattr(bucket_module.BucketGraph, "_capture", random_replay())
-    lm = HogwildLM(models("qwen2"), attention="query_rotation")
-    batcher = ContinuousBatcher(lm, max_rows=12)
-    batcher.graphs = bucket_module.BucketGraphs(lm, batcher.cache)
+    batcher = stubbed_batcher(models, monkeypatch, max_rows=12)
+    lm = batcher.lm
     first_writes, begin = [], batcher.cache.begin_forward
 
     def noted(views, new_tokens):
@@ -276,11 +275,8 @@ def test_prompts_admitted_one_at_a_time_ride_in_replayed_forwards(models, tokeni
     """Generations admitted as others finish write their prompts (longer than `PREFILL_TOKENS`, into blocks they
     reserved) in replayed forwards, one row per token, not in eager prefills of their own; only the first wave and
     the shared template are prefilled eagerly."""
-    monkeypatch.setattr(bucket_module.BucketGraph, "_allocate", host_buffers)
-    monkeypatch.setattr(bucket_module.BucketGraph, "_capture", random_replay())
-    lm = HogwildLM(models("qwen2"), attention="query_rotation")
-    batcher = ContinuousBatcher(lm, max_rows=4)
-    batcher.graphs = bucket_module.BucketGraphs(lm, batcher.cache)
+    batcher = stubbed_batcher(models, monkeypatch, max_rows=4)
+    lm = batcher.lm
     replayed_prompts, forward = [], bucket_module.BucketGraphs.forward
 
     def noted(graphs, writes, *args, **kwargs):
